@@ -1,0 +1,203 @@
+//! What a value is bound to: its table, column, row primary key and tenant.
+//!
+//! The [`Context`] of a value is never stored. It is rebuilt from the row on
+//! every read and fed to AES-GCM as associated data (see [`crate::format`]), so a
+//! value copied into another row, column, table or tenant fails authentication.
+//! Primary keys are canonicalised with a type tag per part, so `42` (integer) and
+//! `"42"` (text) differ, and composite keys are supported. All integer widths
+//! canonicalise to `i64`, so widening a column from `INT` to `BIGINT` does not
+//! invalidate stored values.
+
+use std::fmt;
+
+/// One part of a primary key, in canonical form.
+#[derive(Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PkPart {
+    /// Any integer column (`SMALLINT`, `INT`, `BIGINT`), widened to `i64`.
+    Int(i64),
+    /// A UUID, as its 16 bytes.
+    Uuid([u8; 16]),
+    /// A text key, as UTF-8.
+    Text(String),
+    /// A binary key.
+    Bytes(Vec<u8>),
+}
+
+impl PkPart {
+    /// The type tag written before the part in the associated data.
+    pub const fn tag(&self) -> u8 {
+        match self {
+            PkPart::Int(_) => 0x01,
+            PkPart::Uuid(_) => 0x02,
+            PkPart::Text(_) => 0x03,
+            PkPart::Bytes(_) => 0x04,
+        }
+    }
+
+    pub(crate) fn write_canonical(&self, out: &mut Vec<u8>) {
+        out.push(self.tag());
+        match self {
+            PkPart::Int(v) => crate::format::put_lp(out, &v.to_be_bytes()),
+            PkPart::Uuid(v) => crate::format::put_lp(out, v),
+            PkPart::Text(v) => crate::format::put_lp(out, v.as_bytes()),
+            PkPart::Bytes(v) => crate::format::put_lp(out, v),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        5 + match self {
+            PkPart::Int(_) => 8,
+            PkPart::Uuid(_) => 16,
+            PkPart::Text(v) => v.len(),
+            PkPart::Bytes(v) => v.len(),
+        }
+    }
+}
+
+// Primary keys are usually not secret, but they may be (an e-mail as a key), so
+// they are not printed in full.
+impl fmt::Debug for PkPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PkPart::Int(v) => write!(f, "Int({v})"),
+            PkPart::Uuid(v) => write!(f, "Uuid({})", crate::format::hex(v)),
+            PkPart::Text(v) => write!(f, "Text(<{} bytes>)", v.len()),
+            PkPart::Bytes(v) => write!(f, "Bytes(<{} bytes>)", v.len()),
+        }
+    }
+}
+
+macro_rules! int_part {
+    ($($t:ty),*) => {$(
+        impl From<$t> for PkPart {
+            fn from(v: $t) -> Self { PkPart::Int(i64::from(v)) }
+        }
+        impl From<$t> for RowId {
+            fn from(v: $t) -> Self { RowId::single(PkPart::from(v)) }
+        }
+    )*};
+}
+int_part!(i8, i16, i32, i64, u8, u16, u32);
+
+impl From<&str> for PkPart {
+    fn from(v: &str) -> Self {
+        PkPart::Text(v.to_owned())
+    }
+}
+impl From<String> for PkPart {
+    fn from(v: String) -> Self {
+        PkPart::Text(v)
+    }
+}
+impl From<&String> for PkPart {
+    fn from(v: &String) -> Self {
+        PkPart::Text(v.clone())
+    }
+}
+impl From<Vec<u8>> for PkPart {
+    fn from(v: Vec<u8>) -> Self {
+        PkPart::Bytes(v)
+    }
+}
+impl From<&[u8]> for PkPart {
+    fn from(v: &[u8]) -> Self {
+        PkPart::Bytes(v.to_vec())
+    }
+}
+#[cfg(feature = "uuid")]
+impl From<uuid::Uuid> for PkPart {
+    fn from(v: uuid::Uuid) -> Self {
+        PkPart::Uuid(*v.as_bytes())
+    }
+}
+
+/// The primary key of a row: one or more [`PkPart`]s, in key order.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct RowId(Vec<PkPart>);
+
+impl RowId {
+    /// A single-column primary key.
+    pub fn single(part: impl Into<PkPart>) -> Self {
+        RowId(vec![part.into()])
+    }
+
+    /// A composite primary key; the parts in the key's column order.
+    ///
+    /// # Panics
+    /// Never; an empty list yields a row id that [`crate::Envelope`] refuses with
+    /// [`crate::Error::MissingRowId`].
+    pub fn composite(parts: impl IntoIterator<Item = PkPart>) -> Self {
+        RowId(parts.into_iter().collect())
+    }
+
+    /// The parts.
+    pub fn parts(&self) -> &[PkPart] {
+        &self.0
+    }
+
+    /// `true` when the row id has no parts (the row's key is not known).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn encoded_len(&self) -> usize {
+        2 + self.0.iter().map(PkPart::encoded_len).sum::<usize>()
+    }
+}
+
+impl From<&str> for RowId {
+    fn from(v: &str) -> Self {
+        RowId::single(v)
+    }
+}
+impl From<String> for RowId {
+    fn from(v: String) -> Self {
+        RowId::single(v)
+    }
+}
+impl From<PkPart> for RowId {
+    fn from(v: PkPart) -> Self {
+        RowId::single(v)
+    }
+}
+#[cfg(feature = "uuid")]
+impl From<uuid::Uuid> for RowId {
+    fn from(v: uuid::Uuid) -> Self {
+        RowId::single(v)
+    }
+}
+
+/// The full encryption context of one value. Cheap to build and copy: it borrows
+/// everything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Context<'a> {
+    /// The table the value is stored in.
+    pub table: &'a str,
+    /// The column the value is stored in.
+    pub column: &'a str,
+    /// The primary key of the row the value is stored in.
+    pub row: &'a RowId,
+    /// The tenant the row belongs to, if rows are tenant-bound.
+    pub tenant: Option<&'a str>,
+}
+
+impl<'a> Context<'a> {
+    /// A context without a tenant.
+    pub fn new(table: &'a str, column: &'a str, row: &'a RowId) -> Self {
+        Context {
+            table,
+            column,
+            row,
+            tenant: None,
+        }
+    }
+
+    /// The same context bound to a tenant.
+    pub fn with_tenant(self, tenant: &'a str) -> Self {
+        Context {
+            tenant: Some(tenant),
+            ..self
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Stored values and opened plaintext, and their place in sqlx.
+//!
+//! [`Sealed`] is what an encrypted column holds: the bytes of [`crate::format`].
+//! It implements sqlx `Type`, `Encode` and `Decode` for each enabled driver
+//! (PostgreSQL `BYTEA`, MySQL/MariaDB `VARBINARY`/`BLOB`, SQLite `BLOB`), and
+//! decoding validates the header, so a column holding something that is not a
+//! sealed value fails at decode time with a clear error instead of later.
+//!
+//! [`Plaintext`] is what opening returns: bytes that zeroize on drop and never
+//! print.
+
+use std::fmt;
+
+use zeroize::Zeroizing;
+
+use crate::error::Result;
+use crate::format;
+use crate::key::KeyId;
+
+/// An encrypted value as stored in the database. See the [module documentation](self).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Sealed(Vec<u8>);
+
+impl Sealed {
+    /// Validate stored bytes (version, length, key id) and wrap them. This does
+    /// not authenticate them; opening does.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
+        format::parse_header(&bytes)?;
+        Ok(Sealed(bytes))
+    }
+
+    pub(crate) fn from_trusted(bytes: Vec<u8>) -> Self {
+        Sealed(bytes)
+    }
+
+    /// The stored bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The stored bytes, owned.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+
+    /// The data key this value was sealed under.
+    pub fn key_id(&self) -> KeyId {
+        format::parse_header(&self.0)
+            .expect("validated on construction")
+            .key_id
+    }
+
+    /// Stored length in bytes (plaintext length plus [`format::OVERHEAD`]).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always `false`: a sealed value has at least [`format::OVERHEAD`] bytes.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealed")
+            .field("key_id", &self.key_id())
+            .field("len", &self.0.len())
+            .finish()
+    }
+}
+
+impl TryFrom<Vec<u8>> for Sealed {
+    type Error = crate::Error;
+    fn try_from(v: Vec<u8>) -> Result<Self> {
+        Sealed::from_bytes(v)
+    }
+}
+
+impl AsRef<[u8]> for Sealed {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Decrypted bytes: zeroized on drop, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Plaintext(Zeroizing<Vec<u8>>);
+
+impl Plaintext {
+    pub(crate) fn new(bytes: Zeroizing<Vec<u8>>) -> Self {
+        Plaintext(bytes)
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Take the bytes out of the zeroizing wrapper. The caller is then
+    /// responsible for them.
+    pub fn into_vec(mut self) -> Vec<u8> {
+        std::mem::take(&mut *self.0)
+    }
+}
+
+impl std::ops::Deref for Plaintext {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Plaintext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Plaintext(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+macro_rules! sqlx_impls {
+    ($feature:literal, $db:ty) => {
+        #[cfg(feature = $feature)]
+        impl sqlx::Type<$db> for Sealed {
+            fn type_info() -> <$db as sqlx::Database>::TypeInfo {
+                <Vec<u8> as sqlx::Type<$db>>::type_info()
+            }
+            fn compatible(ty: &<$db as sqlx::Database>::TypeInfo) -> bool {
+                <Vec<u8> as sqlx::Type<$db>>::compatible(ty)
+            }
+        }
+
+        #[cfg(feature = $feature)]
+        impl sqlx::Encode<'_, $db> for Sealed {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <$db as sqlx::Database>::ArgumentBuffer,
+            ) -> std::result::Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <Vec<u8> as sqlx::Encode<'_, $db>>::encode_by_ref(&self.0, buf)
+            }
+            fn size_hint(&self) -> usize {
+                self.0.len()
+            }
+        }
+
+        #[cfg(feature = $feature)]
+        impl<'r> sqlx::Decode<'r, $db> for Sealed {
+            fn decode(
+                value: <$db as sqlx::Database>::ValueRef<'r>,
+            ) -> std::result::Result<Self, sqlx::error::BoxDynError> {
+                let bytes = <Vec<u8> as sqlx::Decode<'r, $db>>::decode(value)?;
+                Ok(Sealed::from_bytes(bytes)?)
+            }
+        }
+    };
+}
+
+sqlx_impls!("postgres", sqlx::Postgres);
+sqlx_impls!("mysql", sqlx::MySql);
+sqlx_impls!("sqlite", sqlx::Sqlite);

@@ -1,0 +1,229 @@
+//! Shared test support: real databases, never mocks.
+//!
+//! PostgreSQL and MariaDB must be reachable (scripts/test.sh starts them and
+//! creates the databases); a missing server fails the test loudly. SQLite runs
+//! embedded in a temporary file per test.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx_envelope::store::{KeyStore, MySqlKeyStore, PgKeyStore, SqliteKeyStore};
+use sqlx_envelope::{CacheLimits, Envelope, KeyMaterial, LocalKeyring, Sealed};
+
+pub const PG_URL_VAR: &str = "SQLX_ENVELOPE_TEST_PG";
+pub const MYSQL_URL_VAR: &str = "SQLX_ENVELOPE_TEST_MYSQL";
+
+pub fn pg_url() -> String {
+    std::env::var(PG_URL_VAR)
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/sqlx_envelope_test".into())
+}
+
+pub fn mysql_url() -> String {
+    std::env::var(MYSQL_URL_VAR)
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/sqlx_envelope_test".into())
+}
+
+/// Which database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+pub const ALL: [Kind; 3] = [Kind::Postgres, Kind::MySql, Kind::Sqlite];
+
+/// A connected database of one kind, with the key store migrated.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Postgres(sqlx::PgPool),
+    MySql(sqlx::MySqlPool),
+    Sqlite(sqlx::SqlitePool, Arc<tempfile::TempDir>),
+}
+
+impl Db {
+    /// Connect (failing loudly if the server is down) and migrate the key store.
+    pub async fn connect(kind: Kind) -> Db {
+        let db = match kind {
+            Kind::Postgres => {
+                let url = pg_url();
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(&url)
+                    .await
+                    .unwrap_or_else(|e| panic!("PostgreSQL at {url} is required (run scripts/test.sh): {e}"));
+                Db::Postgres(pool)
+            }
+            Kind::MySql => {
+                let url = mysql_url();
+                let pool = sqlx::mysql::MySqlPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(&url)
+                    .await
+                    .unwrap_or_else(|e| panic!("MariaDB/MySQL at {url} is required (run scripts/test.sh): {e}"));
+                Db::MySql(pool)
+            }
+            Kind::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(dir.path().join("test.db"))
+                    .create_if_missing(true)
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                    .busy_timeout(Duration::from_secs(30));
+                let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(opts)
+                    .await
+                    .expect("sqlite");
+                Db::Sqlite(pool, Arc::new(dir))
+            }
+        };
+        db.key_store().migrate().await.expect("key store migrations");
+        db
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Db::Postgres(_) => Kind::Postgres,
+            Db::MySql(_) => Kind::MySql,
+            Db::Sqlite(..) => Kind::Sqlite,
+        }
+    }
+
+    /// A key store over this database.
+    pub fn key_store(&self) -> Arc<dyn KeyStore> {
+        match self {
+            Db::Postgres(p) => Arc::new(PgKeyStore::new(p.clone())),
+            Db::MySql(p) => Arc::new(MySqlKeyStore::new(p.clone())),
+            Db::Sqlite(p, _) => Arc::new(SqliteKeyStore::new(p.clone())),
+        }
+    }
+
+    /// Run one statement with no parameters.
+    pub async fn exec(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self {
+            Db::Postgres(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+            Db::MySql(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+            Db::Sqlite(p, _) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+        }
+        .unwrap_or_else(|e| panic!("{sql:?} failed: {e}", sql = self.kind()));
+    }
+
+    /// The binary column type of this database.
+    pub fn blob_type(&self) -> &'static str {
+        match self {
+            Db::Postgres(_) => "BYTEA",
+            Db::MySql(_) => "LONGBLOB",
+            Db::Sqlite(..) => "BLOB",
+        }
+    }
+
+    /// Create `table (id BIGINT PRIMARY KEY, <cols> blob NULL...)`.
+    pub async fn create_blob_table(&self, table: &str, cols: &[&str]) {
+        let cols: String = cols
+            .iter()
+            .map(|c| format!(", {c} {} NULL", self.blob_type()))
+            .collect();
+        self.exec(&format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY{cols})"))
+            .await;
+    }
+
+    /// Insert or replace the blob `col` of row `id`.
+    pub async fn put(&self, table: &str, col: &str, id: i64, value: &[u8]) {
+        match self {
+            Db::Postgres(p) => {
+                let sql = format!("INSERT INTO {table} (id, {col}) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET {col} = EXCLUDED.{col}");
+                sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(value).execute(p).await.map(|_| ())
+            }
+            Db::MySql(p) => {
+                let sql = format!("INSERT INTO {table} (id, {col}) VALUES (?, ?) ON DUPLICATE KEY UPDATE {col} = VALUES({col})");
+                sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(value).execute(p).await.map(|_| ())
+            }
+            Db::Sqlite(p, _) => {
+                let sql = format!("INSERT INTO {table} (id, {col}) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET {col} = excluded.{col}");
+                sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(value).execute(p).await.map(|_| ())
+            }
+        }
+        .expect("put");
+    }
+
+    /// Read blob `col` of row `id` as raw bytes (None for NULL).
+    pub async fn get_raw(&self, table: &str, col: &str, id: i64) -> Option<Vec<u8>> {
+        match self {
+            Db::Postgres(p) => {
+                let sql = format!("SELECT {col} FROM {table} WHERE id = $1");
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(p).await
+            }
+            Db::MySql(p) => {
+                let sql = format!("SELECT {col} FROM {table} WHERE id = ?");
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(p).await
+            }
+            Db::Sqlite(p, _) => {
+                let sql = format!("SELECT {col} FROM {table} WHERE id = ?");
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(p).await
+            }
+        }
+        .expect("get_raw")
+    }
+
+    /// Read blob `col` of row `id` through the driver's `Decode` for [`Sealed`].
+    pub async fn get_sealed(&self, table: &str, col: &str, id: i64) -> Result<Option<Sealed>, sqlx::Error> {
+        match self {
+            Db::Postgres(p) => {
+                let sql = format!("SELECT {col} FROM {table} WHERE id = $1");
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(p).await
+            }
+            Db::MySql(p) => {
+                let sql = format!("SELECT {col} FROM {table} WHERE id = ?");
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(p).await
+            }
+            Db::Sqlite(p, _) => {
+                let sql = format!("SELECT {col} FROM {table} WHERE id = ?");
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(p).await
+            }
+        }
+    }
+
+    /// Bind a [`Sealed`] through the driver's `Encode` and store it.
+    pub async fn put_sealed(&self, table: &str, col: &str, id: i64, value: &Sealed) {
+        match self {
+            Db::Postgres(p) => {
+                let sql = format!("INSERT INTO {table} (id, {col}) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET {col} = EXCLUDED.{col}");
+                sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(value).execute(p).await.map(|_| ())
+            }
+            Db::MySql(p) => {
+                let sql = format!("INSERT INTO {table} (id, {col}) VALUES (?, ?) ON DUPLICATE KEY UPDATE {col} = VALUES({col})");
+                sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(value).execute(p).await.map(|_| ())
+            }
+            Db::Sqlite(p, _) => {
+                let sql = format!("INSERT INTO {table} (id, {col}) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET {col} = excluded.{col}");
+                sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(value).execute(p).await.map(|_| ())
+            }
+        }
+        .expect("put_sealed");
+    }
+}
+
+/// A table name unique to this test run.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A local keyring with one fresh random master key.
+pub fn local_keyring() -> LocalKeyring {
+    LocalKeyring::new("test/1", KeyMaterial::generate()).expect("keyring")
+}
+
+/// An envelope over `db` with a fresh local keyring and the given limits.
+pub fn envelope(db: &Db, limits: CacheLimits) -> Envelope {
+    Envelope::builder()
+        .keyring(local_keyring())
+        .store_arc(db.key_store())
+        .limits(limits)
+        .build()
+        .expect("envelope")
+}
