@@ -40,8 +40,11 @@ pub mod context;
 pub mod envelope;
 pub mod error;
 pub mod format;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub mod jobs;
 pub mod key;
 pub mod keyring;
+pub mod model;
 pub mod sealed;
 pub mod store;
 
@@ -52,6 +55,7 @@ pub use envelope::{Envelope, EnvelopeBuilder, ScopePolicy};
 pub use error::{Error, KeyOperation, KeyringErrorKind, MalformedReason, Result};
 pub use key::{DataKey, KeyContext, KeyId, KeyMaterial, KeyState, MasterKeyId, WrappedKey};
 pub use keyring::{Keyring, LocalKeyring, MultiKeyring};
+pub use model::{Encrypted, FieldCodec, Json, SealedRow};
 pub use sealed::{Plaintext, Sealed};
 
 #[cfg(feature = "derive")]

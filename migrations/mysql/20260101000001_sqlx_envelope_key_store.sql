@@ -15,7 +15,7 @@ CREATE TABLE IF NOT EXISTS sqlx_envelope_data_keys (
 CREATE TABLE IF NOT EXISTS sqlx_envelope_wrapped_keys (
     key_id     BIGINT NOT NULL,
     master_key VARCHAR(512) CHARACTER SET ascii NOT NULL,
-    blob       VARBINARY(4096) NOT NULL,
+    wrapped_key VARBINARY(4096) NOT NULL,
     created_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
     PRIMARY KEY (key_id, master_key),
     CONSTRAINT sqlx_envelope_wrapped_keys_key FOREIGN KEY (key_id)

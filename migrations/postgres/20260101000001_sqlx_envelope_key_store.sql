@@ -16,7 +16,7 @@ CREATE INDEX IF NOT EXISTS sqlx_envelope_data_keys_scope
 CREATE TABLE IF NOT EXISTS sqlx_envelope_wrapped_keys (
     key_id     BIGINT       NOT NULL REFERENCES sqlx_envelope_data_keys (id),
     master_key VARCHAR(512) NOT NULL,
-    blob       BYTEA        NOT NULL,
+    wrapped_key BYTEA        NOT NULL,
     created_at TIMESTAMPTZ  NOT NULL DEFAULT now(),
     PRIMARY KEY (key_id, master_key)
 );

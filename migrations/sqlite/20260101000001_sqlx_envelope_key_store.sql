@@ -16,7 +16,7 @@ CREATE INDEX IF NOT EXISTS sqlx_envelope_data_keys_scope
 CREATE TABLE IF NOT EXISTS sqlx_envelope_wrapped_keys (
     key_id     INTEGER NOT NULL REFERENCES sqlx_envelope_data_keys (id),
     master_key TEXT NOT NULL,
-    blob       BLOB NOT NULL,
+    wrapped_key BLOB NOT NULL,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
     PRIMARY KEY (key_id, master_key)
 );

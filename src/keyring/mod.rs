@@ -13,9 +13,13 @@
 //! - [`MultiKeyring`]: wraps every data key under several keyrings (regions,
 //!   break-glass local key) and unwraps through the first that answers.
 
+#[cfg(feature = "aws-kms")]
+pub mod kms;
 mod local;
 mod multi;
 
+#[cfg(feature = "aws-kms")]
+pub use kms::{KmsConfig, KmsKeyring, KmsKeyringBuilder, KmsMetrics, KmsOperation};
 pub use local::LocalKeyring;
 pub use multi::MultiKeyring;
 

@@ -52,7 +52,7 @@ pub type SqliteKeyStore = SqlKeyStore<sqlx::Sqlite>;
 struct Statements {
     /// (scope, tenant) -> id
     reserve: &'static str,
-    /// (key_id, master_key, blob)
+    /// (key_id, master_key, wrapped_key)
     insert_wrapped: &'static str,
     /// (id)
     activate: &'static str,
@@ -67,7 +67,7 @@ struct Statements {
     mark_destroyed: &'static str,
     /// (id)
     delete_all_wrapped: &'static str,
-    /// (key_id, master_key, blob)
+    /// (key_id, master_key, wrapped_key)
     upsert_wrapped: &'static str,
     /// (key_id, master_key)
     delete_wrapped: &'static str,
@@ -80,7 +80,7 @@ macro_rules! select {
             $created,
             ", ",
             $retired,
-            ", w.master_key, w.blob FROM sqlx_envelope_data_keys k \
+            ", w.master_key, w.wrapped_key FROM sqlx_envelope_data_keys k \
              LEFT JOIN sqlx_envelope_wrapped_keys w ON w.key_id = k.id ",
             $where,
             " ORDER BY k.id, w.created_at, w.master_key"
@@ -91,7 +91,7 @@ macro_rules! select {
 #[cfg(feature = "postgres")]
 const PG: Statements = Statements {
     reserve: "INSERT INTO sqlx_envelope_data_keys (scope, tenant, state) VALUES ($1, $2, 'pending') RETURNING id",
-    insert_wrapped: "INSERT INTO sqlx_envelope_wrapped_keys (key_id, master_key, blob) VALUES ($1, $2, $3)",
+    insert_wrapped: "INSERT INTO sqlx_envelope_wrapped_keys (key_id, master_key, wrapped_key) VALUES ($1, $2, $3)",
     activate: "UPDATE sqlx_envelope_data_keys SET state = 'active' WHERE id = $1 AND state = 'pending'",
     select_one: select!(
         "(extract(epoch from k.created_at) * 1000)::bigint",
@@ -107,15 +107,15 @@ const PG: Statements = Statements {
     mark_retired: "UPDATE sqlx_envelope_data_keys SET retired_at = now() WHERE id = $1 AND retired_at IS NULL",
     mark_destroyed: "UPDATE sqlx_envelope_data_keys SET destroyed_at = now() WHERE id = $1",
     delete_all_wrapped: "DELETE FROM sqlx_envelope_wrapped_keys WHERE key_id = $1",
-    upsert_wrapped: "INSERT INTO sqlx_envelope_wrapped_keys (key_id, master_key, blob) VALUES ($1, $2, $3) \
-                     ON CONFLICT (key_id, master_key) DO UPDATE SET blob = EXCLUDED.blob, created_at = now()",
+    upsert_wrapped: "INSERT INTO sqlx_envelope_wrapped_keys (key_id, master_key, wrapped_key) VALUES ($1, $2, $3) \
+                     ON CONFLICT (key_id, master_key) DO UPDATE SET wrapped_key = EXCLUDED.wrapped_key, created_at = now()",
     delete_wrapped: "DELETE FROM sqlx_envelope_wrapped_keys WHERE key_id = $1 AND master_key = $2",
 };
 
 #[cfg(feature = "mysql")]
 const MYSQL: Statements = Statements {
     reserve: "INSERT INTO sqlx_envelope_data_keys (scope, tenant, state) VALUES (?, ?, 'pending')",
-    insert_wrapped: "INSERT INTO sqlx_envelope_wrapped_keys (key_id, master_key, blob) VALUES (?, ?, ?)",
+    insert_wrapped: "INSERT INTO sqlx_envelope_wrapped_keys (key_id, master_key, wrapped_key) VALUES (?, ?, ?)",
     activate: "UPDATE sqlx_envelope_data_keys SET state = 'active' WHERE id = ? AND state = 'pending'",
     select_one: select!(
         "CAST(UNIX_TIMESTAMP(k.created_at) * 1000 AS SIGNED)",
@@ -131,15 +131,15 @@ const MYSQL: Statements = Statements {
     mark_retired: "UPDATE sqlx_envelope_data_keys SET retired_at = CURRENT_TIMESTAMP(3) WHERE id = ? AND retired_at IS NULL",
     mark_destroyed: "UPDATE sqlx_envelope_data_keys SET destroyed_at = CURRENT_TIMESTAMP(3) WHERE id = ?",
     delete_all_wrapped: "DELETE FROM sqlx_envelope_wrapped_keys WHERE key_id = ?",
-    upsert_wrapped: "INSERT INTO sqlx_envelope_wrapped_keys (key_id, master_key, blob) VALUES (?, ?, ?) \
-                     ON DUPLICATE KEY UPDATE blob = VALUES(blob), created_at = CURRENT_TIMESTAMP(3)",
+    upsert_wrapped: "INSERT INTO sqlx_envelope_wrapped_keys (key_id, master_key, wrapped_key) VALUES (?, ?, ?) \
+                     ON DUPLICATE KEY UPDATE wrapped_key = VALUES(wrapped_key), created_at = CURRENT_TIMESTAMP(3)",
     delete_wrapped: "DELETE FROM sqlx_envelope_wrapped_keys WHERE key_id = ? AND master_key = ?",
 };
 
 #[cfg(feature = "sqlite")]
 const SQLITE: Statements = Statements {
     reserve: "INSERT INTO sqlx_envelope_data_keys (scope, tenant, state) VALUES (?, ?, 'pending') RETURNING id",
-    insert_wrapped: "INSERT INTO sqlx_envelope_wrapped_keys (key_id, master_key, blob) VALUES (?, ?, ?)",
+    insert_wrapped: "INSERT INTO sqlx_envelope_wrapped_keys (key_id, master_key, wrapped_key) VALUES (?, ?, ?)",
     activate: "UPDATE sqlx_envelope_data_keys SET state = 'active' WHERE id = ? AND state = 'pending'",
     select_one: select!(
         "CAST((julianday(k.created_at) - 2440587.5) * 86400000 AS INTEGER)",
@@ -155,8 +155,8 @@ const SQLITE: Statements = Statements {
     mark_retired: "UPDATE sqlx_envelope_data_keys SET retired_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = ? AND retired_at IS NULL",
     mark_destroyed: "UPDATE sqlx_envelope_data_keys SET destroyed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = ?",
     delete_all_wrapped: "DELETE FROM sqlx_envelope_wrapped_keys WHERE key_id = ?",
-    upsert_wrapped: "INSERT INTO sqlx_envelope_wrapped_keys (key_id, master_key, blob) VALUES (?, ?, ?) \
-                     ON CONFLICT (key_id, master_key) DO UPDATE SET blob = excluded.blob, \
+    upsert_wrapped: "INSERT INTO sqlx_envelope_wrapped_keys (key_id, master_key, wrapped_key) VALUES (?, ?, ?) \
+                     ON CONFLICT (key_id, master_key) DO UPDATE SET wrapped_key = excluded.wrapped_key, \
                      created_at = strftime('%Y-%m-%d %H:%M:%f', 'now')",
     delete_wrapped: "DELETE FROM sqlx_envelope_wrapped_keys WHERE key_id = ? AND master_key = ?",
 };

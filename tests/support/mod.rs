@@ -5,6 +5,8 @@
 //! embedded in a temporary file per test.
 #![allow(dead_code)]
 
+pub mod moto;
+
 use std::sync::Arc;
 use std::time::Duration;
 

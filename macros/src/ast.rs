@@ -1,0 +1,316 @@
+//! The derive input, checked: what `expand` needs and nothing it can get wrong.
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{Data, DeriveInput, Fields, GenericArgument, Ident, PathArguments, Type, Visibility};
+
+use crate::attr::{self, Errors};
+
+pub struct Input<'a> {
+    pub ident: &'a Ident,
+    pub vis: &'a Visibility,
+    pub table: String,
+    /// Indices into `fields` of the primary-key fields, in key order.
+    pub pk: Vec<usize>,
+    pub tenant: Option<usize>,
+    pub fields: Vec<Field<'a>>,
+}
+
+pub struct Field<'a> {
+    pub ident: &'a Ident,
+    pub vis: &'a Visibility,
+    pub ty: &'a Type,
+    pub encrypt: Option<Encrypt<'a>>,
+}
+
+pub struct Encrypt<'a> {
+    pub column: String,
+    /// `Some(inner)` when the field is syntactically `Option<inner>`.
+    pub option_of: Option<&'a Type>,
+    pub hide_null: bool,
+    pub pad: usize,
+    pub json: bool,
+}
+
+impl Field<'_> {
+    /// The column of the field in the sealed row.
+    pub fn column(&self) -> String {
+        match &self.encrypt {
+            Some(e) => e.column.clone(),
+            None => self.ident.to_string(),
+        }
+    }
+}
+
+impl<'a> Input<'a> {
+    pub fn from_syn(input: &'a DeriveInput) -> syn::Result<Self> {
+        let named = match &input.data {
+            Data::Struct(s) => match &s.fields {
+                Fields::Named(n) => n,
+                Fields::Unnamed(u) => {
+                    return Err(syn::Error::new(
+                        u.span(),
+                        "#[derive(Encrypted)] needs named fields: each field maps to a column by name; a tuple struct has none",
+                    ));
+                }
+                Fields::Unit => {
+                    return Err(syn::Error::new(
+                        input.ident.span(),
+                        "#[derive(Encrypted)] needs a struct with named fields, one per column",
+                    ));
+                }
+            },
+            Data::Enum(e) => {
+                return Err(syn::Error::new(
+                    e.enum_token.span,
+                    "#[derive(Encrypted)] supports structs with named fields, not enums",
+                ));
+            }
+            Data::Union(u) => {
+                return Err(syn::Error::new(
+                    u.union_token.span,
+                    "#[derive(Encrypted)] supports structs with named fields, not unions",
+                ));
+            }
+        };
+        if !input.generics.params.is_empty() || input.generics.where_clause.is_some() {
+            return Err(syn::Error::new(
+                input.generics.span(),
+                "#[derive(Encrypted)] does not support generic parameters: a model maps to one table with fixed column types",
+            ));
+        }
+
+        let mut errors = Errors::default();
+        let sattrs = attr::struct_attrs(&input.attrs, &mut errors);
+
+        let mut fields = Vec::new();
+        let mut enc_spans = Vec::new();
+        for f in &named.named {
+            let ident = f.ident.as_ref().expect("named field");
+            let encrypt = match attr::field_attrs(&f.attrs, &mut errors) {
+                None => {
+                    enc_spans.push(None);
+                    None
+                }
+                Some(a) => {
+                    enc_spans.push(Some(a.span));
+                    let option_of = option_inner(&f.ty);
+                    if let Err(e) = check_type(option_of.unwrap_or(&f.ty)) {
+                        errors.push(e);
+                    }
+                    if let (Some(span), None) = (a.hide_null, option_of) {
+                        errors.push(syn::Error::new(
+                            span,
+                            "`hide_null` applies to `Option<_>` fields only: this field can never be NULL",
+                        ));
+                    }
+                    Some(Encrypt {
+                        column: a.column.map_or_else(|| unraw(ident), |c| c.value()),
+                        option_of,
+                        hide_null: a.hide_null.is_some(),
+                        pad: a.pad.unwrap_or(0),
+                        json: a.json,
+                    })
+                }
+            };
+            fields.push(Field {
+                ident,
+                vis: &f.vis,
+                ty: &f.ty,
+                encrypt,
+            });
+        }
+
+        let find = |name: &Ident, what: &str, errors: &mut Errors| -> Option<usize> {
+            let pos = fields.iter().position(|f| f.ident == name);
+            if pos.is_none() {
+                errors.push(syn::Error::new(
+                    name.span(),
+                    format!("{what} `{name}` is not a field of this struct"),
+                ));
+            }
+            pos
+        };
+
+        let pk: Vec<usize> = match &sattrs.id {
+            Some(ids) => ids
+                .iter()
+                .filter_map(|id| find(id, "primary key field", &mut errors))
+                .collect(),
+            None => match fields.iter().position(|f| f.ident == "id") {
+                Some(i) => vec![i],
+                None => {
+                    errors.push(syn::Error::new(
+                        input.ident.span(),
+                        "no primary key: name it with `#[envelope(id = \"field\")]` (or `#[envelope(id(a, b))]` for a composite key), or add a field named `id`; every encrypted value is bound to its row's primary key",
+                    ));
+                    Vec::new()
+                }
+            },
+        };
+        for &i in &pk {
+            if let Some(span) = enc_spans[i] {
+                errors.push(syn::Error::new(
+                    span,
+                    format!(
+                        "the primary key `{}` cannot be encrypted: it is bound into every encrypted value of the row and must stay queryable",
+                        fields[i].ident
+                    ),
+                ));
+            }
+        }
+        let tenant = sattrs
+            .tenant
+            .as_ref()
+            .and_then(|t| find(t, "tenant field", &mut errors));
+        if let Some(i) = tenant
+            && let Some(span) = enc_spans[i]
+        {
+            errors.push(syn::Error::new(
+                span,
+                format!("the tenant field `{}` cannot be encrypted: it is bound into every encrypted value of the row", fields[i].ident),
+            ));
+        }
+        if enc_spans.iter().all(Option::is_none) {
+            errors.push(syn::Error::new(
+                input.ident.span(),
+                "no field is marked `#[encrypt]`: mark the fields to encrypt, or use sqlx::FromRow for a model without encrypted columns",
+            ));
+        }
+        errors.finish()?;
+
+        let table = sattrs
+            .table
+            .map_or_else(|| table_name(&input.ident.to_string()), |t| t.value());
+        Ok(Input {
+            ident: &input.ident,
+            vis: &input.vis,
+            table,
+            pk,
+            tenant,
+            fields,
+        })
+    }
+}
+
+fn unraw(id: &Ident) -> String {
+    let s = id.to_string();
+    s.strip_prefix("r#").map(str::to_owned).unwrap_or(s)
+}
+
+/// `Some(T)` for a type written `Option<T>` (or `std::option::Option<T>`).
+pub fn option_inner(ty: &Type) -> Option<&Type> {
+    let Type::Path(p) = ty else { return None };
+    if p.qself.is_some() {
+        return None;
+    }
+    let last = p.path.segments.last()?;
+    if last.ident != "Option" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    match args.args.iter().collect::<Vec<_>>().as_slice() {
+        [GenericArgument::Type(t)] => Some(t),
+        _ => None,
+    }
+}
+
+/// Reject, with a message that says what to use instead, the field types that
+/// can never be encrypted. Anything else is checked by the `FieldCodec` bound.
+fn check_type(ty: &Type) -> syn::Result<()> {
+    let msg = match ty {
+        Type::Paren(p) => return check_type(&p.elem),
+        Type::Group(g) => return check_type(&g.elem),
+        Type::Reference(_) => {
+            "an encrypted field cannot be a reference: a model owns its values (use `String` for `&str`, `Vec<u8>` for `&[u8]`)"
+        }
+        Type::Ptr(_) => "an encrypted field cannot be a raw pointer",
+        Type::Tuple(t) if t.elems.is_empty() => {
+            "an encrypted field cannot be `()`: there is nothing to encrypt"
+        }
+        Type::Tuple(_) => {
+            "an encrypted field cannot be a tuple: use a struct, or store it as JSON with `#[encrypt(json)]`"
+        }
+        Type::Array(_) => {
+            "an encrypted field cannot be an array: use `Vec<u8>` for bytes, or store it as JSON with `#[encrypt(json)]`"
+        }
+        Type::Slice(_) => "an encrypted field cannot be an unsized slice: use `Vec<_>`",
+        Type::BareFn(_) => "an encrypted field cannot be a function pointer",
+        Type::TraitObject(_) | Type::ImplTrait(_) => {
+            "an encrypted field needs a concrete type that implements `sqlx_envelope::FieldCodec`"
+        }
+        Type::Never(_) => "an encrypted field cannot be `!`",
+        Type::Infer(_) => "an encrypted field needs a concrete type",
+        _ => return Ok(()),
+    };
+    Err(syn::Error::new(ty.span(), msg))
+}
+
+/// The default table name: the struct name in snake_case, its last word made
+/// plural by the English rules `s/x/z/ch/sh` → `+es`, consonant + `y` → `ies`,
+/// otherwise `+s`. `Patient` → `patients`, `MedicalRecord` → `medical_records`,
+/// `Address` → `addresses`, `Category` → `categories`, `HTTPLog` → `http_logs`.
+pub fn table_name(name: &str) -> String {
+    let chars: Vec<char> = name.trim_start_matches("r#").chars().collect();
+    let mut snake = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_uppercase() {
+            let prev = i.checked_sub(1).map(|j| chars[j]);
+            let next = chars.get(i + 1);
+            let boundary = match prev {
+                None | Some('_') => false,
+                Some(p) if p.is_lowercase() || p.is_ascii_digit() => true,
+                Some(p) => p.is_uppercase() && next.is_some_and(|n| n.is_lowercase()),
+            };
+            if boundary {
+                snake.push('_');
+            }
+            snake.extend(c.to_lowercase());
+        } else {
+            snake.push(c);
+        }
+    }
+    let consonant_y =
+        snake.ends_with('y') && !snake[..snake.len() - 1].ends_with(['a', 'e', 'i', 'o', 'u']);
+    if consonant_y {
+        snake.pop();
+        snake.push_str("ies");
+    } else if snake.ends_with(['s', 'x', 'z']) || snake.ends_with("ch") || snake.ends_with("sh") {
+        snake.push_str("es");
+    } else {
+        snake.push('s');
+    }
+    snake
+}
+
+/// The span of a type, for diagnostics.
+pub fn span_of(ty: &Type) -> Span {
+    ty.span()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table_name;
+
+    #[test]
+    fn table_names() {
+        for (s, t) in [
+            ("Patient", "patients"),
+            ("MedicalRecord", "medical_records"),
+            ("Address", "addresses"),
+            ("Box", "boxes"),
+            ("Match", "matches"),
+            ("Wish", "wishes"),
+            ("Category", "categories"),
+            ("Key", "keys"),
+            ("HTTPLog", "http_logs"),
+            ("User2Fa", "user2_fas"),
+            ("Oauth2Token", "oauth2_tokens"),
+            ("patient", "patients"),
+        ] {
+            assert_eq!(table_name(s), t, "{s}");
+        }
+    }
+}

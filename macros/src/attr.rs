@@ -1,0 +1,240 @@
+//! Parsing of the `#[envelope(...)]` and `#[encrypt(...)]` attributes.
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{Attribute, Ident, LitInt, LitStr};
+
+/// Errors collected while parsing, so that independent mistakes are all
+/// reported at once (one error each) and nothing is expanded after any of them.
+#[derive(Default)]
+pub struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub fn push(&mut self, e: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(e),
+            None => self.0 = Some(e),
+        }
+    }
+
+    pub fn finish(self) -> Result<(), syn::Error> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
+/// `#[envelope(...)]` on the struct.
+#[derive(Default)]
+pub struct StructAttrs {
+    pub table: Option<LitStr>,
+    /// The primary-key fields, in key order.
+    pub id: Option<Vec<Ident>>,
+    pub tenant: Option<Ident>,
+}
+
+const STRUCT_KEYS: &str =
+    "expected `table = \"...\"`, `id = \"field\"`, `id(field, ...)` or `tenant = \"field\"`";
+
+pub fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAttrs {
+    let mut out = StructAttrs::default();
+    for attr in attrs {
+        if attr.path().is_ident("encrypt") {
+            errors.push(syn::Error::new(
+                attr.span(),
+                "`#[encrypt]` marks a field; put it on the fields to encrypt, not on the struct",
+            ));
+            continue;
+        }
+        if !attr.path().is_ident("envelope") {
+            continue;
+        }
+        let parsed = attr.parse_nested_meta(|meta| {
+            let key = meta
+                .path
+                .get_ident()
+                .map(Ident::to_string)
+                .unwrap_or_default();
+            match key.as_str() {
+                "table" => {
+                    let lit: LitStr = meta.value()?.parse()?;
+                    if lit.value().is_empty() {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            "the table name cannot be empty",
+                        ));
+                    }
+                    set_once(&mut out.table, lit, &meta.path, "table")
+                }
+                "id" => {
+                    let mut ids = Vec::new();
+                    if meta.input.peek(syn::Token![=]) {
+                        let lit: LitStr = meta.value()?.parse()?;
+                        ids.push(field_name(&lit)?);
+                    } else if meta.input.peek(syn::token::Paren) {
+                        meta.parse_nested_meta(|inner| match inner.path.get_ident() {
+                            Some(id)
+                                if inner.input.is_empty() || inner.input.peek(syn::Token![,]) =>
+                            {
+                                ids.push(id.clone());
+                                Ok(())
+                            }
+                            _ => {
+                                Err(inner
+                                    .error("expected a field name, as in `id(tenant_id, number)`"))
+                            }
+                        })?;
+                        if ids.is_empty() {
+                            return Err(meta.error("`id(...)` needs at least one field"));
+                        }
+                    } else {
+                        return Err(meta.error("expected `id = \"field\"` or `id(field, ...)`"));
+                    }
+                    for (i, a) in ids.iter().enumerate() {
+                        if ids[..i].contains(a) {
+                            return Err(syn::Error::new(
+                                a.span(),
+                                format!("`{a}` is listed twice in the primary key"),
+                            ));
+                        }
+                    }
+                    set_once(&mut out.id, ids, &meta.path, "id")
+                }
+                "tenant" => {
+                    let lit: LitStr = meta.value()?.parse()?;
+                    let id = field_name(&lit)?;
+                    set_once(&mut out.tenant, id, &meta.path, "tenant")
+                }
+                _ => Err(meta.error(format!(
+                    "unknown `envelope` attribute `{}`; {STRUCT_KEYS}",
+                    path_text(&meta.path)
+                ))),
+            }
+        });
+        if let Err(e) = parsed {
+            errors.push(e);
+        }
+    }
+    out
+}
+
+/// `#[encrypt]` / `#[encrypt(...)]` on a field.
+pub struct EncryptAttr {
+    /// Span of the whole attribute, for errors about the field being encrypted.
+    pub span: Span,
+    pub column: Option<LitStr>,
+    pub hide_null: Option<Span>,
+    pub pad: Option<usize>,
+    pub json: bool,
+}
+
+const FIELD_KEYS: &str = "expected `column = \"...\"`, `hide_null`, `pad = N` or `json`";
+
+pub fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> Option<EncryptAttr> {
+    let mut out: Option<EncryptAttr> = None;
+    for attr in attrs {
+        if attr.path().is_ident("envelope") {
+            errors.push(syn::Error::new(
+                attr.span(),
+                "`#[envelope(...)]` configures the struct; on a field, use `#[encrypt]` or `#[encrypt(...)]`",
+            ));
+            continue;
+        }
+        if !attr.path().is_ident("encrypt") {
+            continue;
+        }
+        if out.is_some() {
+            errors.push(syn::Error::new(
+                attr.span(),
+                "duplicate `#[encrypt]` attribute",
+            ));
+            continue;
+        }
+        let mut enc = EncryptAttr {
+            span: attr.span(),
+            column: None,
+            hide_null: None,
+            pad: None,
+            json: false,
+        };
+        if let syn::Meta::List(_) = attr.meta {
+            let parsed = attr.parse_nested_meta(|meta| {
+                let key = meta
+                    .path
+                    .get_ident()
+                    .map(Ident::to_string)
+                    .unwrap_or_default();
+                match key.as_str() {
+                    "column" => {
+                        let lit: LitStr = meta.value()?.parse()?;
+                        if lit.value().is_empty() {
+                            return Err(syn::Error::new(
+                                lit.span(),
+                                "the column name cannot be empty",
+                            ));
+                        }
+                        set_once(&mut enc.column, lit, &meta.path, "column")
+                    }
+                    "hide_null" => set_once(
+                        &mut enc.hide_null,
+                        meta.path.span(),
+                        &meta.path,
+                        "hide_null",
+                    ),
+                    "json" => {
+                        if enc.json {
+                            return Err(meta.error("duplicate `json`"));
+                        }
+                        enc.json = true;
+                        Ok(())
+                    }
+                    "pad" => {
+                        let lit: LitInt = meta.value()?.parse()?;
+                        let n: usize = lit.base10_parse()?;
+                        if n == 0 || n > 65_536 {
+                            return Err(syn::Error::new(
+                                lit.span(),
+                                "`pad` is a block size in bytes, from 1 to 65536",
+                            ));
+                        }
+                        set_once(&mut enc.pad, n, &meta.path, "pad")
+                    }
+                    _ => Err(meta.error(format!(
+                        "unknown `encrypt` option `{}`; {FIELD_KEYS}",
+                        path_text(&meta.path)
+                    ))),
+                }
+            });
+            if let Err(e) = parsed {
+                errors.push(e);
+            }
+        } else if let syn::Meta::NameValue(nv) = &attr.meta {
+            errors.push(syn::Error::new(
+                nv.eq_token.span,
+                format!("expected `#[encrypt]` or `#[encrypt(...)]`; {FIELD_KEYS}"),
+            ));
+        }
+        out = Some(enc);
+    }
+    out
+}
+
+fn set_once<T>(slot: &mut Option<T>, value: T, path: &syn::Path, name: &str) -> syn::Result<()> {
+    if slot.is_some() {
+        return Err(syn::Error::new(path.span(), format!("duplicate `{name}`")));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+fn field_name(lit: &LitStr) -> syn::Result<Ident> {
+    lit.parse::<Ident>()
+        .map(|id| Ident::new(&id.to_string(), lit.span()))
+        .map_err(|_| syn::Error::new(lit.span(), "expected the name of a field"))
+}
+
+fn path_text(p: &syn::Path) -> String {
+    p.segments
+        .iter()
+        .map(|s| s.ident.to_string())
+        .collect::<Vec<_>>()
+        .join("::")
+}

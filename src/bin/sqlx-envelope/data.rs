@@ -1,0 +1,245 @@
+//! `backfill`, `decrypt`, `drop-plaintext`, `reencrypt`: jobs over data rows.
+
+use std::time::Duration;
+
+use clap::Args;
+use sqlx_envelope::jobs::transition::{drop_plaintext as drop_column, transition_counts};
+use sqlx_envelope::jobs::{Job, JobOptions, JobReport, PlainKind, Target, reset_job};
+use sqlx_envelope::{KeyId, KeyState};
+
+use crate::config::Global;
+use crate::{CmdResult, Failure};
+
+/// Options shared by every row job.
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// Rows per batch (one read and one transaction).
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: usize,
+    /// Rows per chunk: the unit workers lease from each other.
+    #[arg(long, default_value_t = 5000)]
+    pub chunk_rows: u64,
+    /// Concurrent chunk workers in this process.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// At most this many rows per second (this process).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Seconds a chunk stays leased without progress before another worker takes it over.
+    #[arg(long, default_value_t = 60)]
+    pub lease_secs: u64,
+    /// This worker's id (unique per concurrent worker; reuse it to resume a killed worker's chunks at once).
+    #[arg(long, env = "SQLX_ENVELOPE_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Job name in sqlx_envelope_jobs (default derived from table, columns and keys).
+    #[arg(long)]
+    pub job_name: Option<String>,
+    /// Read and decrypt, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Forget the job's checkpoints and start over.
+    #[arg(long)]
+    pub restart: bool,
+}
+
+impl JobArgs {
+    fn options(&self) -> JobOptions {
+        let mut o = JobOptions::default();
+        o.batch_size = self.batch_size;
+        o.chunk_rows = self.chunk_rows;
+        o.concurrency = self.concurrency;
+        o.rate = self.rate;
+        o.lease = Duration::from_secs(self.lease_secs);
+        if let Some(w) = &self.worker_id {
+            o.worker_id = w.clone();
+        }
+        o.job_name = self.job_name.clone();
+        o.dry_run = self.dry_run;
+        o
+    }
+}
+
+/// `backfill` / `decrypt`.
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// The table.
+    #[arg(long)]
+    pub table: String,
+    /// Its integer primary key column.
+    #[arg(long, default_value = "id")]
+    pub pk: String,
+    /// The plaintext column.
+    #[arg(long)]
+    pub plaintext_column: String,
+    /// The encrypted column (binary, nullable).
+    #[arg(long)]
+    pub encrypted_column: String,
+    /// The plaintext column is binary (default: text).
+    #[arg(long)]
+    pub bytes: bool,
+    /// Column name bound into each value's context, if the application uses another name
+    /// (e.g. the name the encrypted column will have after a rename).
+    #[arg(long)]
+    pub context_column: Option<String>,
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+/// `drop-plaintext`.
+#[derive(Debug, Args)]
+pub struct DropArgs {
+    /// The table.
+    #[arg(long)]
+    pub table: String,
+    /// Its integer primary key column.
+    #[arg(long, default_value = "id")]
+    pub pk: String,
+    /// The plaintext column to drop.
+    #[arg(long)]
+    pub plaintext_column: String,
+    /// The encrypted column that must be set on every row with a plaintext value.
+    #[arg(long)]
+    pub encrypted_column: String,
+}
+
+/// `reencrypt`.
+#[derive(Debug, Args)]
+pub struct ReencryptArgs {
+    /// The table.
+    #[arg(long)]
+    pub table: String,
+    /// Its integer primary key column.
+    #[arg(long, default_value = "id")]
+    pub pk: String,
+    /// The encrypted column.
+    #[arg(long)]
+    pub column: String,
+    /// Data keys to move away from (repeatable or comma-separated). Default: every decrypt_only key.
+    #[arg(long = "key", value_delimiter = ',')]
+    pub keys: Vec<u64>,
+    /// Column name bound into each value's context, if not the SQL column name.
+    #[arg(long)]
+    pub context_column: Option<String>,
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+fn target(table: &str, pk: &str, column: &str, ctx: &Option<String>) -> Result<Target, Failure> {
+    let t = Target::new(table, pk, column)?;
+    Ok(match ctx {
+        Some(c) => t.context_column(c),
+        None => t,
+    })
+}
+
+async fn run_job(g: &Global, job: Job, restart: bool, label: &str) -> Result<JobReport, Failure> {
+    if restart {
+        // Cheap: the job's own pool is not exposed, reconnect.
+        let pool = g.pool().await?;
+        reset_job(&pool, &job.name()).await?;
+    }
+    let cancel = job.cancel_token();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            cancel.cancel();
+        }
+    });
+    let bar = crate::progress::spawn(job.progress(), label, g.no_progress);
+    let report = job.run().await;
+    let _ = bar.await;
+    let r = report?;
+    println!(
+        "{}{}: scanned={} written={} conflicts={} failed={} chunks_done={} remaining={}",
+        r.job,
+        if r.dry_run { " (dry run)" } else { "" },
+        r.scanned,
+        r.written,
+        r.conflicts,
+        r.failed,
+        r.chunks_done,
+        r.remaining
+    );
+    if let Some(s) = &r.status {
+        println!(
+            "job total: chunks {}/{} done, written={} conflicts={} failed={}",
+            s.chunks_done, s.chunks, s.written, s.conflicts, s.failed
+        );
+    }
+    Ok(r)
+}
+
+/// `backfill` (`reverse = false`) and `decrypt` (`reverse = true`).
+pub async fn backfill(g: &Global, a: BackfillArgs, reverse: bool) -> CmdResult {
+    let (pool, envelope) = g.envelope().await?;
+    let t = target(&a.table, &a.pk, &a.encrypted_column, &a.context_column)?;
+    let kind = if a.bytes {
+        PlainKind::Bytes
+    } else {
+        PlainKind::Text
+    };
+    let job = if reverse {
+        Job::decrypt_column(envelope, pool.clone(), t.clone(), &a.plaintext_column, kind)?
+    } else {
+        Job::encrypt_column(envelope, pool.clone(), t.clone(), &a.plaintext_column, kind)?
+    }
+    .options(a.job.options());
+    let r = run_job(g, job, a.job.restart, if reverse { "decrypt" } else { "backfill" }).await?;
+    if !reverse {
+        let c = transition_counts(&pool, &t, &a.plaintext_column).await?;
+        println!(
+            "{t}: {} encrypted, {} plaintext only, {} empty, {} rows",
+            c.encrypted, c.plaintext_only, c.null, c.total
+        );
+        if c.plaintext_only > 0 && !r.dry_run {
+            return Err(Failure::RowsRemain(format!(
+                "{} row(s) of {t} are still plaintext only (failed or written meanwhile); run again",
+                c.plaintext_only
+            )));
+        }
+    } else if r.remaining > 0 && !r.dry_run {
+        return Err(Failure::RowsRemain(format!(
+            "{} row(s) of {t} are not decrypted",
+            r.remaining
+        )));
+    }
+    Ok(())
+}
+
+/// `drop-plaintext`.
+pub async fn drop_plaintext(g: &Global, a: DropArgs) -> CmdResult {
+    let pool = g.pool().await?;
+    let t = Target::new(&a.table, &a.pk, &a.encrypted_column)?;
+    drop_column(&pool, &t, &a.plaintext_column).await?;
+    println!("{}.{} dropped", a.table, a.plaintext_column);
+    Ok(())
+}
+
+/// `reencrypt`.
+pub async fn reencrypt(g: &Global, a: ReencryptArgs) -> CmdResult {
+    let (pool, envelope) = g.envelope().await?;
+    let t = target(&a.table, &a.pk, &a.column, &a.context_column)?;
+    let keys: Vec<KeyId> = if a.keys.is_empty() {
+        envelope
+            .keys()
+            .await?
+            .into_iter()
+            .filter(|k| k.state == KeyState::DecryptOnly)
+            .map(|k| k.id)
+            .collect()
+    } else {
+        a.keys.iter().map(|k| KeyId::new(*k)).collect()
+    };
+    if keys.is_empty() {
+        println!("no decrypt_only data key: nothing to re-encrypt (retire a key first)");
+        return Ok(());
+    }
+    let job = Job::reencrypt(envelope, pool, t, keys).options(a.job.options());
+    let r = run_job(g, job, a.job.restart, "reencrypt").await?;
+    if r.remaining > 0 && !r.dry_run {
+        return Err(Failure::RowsRemain(format!(
+            "{} row(s) still reference the retired keys (failed or written meanwhile); run again with --restart",
+            r.remaining
+        )));
+    }
+    Ok(())
+}

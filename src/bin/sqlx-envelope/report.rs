@@ -1,0 +1,147 @@
+//! `status` and `verify`.
+
+use clap::Args;
+use sqlx_envelope::jobs::transition::{transition_counts, verify_encrypted};
+use sqlx_envelope::jobs::{ColumnStatus, JobPool, PlainKind, Target, registered_columns};
+use sqlx_envelope::{Envelope, KeyId};
+
+use crate::config::{Global, parse_column};
+use crate::{CmdResult, Failure};
+
+/// `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Column to report (TABLE.COLUMN[:PK], repeatable). Default: every registered column.
+    #[arg(long = "column", value_parser = parse_column)]
+    pub columns: Vec<Target>,
+}
+
+/// `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Column to check (TABLE.COLUMN[:PK], repeatable). Default: every registered column.
+    #[arg(long = "column", value_parser = parse_column)]
+    pub columns: Vec<Target>,
+    /// Fail (exit 3) if any row still references one of these data keys.
+    #[arg(long = "key", value_delimiter = ',')]
+    pub keys: Vec<u64>,
+    /// Backfill verification: open every encrypted value of the single --column and compare it
+    /// with this plaintext column; fail if any row is plaintext only, differs or does not open.
+    #[arg(long, requires = "columns")]
+    pub plaintext_column: Option<String>,
+    /// The plaintext column is binary (default: text).
+    #[arg(long)]
+    pub bytes: bool,
+}
+
+async fn columns(pool: &JobPool, given: Vec<Target>) -> Result<Vec<Target>, Failure> {
+    if !given.is_empty() {
+        return Ok(given);
+    }
+    let cols = registered_columns(pool).await?;
+    if cols.is_empty() {
+        return Err(Failure::Error(
+            "no encrypted column is registered yet: pass --column TABLE.COLUMN[:PK]".into(),
+        ));
+    }
+    Ok(cols)
+}
+
+fn print_status(s: &ColumnStatus, states: &[(KeyId, String)]) {
+    println!(
+        "{} (pk {}): {} encrypted, {} null, {} unrecognized, {} undecryptable",
+        s.target,
+        s.target.pk,
+        s.counts.encrypted(),
+        s.counts.null,
+        s.counts.unrecognized,
+        s.undecryptable
+    );
+    for (id, n) in &s.counts.by_key {
+        let state = states
+            .iter()
+            .find(|(k, _)| k == id)
+            .map_or("unknown", |(_, s)| s.as_str());
+        println!("  data key {:>6} {:<12} {n} rows", id.get(), state);
+    }
+    for (m, n) in &s.by_master_key {
+        println!("  master key {m}: {n} rows");
+    }
+}
+
+/// `status`.
+pub async fn status(g: &Global, a: StatusArgs) -> CmdResult {
+    let pool = g.pool().await?;
+    let keys = pool.key_store().list().await?;
+    let states: Vec<(KeyId, String)> = keys.iter().map(|k| (k.id, k.state.to_string())).collect();
+    for t in columns(&pool, a.columns).await? {
+        let s = ColumnStatus::compute(&pool, &t, &keys).await?;
+        print_status(&s, &states);
+    }
+    Ok(())
+}
+
+/// `verify`.
+pub async fn verify(g: &Global, a: VerifyArgs) -> CmdResult {
+    let pool = g.pool().await?;
+    if let Some(plain) = &a.plaintext_column {
+        let [t] = a.columns.as_slice() else {
+            return Err(Failure::Error(
+                "--plaintext-column needs exactly one --column".into(),
+            ));
+        };
+        let keyring = g.keyring().await?;
+        let envelope = Envelope::builder()
+            .keyring_arc(keyring)
+            .store_arc(pool.key_store())
+            .build()?;
+        let kind = if a.bytes {
+            PlainKind::Bytes
+        } else {
+            PlainKind::Text
+        };
+        let c = transition_counts(&pool, t, plain).await?;
+        let v = verify_encrypted(&envelope, &pool, t, plain, kind, 1000).await?;
+        println!(
+            "{t}: {} rows, {} encrypted, {} plaintext only; opened {}, mismatched {}, failed {}",
+            c.total, c.encrypted, c.plaintext_only, v.checked, v.mismatched, v.failed
+        );
+        if !v.is_clean() {
+            return Err(Failure::RowsRemain(format!(
+                "{t}: {} plaintext only, {} mismatched, {} do not open",
+                v.plaintext_only, v.mismatched, v.failed
+            )));
+        }
+        return Ok(());
+    }
+    let keys = pool.key_store().list().await?;
+    let states: Vec<(KeyId, String)> = keys.iter().map(|k| (k.id, k.state.to_string())).collect();
+    let watch: Vec<KeyId> = a.keys.iter().map(|k| KeyId::new(*k)).collect();
+    let mut problems = Vec::new();
+    for t in columns(&pool, a.columns).await? {
+        let s = ColumnStatus::compute(&pool, &t, &keys).await?;
+        print_status(&s, &states);
+        let on = s.counts.on(&watch);
+        if on > 0 {
+            problems.push(format!("{t}: {on} row(s) on the given keys"));
+        }
+        if s.undecryptable > 0 {
+            problems.push(format!(
+                "{t}: {} row(s) under unknown, retired or destroyed keys",
+                s.undecryptable
+            ));
+        }
+        if s.counts.unrecognized > 0 {
+            problems.push(format!(
+                "{t}: {} row(s) not in the sealed format",
+                s.counts.unrecognized
+            ));
+        }
+    }
+    if problems.is_empty() {
+        println!("verify: ok");
+        Ok(())
+    } else {
+        Err(Failure::RowsRemain(problems.join("; ")))
+    }
+}

@@ -1,0 +1,356 @@
+//! Checkpoints and leases in `sqlx_envelope_jobs`.
+//!
+//! A job is one header row (`chunk = 0`, holding its kind and a description) and
+//! one row per primary-key range `(lo, hi]` ("chunk"), planned once by the first
+//! worker (inside the transaction that inserts the header, so concurrent
+//! starters agree on one plan). A worker claims a chunk with a compare-and-swap
+//! `UPDATE` (pending, or running under an expired lease, or its own lease after
+//! a restart), processes it batch by batch, and records each batch's last
+//! primary key and counts in the same transaction as the batch's row writes,
+//! renewing its lease. A crash therefore loses nothing and repeats nothing.
+
+use sqlx::Row as _;
+
+use super::db::{Dialect, now_ms};
+use super::{JobError, JobPool, JobResult, Target, on_pool};
+
+/// A claimed primary-key range.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Chunk {
+    pub chunk: i64,
+    pub hi: Option<i64>,
+    /// Last primary key done (`lo` when none yet). `None`: from the start.
+    pub after: Option<i64>,
+}
+
+/// The statements on the jobs table, per dialect.
+#[derive(Debug)]
+pub(crate) struct JobSql {
+    pub candidates: String,
+    pub claim: String,
+    pub load: String,
+    /// In the batch transaction: (cursor, lease_until, updated, scanned, written,
+    /// conflicts, failed, job, chunk, owner)
+    pub progress: String,
+    pub done: String,
+    pub release: String,
+}
+
+impl JobSql {
+    pub(crate) fn new(d: Dialect) -> Self {
+        let p = |n| d.ph(n);
+        let claimable = |a: usize, b: usize| {
+            format!(
+                "(state = 'pending' OR (state = 'running' AND (owner = {} OR lease_until < {})))",
+                p(a),
+                p(b)
+            )
+        };
+        JobSql {
+            candidates: format!(
+                "SELECT chunk FROM sqlx_envelope_jobs WHERE job = {} AND chunk > 0 AND {} ORDER BY chunk LIMIT 16",
+                p(1),
+                claimable(2, 3)
+            ),
+            claim: format!(
+                "UPDATE sqlx_envelope_jobs SET state = 'running', owner = {}, lease_until = {}, updated_ms = {} \
+                 WHERE job = {} AND chunk = {} AND {}",
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5),
+                claimable(6, 7)
+            ),
+            load: format!(
+                "SELECT lo, hi, cursor_pk FROM sqlx_envelope_jobs WHERE job = {} AND chunk = {}",
+                p(1),
+                p(2)
+            ),
+            progress: format!(
+                "UPDATE sqlx_envelope_jobs SET cursor_pk = {}, lease_until = {}, updated_ms = {}, \
+                 scanned = scanned + {}, written = written + {}, conflicts = conflicts + {}, failed = failed + {} \
+                 WHERE job = {} AND chunk = {} AND owner = {} AND state = 'running'",
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5),
+                p(6),
+                p(7),
+                p(8),
+                p(9),
+                p(10)
+            ),
+            done: format!(
+                "UPDATE sqlx_envelope_jobs SET state = 'done', lease_until = NULL, updated_ms = {} \
+                 WHERE job = {} AND chunk = {} AND owner = {} AND state = 'running'",
+                p(1),
+                p(2),
+                p(3),
+                p(4)
+            ),
+            release: format!(
+                "UPDATE sqlx_envelope_jobs SET state = 'pending', owner = NULL, lease_until = NULL, updated_ms = {} \
+                 WHERE job = {} AND chunk = {} AND owner = {} AND state = 'running'",
+                p(1),
+                p(2),
+                p(3),
+                p(4)
+            ),
+        }
+    }
+}
+
+/// Create the job's header and chunks unless they exist. Returns whether this
+/// call planned the job. Refuses a job name already used with another spec.
+pub(crate) async fn plan(
+    pool: &JobPool,
+    job: &str,
+    kind: &str,
+    spec: &str,
+    target: &Target,
+    chunk_rows: u64,
+) -> JobResult<bool> {
+    let d = pool.dialect();
+    let (ins, ign) = d.insert_ignore();
+    let p = |n| d.ph(n);
+    let header = format!(
+        "{ins} INTO sqlx_envelope_jobs (job, chunk, kind, spec, state, updated_ms) VALUES ({}, 0, {}, {}, 'running', {}){ign}",
+        p(1),
+        p(2),
+        p(3),
+        p(4)
+    );
+    let read_header = format!(
+        "SELECT kind, spec FROM sqlx_envelope_jobs WHERE job = {} AND chunk = 0",
+        p(1)
+    );
+    let insert_chunk = format!(
+        "INSERT INTO sqlx_envelope_jobs (job, chunk, kind, lo, hi, state, updated_ms) VALUES ({}, {}, {}, {}, {}, 'pending', {})",
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(5),
+        p(6)
+    );
+    let (t, pk) = (d.quote(&target.table), d.quote(&target.pk));
+    let offset = chunk_rows.max(1) - 1;
+    let first = format!("SELECT {pk} FROM {t} ORDER BY {pk} LIMIT 1 OFFSET {offset}");
+    let next = format!(
+        "SELECT {pk} FROM {t} WHERE {pk} > {} ORDER BY {pk} LIMIT 1 OFFSET {offset}",
+        p(1)
+    );
+    let now = now_ms();
+    on_pool!(pool, p => {
+        let mut tx = p.begin().await?;
+        let inserted = sqlx::query(sqlx::AssertSqlSafe(header))
+            .bind(job)
+            .bind(kind)
+            .bind(spec)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if inserted == 0 {
+            let row = sqlx::query(sqlx::AssertSqlSafe(read_header))
+                .bind(job)
+                .fetch_one(&mut *tx)
+                .await?;
+            let (k, s): (String, Option<String>) = (row.try_get(0)?, row.try_get(1)?);
+            tx.commit().await?;
+            if k != kind || s.as_deref() != Some(spec) {
+                return Err(JobError::Invalid(format!(
+                    "job {job:?} already exists with another description ({k}); pick another job name or reset it"
+                )));
+            }
+            return Ok(false);
+        }
+        let mut bounds: Vec<i64> = Vec::new();
+        loop {
+            let b: Option<i64> = match bounds.last() {
+                None => sqlx::query_scalar(sqlx::AssertSqlSafe(first.clone()))
+                    .fetch_optional(&mut *tx)
+                    .await?,
+                Some(last) => sqlx::query_scalar(sqlx::AssertSqlSafe(next.clone()))
+                    .bind(*last)
+                    .fetch_optional(&mut *tx)
+                    .await?,
+            };
+            match b {
+                Some(b) => bounds.push(b),
+                None => break,
+            }
+        }
+        // Chunks (lo, hi]: (-inf, b1], (b1, b2], ..., (bk, +inf).
+        let mut lo: Option<i64> = None;
+        for (i, hi) in bounds.iter().map(|b| Some(*b)).chain([None]).enumerate() {
+            sqlx::query(sqlx::AssertSqlSafe(insert_chunk.clone()))
+                .bind(job)
+                .bind(i as i64 + 1)
+                .bind(kind)
+                .bind(lo)
+                .bind(hi)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            lo = hi;
+        }
+        tx.commit().await?;
+        Ok(true)
+    })
+}
+
+/// Claim one chunk for `owner` with a lease of `lease_ms`.
+pub(crate) async fn claim(
+    pool: &JobPool,
+    sql: &JobSql,
+    job: &str,
+    owner: &str,
+    lease_ms: i64,
+    pick: usize,
+) -> JobResult<Option<Chunk>> {
+    loop {
+        let now = now_ms();
+        let candidates: Vec<i64> = on_pool!(pool, p => sqlx::query_scalar(sqlx::AssertSqlSafe(sql.candidates.clone()))
+            .bind(job)
+            .bind(owner)
+            .bind(now)
+            .fetch_all(p)
+            .await?);
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        // Spread concurrent workers over the candidates; our own lease first.
+        let chunk = candidates[pick % candidates.len()];
+        let got = on_pool!(pool, p => sqlx::query(sqlx::AssertSqlSafe(sql.claim.clone()))
+            .bind(owner)
+            .bind(now + lease_ms)
+            .bind(now)
+            .bind(job)
+            .bind(chunk)
+            .bind(owner)
+            .bind(now)
+            .execute(p)
+            .await?
+            .rows_affected());
+        if got == 1 {
+            let (lo, hi, cursor): (Option<i64>, Option<i64>, Option<i64>) = on_pool!(pool, p => {
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql.load.clone()))
+                    .bind(job)
+                    .bind(chunk)
+                    .fetch_one(p)
+                    .await?;
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)
+            });
+            return Ok(Some(Chunk {
+                chunk,
+                hi,
+                after: cursor.or(lo),
+            }));
+        }
+        // Lost the race for this chunk: look again.
+    }
+}
+
+/// Run one parameterless-but-for-keys statement on a chunk row (done, release).
+pub(crate) async fn finish_chunk(
+    pool: &JobPool,
+    stmt: &str,
+    job: &str,
+    chunk: i64,
+    owner: &str,
+) -> JobResult<bool> {
+    let stmt = stmt.to_owned();
+    Ok(on_pool!(pool, p => sqlx::query(sqlx::AssertSqlSafe(stmt))
+        .bind(now_ms())
+        .bind(job)
+        .bind(chunk)
+        .bind(owner)
+        .execute(p)
+        .await?
+        .rows_affected()
+        == 1))
+}
+
+/// The state of a job across all its workers, from `sqlx_envelope_jobs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobStatus {
+    /// The job's kind (`reencrypt`, `encrypt`, `decrypt`); `None` if the job
+    /// does not exist.
+    pub kind: Option<String>,
+    /// Chunks in the plan.
+    pub chunks: u64,
+    /// Chunks finished.
+    pub chunks_done: u64,
+    /// Chunks leased right now.
+    pub chunks_running: u64,
+    /// Rows read, summed over all workers and runs.
+    pub scanned: u64,
+    /// Rows written.
+    pub written: u64,
+    /// Rows skipped because the application changed them concurrently.
+    pub conflicts: u64,
+    /// Rows that could not be processed.
+    pub failed: u64,
+    /// Distinct workers that finished at least one chunk.
+    pub workers: Vec<String>,
+}
+
+impl JobStatus {
+    /// Whether every chunk is done.
+    pub fn is_done(&self) -> bool {
+        self.kind.is_some() && self.chunks == self.chunks_done
+    }
+}
+
+/// Read the status of job `job`.
+pub async fn job_status(pool: &JobPool, job: &str) -> JobResult<JobStatus> {
+    let d = pool.dialect();
+    let sql = format!(
+        "SELECT chunk, kind, state, owner, scanned, written, conflicts, failed FROM sqlx_envelope_jobs WHERE job = {} ORDER BY chunk",
+        d.ph(1)
+    );
+    let rows: Vec<(i64, String, String, Option<String>, i64, i64, i64, i64)> =
+        on_pool!(pool, p => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(job).fetch_all(p).await?);
+    let mut st = JobStatus::default();
+    for (chunk, kind, state, owner, scanned, written, conflicts, failed) in rows {
+        if chunk == 0 {
+            st.kind = Some(kind);
+            continue;
+        }
+        st.chunks += 1;
+        match state.as_str() {
+            "done" => {
+                st.chunks_done += 1;
+                if let Some(o) = owner {
+                    if !st.workers.contains(&o) {
+                        st.workers.push(o);
+                    }
+                }
+            }
+            "running" => st.chunks_running += 1,
+            _ => {}
+        }
+        st.scanned += scanned as u64;
+        st.written += written as u64;
+        st.conflicts += conflicts as u64;
+        st.failed += failed as u64;
+    }
+    st.workers.sort();
+    Ok(st)
+}
+
+/// Delete job `job` (its header, chunks and counts), so that running it again
+/// starts over. Do not reset a job while workers run it.
+pub async fn reset_job(pool: &JobPool, job: &str) -> JobResult<u64> {
+    let sql = format!(
+        "DELETE FROM sqlx_envelope_jobs WHERE job = {}",
+        pool.dialect().ph(1)
+    );
+    Ok(
+        on_pool!(pool, p => sqlx::query(sqlx::AssertSqlSafe(sql)).bind(job).execute(p).await?.rows_affected()),
+    )
+}

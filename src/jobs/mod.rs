@@ -1,0 +1,238 @@
+//! Jobs over live data: encrypting an existing column, re-encrypting rows under
+//! a retired data key, re-wrapping data keys under a new master key, and the
+//! verify passes that gate every destructive step.
+//!
+//! Rotation is two different jobs:
+//!
+//! - **Master key replaced** ([`rewrap`]): every data key in the key store is
+//!   re-wrapped under the new master key ([`crate::Keyring::rewrap`], KMS
+//!   ReEncrypt or unwrap/wrap locally). O(number of data keys) keyring calls, no
+//!   data row is written. The old blob is kept until the new one unwrapped once.
+//! - **Data key retired** ([`Job::reencrypt`]): rows whose values reference the
+//!   retired key ids are found by the key id at its fixed offset, decrypted,
+//!   sealed under the active key and written back with a compare-and-swap
+//!   `UPDATE ... WHERE pk = ? AND col = <old value>`, so a concurrent application
+//!   write always wins. Progress is checkpointed in `sqlx_envelope_jobs` in the
+//!   same transaction as the rows it covers, so a killed run resumes exactly
+//!   where it stopped, and several workers (tasks or processes) share the table
+//!   by leasing primary-key ranges ("chunks").
+//!
+//! Encrypting an existing plaintext column ([`Job::encrypt_column`]), its
+//! transition reads ([`transition`]) and the guarded `DROP COLUMN`
+//! ([`transition::drop_plaintext`]) follow the phases described in
+//! `docs/jobs.md`; [`Job::decrypt_column`] is the way back out.
+//!
+//! Limits: the table must have a single integer primary key (keyset pagination
+//! and leases are by its value); values are bound to a context without tenant.
+//! Nothing here logs or reports plaintext or key material: progress carries
+//! counts, errors carry key ids and primary keys at most.
+
+mod checkpoint;
+mod db;
+pub mod rewrap;
+mod run;
+pub mod transition;
+pub mod verify;
+
+pub use checkpoint::{JobStatus, job_status, reset_job};
+pub use db::{Dialect, Ident, JobPool};
+pub use run::{Job, JobKind, JobOptions, JobReport, PlainKind};
+pub use verify::{
+    ColumnStatus, KeyCounts, count_by_key, count_rows_on, destroy_key, register_column,
+    registered_columns,
+};
+
+pub(crate) use db::on_pool;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::key::KeyId;
+
+/// What a job can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// The envelope (keyring, key store, a value) failed.
+    #[error(transparent)]
+    Envelope(#[from] crate::Error),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// An argument was invalid (an identifier, an option, a key id).
+    #[error("invalid job: {0}")]
+    Invalid(String),
+    /// A destructive step was refused because rows still depend on what it
+    /// would remove (a data key, a plaintext column).
+    #[error("refused: {rows} row(s) still {what}")]
+    RowsRemain {
+        /// How many rows.
+        rows: u64,
+        /// What they still depend on.
+        what: String,
+    },
+    /// The job was cancelled; its progress is checkpointed.
+    #[error("cancelled; progress is checkpointed and the job resumes where it stopped")]
+    Cancelled,
+}
+
+/// Result of a job operation.
+pub type JobResult<T> = std::result::Result<T, JobError>;
+
+/// The encrypted column a job works on: table, single integer primary key and
+/// column, plus the names bound into each value's context (by default the SQL
+/// names; override them when the application's [`crate::Context`] uses other
+/// names, e.g. before renaming `email_enc` to `email`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The table.
+    pub table: Ident,
+    /// Its primary key column (a single integer column).
+    pub pk: Ident,
+    /// The encrypted column (a binary column: `BYTEA`, `BLOB`, `VARBINARY`).
+    pub column: Ident,
+    /// The table name in each value's context.
+    pub context_table: String,
+    /// The column name in each value's context.
+    pub context_column: String,
+}
+
+impl Target {
+    /// A target whose context names are its SQL names. Fails on an identifier
+    /// that is not `[A-Za-z_][A-Za-z0-9_]*`.
+    pub fn new(table: &str, pk: &str, column: &str) -> JobResult<Self> {
+        Ok(Target {
+            table: Ident::new(table)?,
+            pk: Ident::new(pk)?,
+            column: Ident::new(column)?,
+            context_table: table.to_owned(),
+            context_column: column.to_owned(),
+        })
+    }
+
+    /// Use `name` as the column name in each value's context.
+    pub fn context_column(mut self, name: &str) -> Self {
+        self.context_column = name.to_owned();
+        self
+    }
+
+    /// Use `name` as the table name in each value's context.
+    pub fn context_table(mut self, name: &str) -> Self {
+        self.context_table = name.to_owned();
+        self
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.table, self.column)
+    }
+}
+
+/// Progress of a running job in this process, published on a
+/// `tokio::sync::watch` channel ([`Job::progress`]). Counts only: no value, no
+/// key material.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Rows the job had to process when this process started (counted once;
+    /// `None` if not counted).
+    pub total: Option<u64>,
+    /// Rows read by this process.
+    pub scanned: u64,
+    /// Rows written by this process.
+    pub written: u64,
+    /// Rows skipped because the application changed them concurrently (the
+    /// compare-and-swap found a new value, which is kept).
+    pub conflicts: u64,
+    /// Rows that could not be processed (a value that does not open); they are
+    /// left unchanged and show up in the verify pass.
+    pub failed: u64,
+    /// Chunks this process finished.
+    pub chunks_done: u64,
+    /// Set once the job stopped (finished, failed or cancelled).
+    pub finished: bool,
+}
+
+/// A cancellation token: cancel it from anywhere, the job stops after the
+/// batch in flight (which commits with its checkpoint, or rolls back whole).
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken {
+    inner: Arc<(AtomicBool, tokio::sync::Notify)>,
+}
+
+impl CancelToken {
+    /// A fresh token.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Request cancellation.
+    pub fn cancel(&self) {
+        self.inner.0.store(true, Ordering::SeqCst);
+        self.inner.1.notify_waiters();
+    }
+
+    /// Whether cancellation was requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.0.load(Ordering::SeqCst)
+    }
+
+    /// Sleep for `d`, or less if cancelled meanwhile.
+    pub(crate) async fn sleep(&self, d: Duration) {
+        if self.is_cancelled() {
+            return;
+        }
+        let notified = self.inner.1.notified();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = notified => {}
+        }
+    }
+}
+
+/// A rate limit in rows per second, shared by the tasks of one job.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    rate: Option<f64>,
+    start: Instant,
+    rows: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    pub(crate) fn new(rate: Option<f64>) -> Self {
+        Throttle {
+            rate: rate.filter(|r| *r > 0.0),
+            start: Instant::now(),
+            rows: Default::default(),
+        }
+    }
+
+    /// Account for `n` rows and sleep as long as the rate requires.
+    pub(crate) async fn pace(&self, n: u64, cancel: &CancelToken) {
+        let Some(rate) = self.rate else { return };
+        let done = self.rows.fetch_add(n, Ordering::Relaxed) + n;
+        let due = self.start + Duration::from_secs_f64(done as f64 / rate);
+        let now = Instant::now();
+        if due > now {
+            cancel.sleep(due - now).await;
+        }
+    }
+}
+
+/// Parse a list of key ids such as `3,4` or `#3`.
+pub fn parse_key_ids(list: &str) -> JobResult<Vec<KeyId>> {
+    list.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .trim_start_matches('#')
+                .parse::<u64>()
+                .ok()
+                .filter(|v| *v != 0)
+                .map(KeyId::new)
+                .ok_or_else(|| JobError::Invalid(format!("{s:?} is not a key id")))
+        })
+        .collect()
+}

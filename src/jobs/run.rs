@@ -1,0 +1,762 @@
+//! The row job runner: re-encryption, column encryption and decryption.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use sqlx::Row as _;
+use tokio::sync::watch;
+
+use super::checkpoint::{self, Chunk, JobSql, JobStatus};
+use super::db::{Dialect, Ident, is_transient, key_id_bytes, now_ms};
+use super::{
+    CancelToken, JobError, JobPool, JobResult, Progress, Target, Throttle, on_pool, verify,
+};
+use crate::context::{Context, RowId};
+use crate::envelope::Envelope;
+use crate::key::{KeyId, KeyState};
+
+/// How a plaintext column is typed in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainKind {
+    /// A text column (`TEXT`, `VARCHAR`): values are UTF-8 strings.
+    Text,
+    /// A binary column (`BYTEA`, `BLOB`, `VARBINARY`).
+    Bytes,
+}
+
+/// What a [`Job`] does to each row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobKind {
+    /// Re-encrypt values sealed under any of these data keys with the active key.
+    Reencrypt {
+        /// The data keys to move away from (decrypt-only, not active).
+        from: Vec<KeyId>,
+    },
+    /// Encrypt the plaintext column `plain` into the (NULL) target column.
+    Encrypt {
+        /// The plaintext source column.
+        plain: Ident,
+        /// Its type.
+        kind: PlainKind,
+    },
+    /// Decrypt the target column into the (NULL) plaintext column `plain`.
+    Decrypt {
+        /// The plaintext destination column.
+        plain: Ident,
+        /// Its type.
+        kind: PlainKind,
+    },
+}
+
+impl JobKind {
+    fn name(&self) -> &'static str {
+        match self {
+            JobKind::Reencrypt { .. } => "reencrypt",
+            JobKind::Encrypt { .. } => "encrypt",
+            JobKind::Decrypt { .. } => "decrypt",
+        }
+    }
+}
+
+/// Tuning of a [`Job`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct JobOptions {
+    /// Rows per batch (one read, one transaction). Default 500.
+    pub batch_size: usize,
+    /// Rows per chunk, the unit of leasing between workers. Default 5,000.
+    pub chunk_rows: u64,
+    /// Concurrent chunk workers in this process. Default 1.
+    pub concurrency: usize,
+    /// At most this many rows per second in this process. Default unlimited.
+    pub rate: Option<f64>,
+    /// How long a claimed chunk stays leased without progress before another
+    /// worker may take it over. Default 60 s.
+    pub lease: Duration,
+    /// This worker's id, unique among concurrent workers; a restarted worker
+    /// with the same id takes its own leases back at once. Default
+    /// `<hostname>-<pid>`.
+    pub worker_id: String,
+    /// The job's name in `sqlx_envelope_jobs`. Default derived from the kind,
+    /// table, columns and keys, so every worker of one job agrees on it.
+    pub job_name: Option<String>,
+    /// Read and decrypt, write nothing (not even checkpoints).
+    pub dry_run: bool,
+    /// Count the rows to do before starting (one scan), for progress totals.
+    /// Default true.
+    pub count_total: bool,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+        JobOptions {
+            batch_size: 500,
+            chunk_rows: 5_000,
+            concurrency: 1,
+            rate: None,
+            lease: Duration::from_secs(60),
+            worker_id: format!("{host}-{}", std::process::id()),
+            job_name: None,
+            dry_run: false,
+            count_total: true,
+        }
+    }
+}
+
+/// What a run of a [`Job`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobReport {
+    /// The job's name.
+    pub job: String,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Rows read by this run.
+    pub scanned: u64,
+    /// Rows written by this run (dry run: rows that would be written).
+    pub written: u64,
+    /// Rows skipped because the application changed them meanwhile.
+    pub conflicts: u64,
+    /// Rows that could not be processed (left unchanged).
+    pub failed: u64,
+    /// Chunks this run finished.
+    pub chunks_done: u64,
+    /// Rows still to do after the run (the verify count; for a re-encryption,
+    /// rows still referencing the old keys).
+    pub remaining: u64,
+    /// The job across all workers and runs (`None` for a dry run).
+    pub status: Option<JobStatus>,
+}
+
+/// A resumable, multi-worker job over the rows of one table. See the
+/// [module documentation](super).
+#[derive(Debug)]
+pub struct Job {
+    envelope: Envelope,
+    pool: JobPool,
+    target: Target,
+    kind: JobKind,
+    opts: JobOptions,
+    progress: watch::Sender<Progress>,
+    cancel: CancelToken,
+}
+
+enum Val {
+    Bytes(Vec<u8>),
+    Text(String),
+}
+
+macro_rules! bind_val {
+    ($q:expr, $v:expr) => {
+        match $v {
+            Val::Bytes(b) => $q.bind(b),
+            Val::Text(s) => $q.bind(s),
+        }
+    };
+}
+
+/// One row write: (primary key, new value, old value for the compare-and-swap).
+type Write = (i64, Val, Val);
+
+impl Job {
+    fn new(envelope: Envelope, pool: JobPool, target: Target, kind: JobKind) -> Self {
+        Job {
+            envelope,
+            pool,
+            target,
+            kind,
+            opts: JobOptions::default(),
+            progress: watch::channel(Progress::default()).0,
+            cancel: CancelToken::new(),
+        }
+    }
+
+    /// Re-encrypt the values of `target` sealed under any of `from` with the
+    /// active data key of their scope.
+    pub fn reencrypt(envelope: Envelope, pool: JobPool, target: Target, from: Vec<KeyId>) -> Self {
+        Self::new(envelope, pool, target, JobKind::Reencrypt { from })
+    }
+
+    /// Encrypt the plaintext column `plain` of `target.table` into
+    /// `target.column` (which must exist, nullable; rows where it is already set,
+    /// e.g. by dual writes, are left alone).
+    pub fn encrypt_column(
+        envelope: Envelope,
+        pool: JobPool,
+        target: Target,
+        plain: &str,
+        kind: PlainKind,
+    ) -> JobResult<Self> {
+        let plain = Ident::new(plain)?;
+        Ok(Self::new(
+            envelope,
+            pool,
+            target,
+            JobKind::Encrypt { plain, kind },
+        ))
+    }
+
+    /// Decrypt `target.column` into the plaintext column `plain` (which must
+    /// exist, nullable): the way back out of the library.
+    pub fn decrypt_column(
+        envelope: Envelope,
+        pool: JobPool,
+        target: Target,
+        plain: &str,
+        kind: PlainKind,
+    ) -> JobResult<Self> {
+        let plain = Ident::new(plain)?;
+        Ok(Self::new(
+            envelope,
+            pool,
+            target,
+            JobKind::Decrypt { plain, kind },
+        ))
+    }
+
+    /// Set the options.
+    pub fn options(mut self, opts: JobOptions) -> Self {
+        self.opts = opts;
+        self
+    }
+
+    /// The options.
+    pub fn opts(&self) -> &JobOptions {
+        &self.opts
+    }
+
+    /// What the job does.
+    pub fn kind(&self) -> &JobKind {
+        &self.kind
+    }
+
+    /// The job's name in `sqlx_envelope_jobs`.
+    pub fn name(&self) -> String {
+        if let Some(n) = &self.opts.job_name {
+            return n.clone();
+        }
+        let t = &self.target;
+        match &self.kind {
+            JobKind::Reencrypt { from } => {
+                let mut ids: Vec<u64> = from.iter().map(|k| k.get()).collect();
+                ids.sort_unstable();
+                let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+                format!("reencrypt:{}.{}:{}", t.table, t.column, ids.join(","))
+            }
+            JobKind::Encrypt { plain, .. } => {
+                format!("encrypt:{}.{}->{}", t.table, plain, t.column)
+            }
+            JobKind::Decrypt { plain, .. } => {
+                format!("decrypt:{}.{}->{}", t.table, t.column, plain)
+            }
+        }
+    }
+
+    /// A receiver of this process's progress, updated after every batch.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// The token that cancels this job.
+    pub fn cancel_token(&self) -> CancelToken {
+        self.cancel.clone()
+    }
+
+    fn spec(&self) -> String {
+        let t = &self.target;
+        let mut v = serde_json::json!({
+            "table": t.table.as_str(), "pk": t.pk.as_str(), "column": t.column.as_str(),
+            "context_table": t.context_table, "context_column": t.context_column,
+        });
+        match &self.kind {
+            JobKind::Reencrypt { from } => {
+                let mut ids: Vec<u64> = from.iter().map(|k| k.get()).collect();
+                ids.sort_unstable();
+                v["from"] = serde_json::json!(ids);
+            }
+            JobKind::Encrypt { plain, .. } | JobKind::Decrypt { plain, .. } => {
+                v["plain"] = serde_json::json!(plain.as_str());
+            }
+        }
+        v.to_string()
+    }
+
+    /// `(column read, WHERE filter selecting rows still to do, its binds)`.
+    fn filter(&self, d: Dialect, first_ph: usize) -> (String, String, Vec<Vec<u8>>) {
+        let col = d.quote(&self.target.column);
+        match &self.kind {
+            JobKind::Reencrypt { from } => {
+                let phs: Vec<String> = (0..from.len()).map(|i| d.ph(first_ph + i)).collect();
+                (
+                    col.clone(),
+                    format!("{} IN ({})", d.key_id_expr(&col), phs.join(", ")),
+                    from.iter().map(|k| key_id_bytes(*k)).collect(),
+                )
+            }
+            JobKind::Encrypt { plain, .. } => {
+                let plain = d.quote(plain);
+                (
+                    plain.clone(),
+                    format!("{col} IS NULL AND {plain} IS NOT NULL"),
+                    vec![],
+                )
+            }
+            JobKind::Decrypt { plain, .. } => {
+                let plain = d.quote(plain);
+                (
+                    col.clone(),
+                    format!("{col} IS NOT NULL AND {plain} IS NULL"),
+                    vec![],
+                )
+            }
+        }
+    }
+
+    fn update_sql(&self, d: Dialect) -> String {
+        let t = d.quote(&self.target.table);
+        let pk = d.quote(&self.target.pk);
+        let col = d.quote(&self.target.column);
+        let (p1, p2, p3) = (d.ph(1), d.ph(2), d.ph(3));
+        match &self.kind {
+            JobKind::Reencrypt { .. } => {
+                format!("UPDATE {t} SET {col} = {p1} WHERE {pk} = {p2} AND {col} = {p3}")
+            }
+            JobKind::Encrypt { plain, kind } => {
+                let plain = d.quote(plain);
+                let eq = text_eq(d, *kind, &plain, &p3);
+                format!("UPDATE {t} SET {col} = {p1} WHERE {pk} = {p2} AND {col} IS NULL AND {eq}")
+            }
+            JobKind::Decrypt { plain, .. } => {
+                let plain = d.quote(plain);
+                format!(
+                    "UPDATE {t} SET {plain} = {p1} WHERE {pk} = {p2} AND {plain} IS NULL AND {col} = {p3}"
+                )
+            }
+        }
+    }
+
+    fn read_kind(&self) -> PlainKind {
+        match &self.kind {
+            JobKind::Encrypt { kind, .. } => *kind,
+            _ => PlainKind::Bytes,
+        }
+    }
+
+    /// Count the rows still to do (for a re-encryption: rows referencing the
+    /// old keys). One scan of the table.
+    pub async fn remaining(&self) -> JobResult<u64> {
+        let d = self.pool.dialect();
+        let (_, filter, binds) = self.filter(d, 1);
+        let sql = format!(
+            "SELECT COUNT(*) FROM {} WHERE {filter}",
+            d.quote(&self.target.table)
+        );
+        let n: i64 = on_pool!(&self.pool, p => {
+            let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+            for b in binds {
+                q = q.bind(b);
+            }
+            q.fetch_one(p).await?
+        });
+        Ok(n as u64)
+    }
+
+    async fn precheck(&self) -> JobResult<()> {
+        if self.opts.batch_size == 0 || self.opts.concurrency == 0 {
+            return Err(JobError::Invalid(
+                "batch size and concurrency must be at least 1".into(),
+            ));
+        }
+        if let JobKind::Reencrypt { from } = &self.kind {
+            if from.is_empty() {
+                return Err(JobError::Invalid("no key ids to re-encrypt from".into()));
+            }
+            for id in from {
+                let rec = self
+                    .envelope
+                    .store()
+                    .get(*id)
+                    .await?
+                    .ok_or(crate::Error::UnknownKey(*id))?;
+                if rec.state == KeyState::Active {
+                    return Err(JobError::Invalid(format!(
+                        "data key {id} is active: retire it (mark it decrypt-only) before re-encrypting away from it"
+                    )));
+                }
+                if !rec.state.can_decrypt() {
+                    return Err(JobError::Invalid(format!(
+                        "data key {id} is {} and cannot decrypt: set it back to decrypt-only first",
+                        rec.state
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Run the job until every chunk is done (by this process or others), or
+    /// until cancelled ([`JobError::Cancelled`], progress kept).
+    pub async fn run(&self) -> JobResult<JobReport> {
+        let result = self.run_inner().await;
+        self.progress.send_modify(|p| p.finished = true);
+        result
+    }
+
+    async fn run_inner(&self) -> JobResult<JobReport> {
+        self.precheck().await?;
+        let name = self.name();
+        if self.opts.count_total {
+            let total = self.remaining().await?;
+            self.progress.send_modify(|p| p.total = Some(total));
+        }
+        if self.opts.dry_run {
+            return self.dry_run(name).await;
+        }
+        verify::register_column(&self.pool, &self.target).await?;
+        checkpoint::plan(
+            &self.pool,
+            &name,
+            self.kind.name(),
+            &self.spec(),
+            &self.target,
+            self.opts.chunk_rows,
+        )
+        .await?;
+        let sql = JobSql::new(self.pool.dialect());
+        let throttle = Throttle::new(self.opts.rate);
+        let counts = Mutex::new(Progress::default());
+        let workers =
+            (0..self.opts.concurrency).map(|i| self.worker(i, &name, &sql, &throttle, &counts));
+        let results = futures_util::future::join_all(workers).await;
+        for r in results {
+            r?;
+        }
+        let c = counts.lock().expect("progress lock").clone();
+        Ok(JobReport {
+            job: name.clone(),
+            dry_run: false,
+            scanned: c.scanned,
+            written: c.written,
+            conflicts: c.conflicts,
+            failed: c.failed,
+            chunks_done: c.chunks_done,
+            remaining: self.remaining().await?,
+            status: Some(checkpoint::job_status(&self.pool, &name).await?),
+        })
+    }
+
+    async fn worker(
+        &self,
+        index: usize,
+        job: &str,
+        sql: &JobSql,
+        throttle: &Throttle,
+        counts: &Mutex<Progress>,
+    ) -> JobResult<()> {
+        let owner = format!("{}/{index}", self.opts.worker_id);
+        let lease_ms = self.opts.lease.as_millis() as i64;
+        loop {
+            if self.cancel.is_cancelled() {
+                return Err(JobError::Cancelled);
+            }
+            let Some(chunk) =
+                retry(|| checkpoint::claim(&self.pool, sql, job, &owner, lease_ms, index)).await?
+            else {
+                // Nothing claimable. Chunks leased by other workers may remain:
+                // wait for them to finish, or for their leases to expire (a dead
+                // worker) and take them over, so that a run returns only when
+                // the whole job is done.
+                let st = retry(|| checkpoint::job_status(&self.pool, job)).await?;
+                if st.chunks_done >= st.chunks {
+                    return Ok(());
+                }
+                let pause = (self.opts.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+                self.cancel.sleep(pause).await;
+                continue;
+            };
+            tracing::debug!(target: "sqlx_envelope::jobs", job, chunk = chunk.chunk, owner, "claimed chunk");
+            self.run_chunk(chunk, job, &owner, sql, throttle, counts)
+                .await?;
+        }
+    }
+
+    async fn run_chunk(
+        &self,
+        chunk: Chunk,
+        job: &str,
+        owner: &str,
+        sql: &JobSql,
+        throttle: &Throttle,
+        counts: &Mutex<Progress>,
+    ) -> JobResult<()> {
+        let mut after = chunk.after;
+        loop {
+            if self.cancel.is_cancelled() {
+                checkpoint::finish_chunk(&self.pool, &sql.release, job, chunk.chunk, owner).await?;
+                return Err(JobError::Cancelled);
+            }
+            let rows = retry(|| self.fetch(after, chunk.hi)).await?;
+            let Some(last) = rows.last().map(|r| r.0) else {
+                checkpoint::finish_chunk(&self.pool, &sql.done, job, chunk.chunk, owner).await?;
+                let mut c = counts.lock().expect("progress lock");
+                c.chunks_done += 1;
+                self.publish(&c);
+                return Ok(());
+            };
+            let scanned = rows.len() as u64;
+            let (writes, failed) = self.transform(rows).await?;
+            let outcome =
+                retry(|| self.commit(&writes, sql, job, chunk.chunk, owner, last, scanned, failed))
+                    .await?;
+            let Some((written, conflicts)) = outcome else {
+                tracing::warn!(target: "sqlx_envelope::jobs", job, chunk = chunk.chunk, owner, "lease lost (another worker took the chunk over); batch rolled back");
+                return Ok(());
+            };
+            after = Some(last);
+            {
+                let mut c = counts.lock().expect("progress lock");
+                c.scanned += scanned;
+                c.written += written;
+                c.conflicts += conflicts;
+                c.failed += failed;
+                self.publish(&c);
+            }
+            throttle.pace(scanned, &self.cancel).await;
+        }
+    }
+
+    fn publish(&self, c: &Progress) {
+        self.progress.send_modify(|p| {
+            p.scanned = c.scanned;
+            p.written = c.written;
+            p.conflicts = c.conflicts;
+            p.failed = c.failed;
+            p.chunks_done = c.chunks_done;
+        });
+    }
+
+    /// Read the next batch after `after` (exclusive) up to `hi` (inclusive).
+    async fn fetch(&self, after: Option<i64>, hi: Option<i64>) -> JobResult<Vec<(i64, Val)>> {
+        let d = self.pool.dialect();
+        let pk = d.quote(&self.target.pk);
+        let mut conds = Vec::new();
+        let mut n = 1;
+        if after.is_some() {
+            conds.push(format!("{pk} > {}", d.ph(n)));
+            n += 1;
+        }
+        if hi.is_some() {
+            conds.push(format!("{pk} <= {}", d.ph(n)));
+            n += 1;
+        }
+        let (read, filter, binds) = self.filter(d, n);
+        conds.push(filter);
+        let sql = format!(
+            "SELECT {pk}, {read} FROM {} WHERE {} ORDER BY {pk} LIMIT {}",
+            d.quote(&self.target.table),
+            conds.join(" AND "),
+            self.opts.batch_size
+        );
+        let text = self.read_kind() == PlainKind::Text;
+        Ok(on_pool!(&self.pool, p => {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            if let Some(a) = after {
+                q = q.bind(a);
+            }
+            if let Some(h) = hi {
+                q = q.bind(h);
+            }
+            for b in binds {
+                q = q.bind(b);
+            }
+            let rows = q.fetch_all(p).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let id: i64 = r.try_get(0)?;
+                let v = if text { Val::Text(r.try_get(1)?) } else { Val::Bytes(r.try_get(1)?) };
+                out.push((id, v));
+            }
+            out
+        }))
+    }
+
+    /// Compute the new value of each row. Rows whose value does not open are
+    /// counted as failed and left alone; a keyring outage fails the batch.
+    async fn transform(&self, rows: Vec<(i64, Val)>) -> JobResult<(Vec<Write>, u64)> {
+        let t = &self.target;
+        let mut writes = Vec::with_capacity(rows.len());
+        let mut failed = 0;
+        for (id, old) in rows {
+            let row = RowId::from(id);
+            let ctx = Context::new(&t.context_table, &t.context_column, &row);
+            let new = match (&self.kind, &old) {
+                (JobKind::Reencrypt { from }, Val::Bytes(v)) => {
+                    match self.envelope.open_bytes(&ctx, v).await {
+                        Ok(pt) => {
+                            let sealed = self.envelope.seal(&ctx, &pt).await?;
+                            if from.contains(&sealed.key_id()) {
+                                return Err(JobError::Invalid(format!(
+                                    "the active key of {} is {}, one of the keys being retired; retire it first",
+                                    t,
+                                    sealed.key_id()
+                                )));
+                            }
+                            Ok(Val::Bytes(sealed.into_bytes()))
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                (JobKind::Encrypt { .. }, Val::Text(s)) => self
+                    .envelope
+                    .seal(&ctx, s.as_bytes())
+                    .await
+                    .map(|s| Val::Bytes(s.into_bytes())),
+                (JobKind::Encrypt { .. }, Val::Bytes(b)) => self
+                    .envelope
+                    .seal(&ctx, b)
+                    .await
+                    .map(|s| Val::Bytes(s.into_bytes())),
+                (JobKind::Decrypt { kind, .. }, Val::Bytes(v)) => {
+                    match self.envelope.open_bytes(&ctx, v).await {
+                        Ok(pt) => match kind {
+                            PlainKind::Bytes => Ok(Val::Bytes(pt.into_vec())),
+                            PlainKind::Text => match String::from_utf8(pt.into_vec()) {
+                                Ok(s) => Ok(Val::Text(s)),
+                                Err(_) => Err(crate::Error::codec(
+                                    "String",
+                                    "decrypted value is not UTF-8",
+                                )),
+                            },
+                        },
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => Err(crate::Error::Config("unexpected column type".into())),
+            };
+            match new {
+                Ok(new) => writes.push((id, new, old)),
+                Err(e) if e.is_retryable() => return Err(e.into()),
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(target: "sqlx_envelope::jobs", table = %t.table, column = %t.column, pk = id, error = %e, "row left unchanged");
+                }
+            }
+        }
+        Ok((writes, failed))
+    }
+
+    /// Write one batch and its checkpoint in one transaction. `None` when the
+    /// lease was lost (everything rolled back).
+    #[allow(clippy::too_many_arguments)]
+    async fn commit(
+        &self,
+        writes: &[Write],
+        sql: &JobSql,
+        job: &str,
+        chunk: i64,
+        owner: &str,
+        last: i64,
+        scanned: u64,
+        failed: u64,
+    ) -> JobResult<Option<(u64, u64)>> {
+        let update = std::sync::Arc::<str>::from(self.update_sql(self.pool.dialect()));
+        let now = now_ms();
+        let lease_until = now + self.opts.lease.as_millis() as i64;
+        on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            let mut written = 0u64;
+            for (id, new, old) in writes {
+                let q = sqlx::query(sqlx::AssertSqlSafe(update.clone()));
+                let q = bind_val!(q, new).bind(*id);
+                let q = bind_val!(q, old);
+                written += q.execute(&mut *tx).await?.rows_affected();
+            }
+            let conflicts = writes.len() as u64 - written;
+            let ok = sqlx::query(sqlx::AssertSqlSafe(sql.progress.clone()))
+                .bind(last)
+                .bind(lease_until)
+                .bind(now)
+                .bind(scanned as i64)
+                .bind(written as i64)
+                .bind(conflicts as i64)
+                .bind(failed as i64)
+                .bind(job)
+                .bind(chunk)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if ok != 1 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            tx.commit().await?;
+            Ok(Some((written, conflicts)))
+        })
+    }
+
+    async fn dry_run(&self, name: String) -> JobResult<JobReport> {
+        let mut report = JobReport {
+            job: name,
+            dry_run: true,
+            ..JobReport::default()
+        };
+        let mut after = None;
+        loop {
+            if self.cancel.is_cancelled() {
+                return Err(JobError::Cancelled);
+            }
+            let rows = retry(|| self.fetch(after, None)).await?;
+            let Some(last) = rows.last().map(|r| r.0) else {
+                break;
+            };
+            report.scanned += rows.len() as u64;
+            let (writes, failed) = self.transform(rows).await?;
+            report.written += writes.len() as u64;
+            report.failed += failed;
+            after = Some(last);
+            self.progress.send_modify(|p| {
+                p.scanned = report.scanned;
+                p.failed = report.failed;
+            });
+        }
+        report.remaining = report.scanned;
+        Ok(report)
+    }
+}
+
+/// `plain = ph`, byte-exact on MySQL (whose text comparison ignores case).
+fn text_eq(d: Dialect, kind: PlainKind, plain: &str, ph: &str) -> String {
+    match (d, kind) {
+        (Dialect::MySql, PlainKind::Text) => {
+            format!("CAST({plain} AS BINARY) = CAST({ph} AS BINARY)")
+        }
+        _ => format!("{plain} = {ph}"),
+    }
+}
+
+/// Retry `f` on transient database errors (deadlocks, lock timeouts, SQLite
+/// busy), up to 8 attempts with a growing pause.
+pub(crate) async fn retry<T, F, Fut>(mut f: F) -> JobResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = JobResult<T>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match f().await {
+            Err(JobError::Db(e)) if attempt < 8 && is_transient(&e) => {
+                attempt += 1;
+                tracing::debug!(target: "sqlx_envelope::jobs", attempt, error = %e, "transient database error; retrying");
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt * attempt))).await;
+            }
+            Err(JobError::Envelope(crate::Error::Store(e))) if attempt < 8 && is_transient(&e) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt * attempt))).await;
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! Compile errors of `#[derive(Encrypted)]`: one error per mistake, at the span
+//! of the mistake. Snapshots in `tests/ui/*.stderr`; regenerate with
+//! `TRYBUILD=overwrite cargo test --all-features --test ui` and review the diff.
+#![cfg(feature = "derive")]
+
+#[test]
+fn ui() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("tests/ui/*.rs");
+}

@@ -1,0 +1,10 @@
+use sqlx_envelope::Encrypted;
+
+#[derive(Encrypted)]
+struct Patient<T> {
+    id: i64,
+    #[encrypt]
+    name: T,
+}
+
+fn main() {}

@@ -1,0 +1,12 @@
+use sqlx_envelope::Encrypted;
+
+#[derive(Encrypted)]
+#[envelope(id(region, patient_no))]
+struct Patient {
+    region: String,
+    number: i32,
+    #[encrypt]
+    name: String,
+}
+
+fn main() {}
