@@ -38,8 +38,8 @@ Against a local moto server:
   target/moto-venv/bin/moto_server -p 5000 &
   export AWS_ENDPOINT_URL=http://127.0.0.1:5000 AWS_REGION=us-east-1 \\
          AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
-  export AWS_DEFAULT_REGION=us-east-1 SQLX_ENVELOPE_KMS_KEY_ID=$(target/moto-venv/bin/python -c \
-    "import boto3; print(boto3.client('kms').create_key()['KeyMetadata']['Arn'])")
+  export AWS_DEFAULT_REGION=us-east-1 SQLX_ENVELOPE_KMS_KEY_ID=$(target/moto-venv/bin/python -c \\
+    \"import boto3; print(boto3.client('kms').create_key()['KeyMetadata']['Arn'])\")
 See docs/kms.md.";
 
 #[tokio::main]

@@ -204,8 +204,15 @@ pub(crate) enum Limit {
     Bytes,
 }
 
-/// The encrypt-cache key: scope and tenant.
-pub(crate) type ScopeKey = (Box<str>, Option<Box<str>>);
+/// The encrypt-cache key: the scope, or `scope NUL tenant` for tenant-bound
+/// values. One string, so the common untenanted lookup borrows the scope name
+/// and allocates nothing.
+pub(crate) type ScopeKey = Box<str>;
+
+/// How long after a failed refresh an entry in outage grace serves without
+/// asking the keyring again, so concurrent readers do not queue behind one
+/// timeout each.
+const GRACE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub(crate) struct ActiveKey {
@@ -253,6 +260,23 @@ impl ActiveKey {
 pub(crate) struct CachedKey {
     pub key: Arc<DataKey>,
     pub loaded: Duration,
+    /// When the last refresh failed (nanoseconds of the clock, 0 = never).
+    pub failed_at: AtomicU64,
+}
+
+impl CachedKey {
+    pub fn new(key: Arc<DataKey>, loaded: Duration) -> Self {
+        CachedKey {
+            key,
+            loaded,
+            failed_at: AtomicU64::new(0),
+        }
+    }
+
+    fn failed_recently(&self, now: Duration) -> bool {
+        let at = self.failed_at.load(Ordering::Relaxed);
+        at != 0 && now.saturating_sub(Duration::from_nanos(at)) < GRACE_RETRY_INTERVAL
+    }
 }
 
 /// Both caches.
@@ -334,11 +358,11 @@ impl KeyCache {
         Fut: Future<Output = Result<Arc<CachedKey>>>,
     {
         let ttl = self.limits.decrypt_ttl;
-        if let Some(hit) = self.unwrapped.get(&id).await {
-            if now.saturating_sub(hit.loaded) < ttl {
-                bump(&counters.decrypt_hits);
-                return Ok(hit);
-            }
+        if let Some(hit) = self.unwrapped.get(&id).await
+            && now.saturating_sub(hit.loaded) < ttl
+        {
+            bump(&counters.decrypt_hits);
+            return Ok(hit);
         }
         bump(&counters.decrypt_misses);
         let grace_limit = ttl + self.limits.outage_grace;
@@ -349,6 +373,14 @@ impl KeyCache {
                 let cur = cur.map(|e| e.into_value());
                 match cur {
                     Some(c) if now.saturating_sub(c.loaded) < ttl => Ok(Op::Nop),
+                    Some(c)
+                        if now.saturating_sub(c.loaded) < grace_limit && c.failed_recently(now) =>
+                    {
+                        // The keyring failed a moment ago: serve within grace
+                        // without waiting for another timeout.
+                        bump(&counters.served_in_grace);
+                        Ok(Op::Nop)
+                    }
                     stale => {
                         if stale.is_some() {
                             bump(&counters.expired_ttl);
@@ -357,6 +389,8 @@ impl KeyCache {
                             Ok(fresh) => Ok(Op::Put(fresh)),
                             Err(e) if e.is_retryable() => match stale {
                                 Some(c) if now.saturating_sub(c.loaded) < grace_limit => {
+                                    let nanos = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX).max(1);
+                                    c.failed_at.store(nanos, Ordering::Relaxed);
                                     bump(&counters.served_in_grace);
                                     tracing::warn!(target: "sqlx_envelope::cache", key_id = id.get(), error = %e, "keyring unavailable; serving cached data key within outage grace");
                                     Ok(Op::Nop)

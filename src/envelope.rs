@@ -240,10 +240,10 @@ impl Envelope {
                     .unwrap(&record.context(), &record.wrapped)
                     .await
                     .inspect_err(|_| bump(&inner.counters.keyring_failures))?;
-                Ok(Arc::new(CachedKey {
-                    key: Arc::new(DataKey::new(id, &material)),
-                    loaded: inner.clock.now(),
-                }))
+                Ok(Arc::new(CachedKey::new(
+                    Arc::new(DataKey::new(id, &material)),
+                    inner.clock.now(),
+                )))
             })
             .await?;
         Ok(cached.key.clone())
@@ -257,8 +257,16 @@ impl Envelope {
             // Larger than a whole key's byte budget: a key of its own, not cached.
             return Ok(self.mint(&scope_name, ctx.tenant).await?.key.clone());
         }
-        let scope: ScopeKey = (scope_name.as_ref().into(), ctx.tenant.map(Into::into));
-        let mut current = inner.cache.active.get(&scope).await;
+        if scope_name.contains('\0') {
+            return Err(Error::Config(
+                "a scope (table name) cannot contain NUL".into(),
+            ));
+        }
+        // Untenanted scopes are looked up by the borrowed name; the owned key is
+        // built only on a miss.
+        let tenanted = ctx.tenant.map(|t| format!("{scope_name}\0{t}"));
+        let lookup: &str = tenanted.as_deref().unwrap_or(&scope_name);
+        let mut current = inner.cache.active.get(lookup).await;
         loop {
             let now = inner.clock.now();
             let stale = match current {
@@ -272,6 +280,7 @@ impl Envelope {
                 None => None,
             };
             bump(&inner.counters.encrypt_misses);
+            let scope: ScopeKey = lookup.into();
             let refreshed = inner
                 .cache
                 .refresh_active(&scope, stale.as_ref().map(|(a, _)| a), || async {
@@ -328,13 +337,7 @@ impl Envelope {
         inner
             .cache
             .unwrapped
-            .insert(
-                id,
-                Arc::new(CachedKey {
-                    key: key.clone(),
-                    loaded: now,
-                }),
-            )
+            .insert(id, Arc::new(CachedKey::new(key.clone(), now)))
             .await;
         tracing::debug!(target: "sqlx_envelope::keys", key_id = id.get(), scope, "minted data key");
         Ok(Arc::new(ActiveKey::new(key, now)))

@@ -14,9 +14,19 @@ use sqlx_envelope::{
 use support::{ALL, Counting, Db, local_keyring, unique};
 
 fn is_rejection(e: &Error) -> bool {
+    // A flipped key-id byte may name another data key in the shared key store:
+    // unknown, in another state, or wrapped under a master key this keyring
+    // does not hold. All are typed refusals; none yields bytes.
     matches!(
         e,
-        Error::Authentication | Error::Malformed(_) | Error::UnknownKey(_)
+        Error::Authentication
+            | Error::Malformed(_)
+            | Error::UnknownKey(_)
+            | Error::KeyNotUsable { .. }
+            | Error::Keyring {
+                kind: KeyringErrorKind::NoUsableWrappedKey | KeyringErrorKind::InvalidCiphertext,
+                ..
+            }
     )
 }
 

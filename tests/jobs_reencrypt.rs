@@ -12,15 +12,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use jobs_support::*;
-use sqlx_envelope::jobs::{
-    JobError, Target, count_by_key, count_rows_on, destroy_key, job_status,
-};
+use sqlx_envelope::jobs::{JobError, Target, count_by_key, count_rows_on, destroy_key, job_status};
 use sqlx_envelope::{Context, KeyState, RowId};
 use support::{ALL, Db, Kind, unique};
 
 const ROWS: i64 = 100_000;
 
-fn spawn_worker(url: &str, keys: &std::path::Path, table: &str, key: u64, worker: &str, rate: Option<u32>) -> Child {
+fn spawn_worker(
+    url: &str,
+    keys: &std::path::Path,
+    table: &str,
+    key: u64,
+    worker: &str,
+    rate: Option<u32>,
+) -> Child {
     let mut c = cli(url, keys);
     c.args([
         "reencrypt",
@@ -56,7 +61,10 @@ async fn kill_and_resume(kind: Kind) {
     let table = unique("jobs_kill");
     let old = seed(&db, &envelope, &table, ROWS).await;
     let seeded = started.elapsed();
-    envelope.set_key_state(old, KeyState::DecryptOnly).await.unwrap();
+    envelope
+        .set_key_state(old, KeyState::DecryptOnly)
+        .await
+        .unwrap();
     let target = Target::new(&table, "id", "secret").unwrap();
     let url = db_url(&db);
 
@@ -64,7 +72,8 @@ async fn kill_and_resume(kind: Kind) {
     // key) to random rows, with plain unconditional UPDATEs.
     let stop = Arc::new(AtomicBool::new(false));
     let app = {
-        let (db, envelope, table, stop) = (db.clone(), envelope.clone(), table.clone(), stop.clone());
+        let (db, envelope, table, stop) =
+            (db.clone(), envelope.clone(), table.clone(), stop.clone());
         tokio::spawn(async move {
             let mut written: BTreeMap<i64, String> = BTreeMap::new();
             let mut n = 0u64;
@@ -138,7 +147,10 @@ async fn kill_and_resume(kind: Kind) {
     assert_eq!(opened.len(), ROWS as usize, "no row lost or added");
     assert!(!by_key.contains_key(&old), "keys in use: {by_key:?}");
     for (id, pt) in &opened {
-        let want = app_writes.get(id).cloned().unwrap_or_else(|| seed_plaintext(*id));
+        let want = app_writes
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| seed_plaintext(*id));
         assert_eq!(pt, &want, "row {id}");
     }
     assert_eq!(count_rows_on(&pool, &target, &[old]).await.unwrap(), 0);
@@ -157,7 +169,10 @@ async fn kill_and_resume(kind: Kind) {
         "written {} with {touched} rows touched by the application: {st:?}",
         st.written
     );
-    assert!(st.conflicts <= app_n, "conflicts only come from application writes");
+    assert!(
+        st.conflicts <= app_n,
+        "conflicts only come from application writes"
+    );
 
     // Now the old key can go, and values under it are gone for good.
     destroy_key(&envelope, &pool, &[], old).await.unwrap();
@@ -181,7 +196,10 @@ async fn two_workers(kind: Kind) {
     let envelope = envelope_from_file(&db, &keys);
     let table = unique("jobs_two");
     let old = seed(&db, &envelope, &table, ROWS).await;
-    envelope.set_key_state(old, KeyState::DecryptOnly).await.unwrap();
+    envelope
+        .set_key_state(old, KeyState::DecryptOnly)
+        .await
+        .unwrap();
     let url = db_url(&db);
     let t0 = Instant::now();
     let mut a = spawn_worker(&url, &keys, &table, old.get(), "a", None);
@@ -241,4 +259,126 @@ async fn reencrypt_two_workers_mariadb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reencrypt_two_workers_sqlite() {
     two_workers(ALL[2]).await;
+}
+
+/// Ctrl-C (SIGINT) stops a worker cleanly (exit 130, lease released); a
+/// worker that dies (SIGKILL) keeps its lease until it expires, then a worker
+/// with another id takes its chunk over from the checkpoint.
+async fn interrupt_and_takeover(kind: Kind) {
+    const N: i64 = 6_000;
+    let db = Db::connect(kind).await;
+    let pool = job_pool(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = write_key_file(dir.path(), "keys.json", "app/1", &[("app/1", random_key())]);
+    let envelope = envelope_from_file(&db, &keys);
+    let table = unique("jobs_lease");
+    let old = seed(&db, &envelope, &table, N).await;
+    envelope
+        .set_key_state(old, KeyState::DecryptOnly)
+        .await
+        .unwrap();
+    let url = db_url(&db);
+    let job = format!("reencrypt:{table}.secret:{}", old.get());
+    let worker = |id: &str| {
+        let mut c = cli(&url, &keys);
+        c.args([
+            "reencrypt",
+            "--table",
+            &table,
+            "--column",
+            "secret",
+            "--key",
+            &old.get().to_string(),
+            "--worker-id",
+            id,
+            "--batch-size",
+            "100",
+            "--chunk-rows",
+            "2000",
+            "--rate",
+            "2000",
+            "--lease-secs",
+            "2",
+        ]);
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        c.spawn().unwrap()
+    };
+    let wait_written = |at_least: u64| {
+        let pool = pool.clone();
+        let job = job.clone();
+        async move {
+            loop {
+                let st = job_status(&pool, &job).await.unwrap();
+                if st.written >= at_least {
+                    return st;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    // SIGINT: exit 130, the lease is released at once.
+    let mut a = worker("polite");
+    wait_written(500).await;
+    let pid = a.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(a.wait().unwrap().code(), Some(130));
+    let st = job_status(&pool, &job).await.unwrap();
+    assert_eq!(st.chunks_running, 0, "{st:?}");
+    assert!(st.written < N as u64);
+
+    // SIGKILL in the middle of the first chunk (2,000 rows): the chunk stays
+    // leased by the dead worker...
+    let mut b = worker("dead");
+    let before = wait_written(st.written + 300).await.written;
+    assert!(before < 2_000, "still inside the first chunk");
+    b.kill().unwrap();
+    b.wait().unwrap();
+    let st = job_status(&pool, &job).await.unwrap();
+    assert_eq!(st.chunks_running, 1, "{st:?}");
+    // ...until its lease expires; then another worker finishes the job.
+    let mut opts = sqlx_envelope::jobs::JobOptions::default();
+    opts.worker_id = "survivor".into();
+    opts.lease = Duration::from_secs(2);
+    let target = Target::new(&table, "id", "secret").unwrap();
+    let report =
+        sqlx_envelope::jobs::Job::reencrypt(envelope.clone(), pool.clone(), target, vec![old])
+            .options(opts)
+            .run()
+            .await
+            .unwrap();
+    assert_eq!(report.remaining, 0);
+    let st = job_status(&pool, &job).await.unwrap();
+    assert!(st.is_done());
+    assert_eq!(
+        st.written, N as u64,
+        "each row written exactly once: {st:?}"
+    );
+    assert_eq!(st.conflicts, 0);
+    assert!(
+        st.workers.iter().all(|w| !w.starts_with("dead")),
+        "the dead worker's chunk was taken over: {:?}",
+        st.workers
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reencrypt_interrupt_and_takeover_postgres() {
+    interrupt_and_takeover(ALL[0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reencrypt_interrupt_and_takeover_mariadb() {
+    interrupt_and_takeover(ALL[1]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reencrypt_interrupt_and_takeover_sqlite() {
+    interrupt_and_takeover(ALL[2]).await;
 }

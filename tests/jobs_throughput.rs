@@ -8,8 +8,8 @@ mod support;
 use std::time::Instant;
 
 use jobs_support::*;
-use sqlx_envelope::jobs::{Job, JobOptions, Target, count_rows_on};
 use sqlx_envelope::KeyState;
+use sqlx_envelope::jobs::{Job, JobOptions, Target, count_rows_on};
 use support::{ALL, Db, Kind, unique};
 
 const ROWS: i64 = 20_000;
@@ -39,7 +39,9 @@ async fn plain_update(db: &Db, table: &str) -> u64 {
                     .fetch_all($p)
                     .await
                     .unwrap();
-                let Some(last) = rows.last().map(|r| r.0) else { break };
+                let Some(last) = rows.last().map(|r| r.0) else {
+                    break;
+                };
                 let mut tx = $p.begin().await.unwrap();
                 for (id, mut v) in rows {
                     // Change one byte of the nonce so every row really changes.
@@ -73,13 +75,17 @@ async fn measure(kind: Kind) {
     let envelope = envelope_from_file(&db, &keys);
     let table = unique("jobs_tp");
     let old = seed(&db, &envelope, &table, ROWS).await;
-    envelope.set_key_state(old, KeyState::DecryptOnly).await.unwrap();
+    envelope
+        .set_key_state(old, KeyState::DecryptOnly)
+        .await
+        .unwrap();
     let target = Target::new(&table, "id", "secret").unwrap();
 
     let mut opts = JobOptions::default();
     opts.batch_size = BATCH;
     opts.count_total = false;
-    let job = Job::reencrypt(envelope.clone(), pool.clone(), target.clone(), vec![old]).options(opts);
+    let job =
+        Job::reencrypt(envelope.clone(), pool.clone(), target.clone(), vec![old]).options(opts);
     let t0 = Instant::now();
     let report = job.run().await.unwrap();
     let job_time = t0.elapsed();

@@ -32,7 +32,10 @@ async fn keyring(client: &aws_sdk_kms::Client, key: &str) -> KmsKeyring {
 
 /// Collects the fields of every `sqlx_envelope::kms` event.
 #[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<Vec<(String, String)>>>>);
+struct Capture(Arc<Mutex<Vec<Fields>>>);
+
+/// The (name, value) pairs of one event.
+type Fields = Vec<(String, String)>;
 
 struct Visitor<'a>(&'a mut Vec<(String, String)>);
 

@@ -206,7 +206,10 @@ async fn encrypt_adds_wrapping_keys_and_reencrypt_rotates_the_master_key() {
         (r.re_encrypt_calls, r.decrypt_calls, r.encrypt_calls),
         (1, 0, 0)
     );
-    let back = only_b.unwrap(&ctx, &[moved.clone()]).await.unwrap();
+    let back = only_b
+        .unwrap(&ctx, std::slice::from_ref(&moved))
+        .await
+        .unwrap();
     assert_eq!(back.expose(), g.material.expose());
     // The destination context is the same context: another one does not open it.
     let e = only_b

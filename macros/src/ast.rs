@@ -74,8 +74,8 @@ impl<'a> Input<'a> {
             }
         };
         if !input.generics.params.is_empty() || input.generics.where_clause.is_some() {
-            return Err(syn::Error::new(
-                input.generics.span(),
+            return Err(syn::Error::new_spanned(
+                &input.generics,
                 "#[derive(Encrypted)] does not support generic parameters: a model maps to one table with fixed column types",
             ));
         }
@@ -93,7 +93,7 @@ impl<'a> Input<'a> {
                     None
                 }
                 Some(a) => {
-                    enc_spans.push(Some(a.span));
+                    enc_spans.push(Some(a.attr.clone()));
                     let option_of = option_inner(&f.ty);
                     if let Err(e) = check_type(option_of.unwrap_or(&f.ty)) {
                         errors.push(e);
@@ -132,6 +132,10 @@ impl<'a> Input<'a> {
             pos
         };
 
+        // "No primary key" and "no encrypted field" are about the struct as a
+        // whole: after an attribute error they are likely its consequence, so
+        // they are only reported for an input that is otherwise valid.
+        let clean = errors.is_empty();
         let pk: Vec<usize> = match &sattrs.id {
             Some(ids) => ids
                 .iter()
@@ -140,18 +144,20 @@ impl<'a> Input<'a> {
             None => match fields.iter().position(|f| f.ident == "id") {
                 Some(i) => vec![i],
                 None => {
-                    errors.push(syn::Error::new(
-                        input.ident.span(),
-                        "no primary key: name it with `#[envelope(id = \"field\")]` (or `#[envelope(id(a, b))]` for a composite key), or add a field named `id`; every encrypted value is bound to its row's primary key",
-                    ));
+                    if clean {
+                        errors.push(syn::Error::new(
+                            input.ident.span(),
+                            "no primary key: name it with `#[envelope(id = \"field\")]` (or `#[envelope(id(a, b))]` for a composite key), or add a field named `id`; every encrypted value is bound to its row's primary key",
+                        ));
+                    }
                     Vec::new()
                 }
             },
         };
         for &i in &pk {
-            if let Some(span) = enc_spans[i] {
-                errors.push(syn::Error::new(
-                    span,
+            if let Some(attr) = &enc_spans[i] {
+                errors.push(syn::Error::new_spanned(
+                    attr,
                     format!(
                         "the primary key `{}` cannot be encrypted: it is bound into every encrypted value of the row and must stay queryable",
                         fields[i].ident
@@ -164,14 +170,14 @@ impl<'a> Input<'a> {
             .as_ref()
             .and_then(|t| find(t, "tenant field", &mut errors));
         if let Some(i) = tenant
-            && let Some(span) = enc_spans[i]
+            && let Some(attr) = &enc_spans[i]
         {
-            errors.push(syn::Error::new(
-                span,
+            errors.push(syn::Error::new_spanned(
+                attr,
                 format!("the tenant field `{}` cannot be encrypted: it is bound into every encrypted value of the row", fields[i].ident),
             ));
         }
-        if enc_spans.iter().all(Option::is_none) {
+        if clean && enc_spans.iter().all(Option::is_none) {
             errors.push(syn::Error::new(
                 input.ident.span(),
                 "no field is marked `#[encrypt]`: mark the fields to encrypt, or use sqlx::FromRow for a model without encrypted columns",

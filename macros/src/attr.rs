@@ -17,6 +17,10 @@ impl Errors {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
     pub fn finish(self) -> Result<(), syn::Error> {
         self.0.map_or(Ok(()), Err)
     }
@@ -38,8 +42,8 @@ pub fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAttrs {
     let mut out = StructAttrs::default();
     for attr in attrs {
         if attr.path().is_ident("encrypt") {
-            errors.push(syn::Error::new(
-                attr.span(),
+            errors.push(syn::Error::new_spanned(
+                attr,
                 "`#[encrypt]` marks a field; put it on the fields to encrypt, not on the struct",
             ));
             continue;
@@ -118,8 +122,8 @@ pub fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAttrs {
 
 /// `#[encrypt]` / `#[encrypt(...)]` on a field.
 pub struct EncryptAttr {
-    /// Span of the whole attribute, for errors about the field being encrypted.
-    pub span: Span,
+    /// The whole attribute, for errors about the field being encrypted.
+    pub attr: Attribute,
     pub column: Option<LitStr>,
     pub hide_null: Option<Span>,
     pub pad: Option<usize>,
@@ -132,8 +136,8 @@ pub fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> Option<EncryptAt
     let mut out: Option<EncryptAttr> = None;
     for attr in attrs {
         if attr.path().is_ident("envelope") {
-            errors.push(syn::Error::new(
-                attr.span(),
+            errors.push(syn::Error::new_spanned(
+                attr,
                 "`#[envelope(...)]` configures the struct; on a field, use `#[encrypt]` or `#[encrypt(...)]`",
             ));
             continue;
@@ -149,7 +153,7 @@ pub fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> Option<EncryptAt
             continue;
         }
         let mut enc = EncryptAttr {
-            span: attr.span(),
+            attr: attr.clone(),
             column: None,
             hide_null: None,
             pad: None,

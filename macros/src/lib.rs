@@ -3,7 +3,7 @@
 //! `sqlx_envelope::model` and `docs/models.md`.
 //!
 //! The crate is laid out like serde_derive and thiserror: `attr` parses the
-//! attributes, `ast` checks the input and builds a model of it, [`expand`]
+//! attributes, `ast` checks the input and builds a model of it, `expand`
 //! generates code from that model. Every mistake is a `syn::Error` at the span
 //! that caused it, and nothing is generated when there is one, so one mistake
 //! gives one error.

@@ -306,6 +306,9 @@ impl JobStatus {
     }
 }
 
+/// chunk, kind, state, owner, scanned, written, conflicts, failed.
+type StatusRow = (i64, String, String, Option<String>, i64, i64, i64, i64);
+
 /// Read the status of job `job`.
 pub async fn job_status(pool: &JobPool, job: &str) -> JobResult<JobStatus> {
     let d = pool.dialect();
@@ -313,7 +316,7 @@ pub async fn job_status(pool: &JobPool, job: &str) -> JobResult<JobStatus> {
         "SELECT chunk, kind, state, owner, scanned, written, conflicts, failed FROM sqlx_envelope_jobs WHERE job = {} ORDER BY chunk",
         d.ph(1)
     );
-    let rows: Vec<(i64, String, String, Option<String>, i64, i64, i64, i64)> =
+    let rows: Vec<StatusRow> =
         on_pool!(pool, p => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(job).fetch_all(p).await?);
     let mut st = JobStatus::default();
     for (chunk, kind, state, owner, scanned, written, conflicts, failed) in rows {
@@ -325,10 +328,10 @@ pub async fn job_status(pool: &JobPool, job: &str) -> JobResult<JobStatus> {
         match state.as_str() {
             "done" => {
                 st.chunks_done += 1;
-                if let Some(o) = owner {
-                    if !st.workers.contains(&o) {
-                        st.workers.push(o);
-                    }
+                if let Some(o) = owner
+                    && !st.workers.contains(&o)
+                {
+                    st.workers.push(o);
                 }
             }
             "running" => st.chunks_running += 1,

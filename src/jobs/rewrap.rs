@@ -34,6 +34,8 @@ pub struct RewrapOptions {
     pub dry_run: bool,
     /// Data keys re-wrapped concurrently. Default 4.
     pub concurrency: usize,
+    /// Only data keys of this scope (e.g. one table). Default: all.
+    pub scope: Option<String>,
 }
 
 impl RewrapOptions {
@@ -45,6 +47,7 @@ impl RewrapOptions {
             delete_old: false,
             dry_run: false,
             concurrency: 4,
+            scope: None,
         }
     }
 
@@ -63,6 +66,12 @@ impl RewrapOptions {
     /// Dry run.
     pub fn dry_run(mut self, yes: bool) -> Self {
         self.dry_run = yes;
+        self
+    }
+
+    /// Only data keys of `scope`.
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
         self
     }
 }
@@ -109,6 +118,7 @@ pub async fn rewrap_keys(
         .await?
         .into_iter()
         .filter(|r| !matches!(r.state, KeyState::Pending | KeyState::Destroyed))
+        .filter(|r| opts.scope.as_ref().is_none_or(|s| &r.scope == s))
         .filter(|r| {
             opts.from
                 .as_ref()

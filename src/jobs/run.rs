@@ -151,10 +151,47 @@ enum Val {
 macro_rules! bind_val {
     ($q:expr, $v:expr) => {
         match $v {
-            Val::Bytes(b) => $q.bind(b),
-            Val::Text(s) => $q.bind(s),
+            Val::Bytes(b) => $q.bind(b.clone()),
+            Val::Text(s) => $q.bind(s.clone()),
         }
     };
+}
+
+/// Bind one column of a batch as a PostgreSQL array (all values of a column
+/// have the same type).
+macro_rules! bind_column {
+    ($q:expr, $vals:expr) => {{
+        let vals: Vec<&Val> = $vals.collect();
+        if matches!(vals.first(), Some(Val::Text(_))) {
+            let v: Vec<String> = vals
+                .iter()
+                .map(|v| match v {
+                    Val::Text(s) => s.clone(),
+                    Val::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+                })
+                .collect();
+            $q.bind(v)
+        } else {
+            let v: Vec<Vec<u8>> = vals
+                .iter()
+                .map(|v| match v {
+                    Val::Bytes(b) => b.clone(),
+                    Val::Text(s) => s.clone().into_bytes(),
+                })
+                .collect();
+            $q.bind(v)
+        }
+    }};
+}
+
+/// Rows per compare-and-swap statement (SQLite and MySQL bind 3 per row).
+const BULK_ROWS: usize = 1000;
+
+fn pg_type(kind: PlainKind) -> &'static str {
+    match kind {
+        PlainKind::Text => "text",
+        PlainKind::Bytes => "bytea",
+    }
 }
 
 /// One row write: (primary key, new value, old value for the compare-and-swap).
@@ -314,24 +351,59 @@ impl Job {
         }
     }
 
-    fn update_sql(&self, d: Dialect) -> String {
+    /// One compare-and-swap `UPDATE` of `n` rows, given as `(id, new, old)`
+    /// triples: PostgreSQL binds three arrays (`unnest`), MySQL/MariaDB and
+    /// SQLite bind `3 n` values (a derived table of `UNION ALL` rows / a
+    /// `VALUES` list). A row is written only if its column still holds `old`;
+    /// the affected-row count is the number written.
+    fn bulk_update_sql(&self, d: Dialect, n: usize) -> String {
         let t = d.quote(&self.target.table);
         let pk = d.quote(&self.target.pk);
         let col = d.quote(&self.target.column);
-        let (p1, p2, p3) = (d.ph(1), d.ph(2), d.ph(3));
-        match &self.kind {
+        let (set_col, cond, new_ty, old_ty) = match &self.kind {
             JobKind::Reencrypt { .. } => {
-                format!("UPDATE {t} SET {col} = {p1} WHERE {pk} = {p2} AND {col} = {p3}")
+                (col.clone(), format!("{t}.{col} = v.ov"), "bytea", "bytea")
             }
             JobKind::Encrypt { plain, kind } => {
                 let plain = d.quote(plain);
-                let eq = text_eq(d, *kind, &plain, &p3);
-                format!("UPDATE {t} SET {col} = {p1} WHERE {pk} = {p2} AND {col} IS NULL AND {eq}")
+                let eq = text_eq(d, *kind, &format!("{t}.{plain}"), "v.ov");
+                (
+                    col.clone(),
+                    format!("{t}.{col} IS NULL AND {eq}"),
+                    "bytea",
+                    pg_type(*kind),
+                )
             }
-            JobKind::Decrypt { plain, .. } => {
+            JobKind::Decrypt { plain, kind } => {
                 let plain = d.quote(plain);
+                (
+                    plain.clone(),
+                    format!("{t}.{plain} IS NULL AND {t}.{col} = v.ov"),
+                    pg_type(*kind),
+                    "bytea",
+                )
+            }
+        };
+        match d {
+            Dialect::Postgres => format!(
+                "UPDATE {t} SET {set_col} = v.nv \
+                 FROM unnest($1::int8[], $2::{new_ty}[], $3::{old_ty}[]) AS v(id, nv, ov) \
+                 WHERE {t}.{pk} = v.id AND {cond}"
+            ),
+            Dialect::MySql => {
+                let rows: Vec<&str> = std::iter::once("SELECT ? AS id, ? AS nv, ? AS ov")
+                    .chain(std::iter::repeat_n("SELECT ?, ?, ?", n.saturating_sub(1)))
+                    .collect();
                 format!(
-                    "UPDATE {t} SET {plain} = {p1} WHERE {pk} = {p2} AND {plain} IS NULL AND {col} = {p3}"
+                    "UPDATE {t} JOIN ({}) AS v ON {t}.{pk} = v.id SET {t}.{set_col} = v.nv WHERE {cond}",
+                    rows.join(" UNION ALL ")
+                )
+            }
+            Dialect::Sqlite => {
+                let rows = vec!["(?, ?, ?)"; n].join(", ");
+                format!(
+                    "WITH v(id, nv, ov) AS (VALUES {rows}) \
+                     UPDATE {t} SET {set_col} = v.nv FROM v WHERE {t}.{pk} = v.id AND {cond}"
                 )
             }
         }
@@ -472,7 +544,8 @@ impl Job {
                 if st.chunks_done >= st.chunks {
                     return Ok(());
                 }
-                let pause = (self.opts.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+                let pause =
+                    (self.opts.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
                 self.cancel.sleep(pause).await;
                 continue;
             };
@@ -506,7 +579,7 @@ impl Job {
                 return Ok(());
             };
             let scanned = rows.len() as u64;
-            let (writes, failed) = self.transform(rows).await?;
+            let (writes, failed) = self.transform(rows, false).await?;
             let outcome =
                 retry(|| self.commit(&writes, sql, job, chunk.chunk, owner, last, scanned, failed))
                     .await?;
@@ -584,7 +657,9 @@ impl Job {
 
     /// Compute the new value of each row. Rows whose value does not open are
     /// counted as failed and left alone; a keyring outage fails the batch.
-    async fn transform(&self, rows: Vec<(i64, Val)>) -> JobResult<(Vec<Write>, u64)> {
+    /// A dry run (`dry`) only opens values: it seals nothing, so it mints no
+    /// data key.
+    async fn transform(&self, rows: Vec<(i64, Val)>, dry: bool) -> JobResult<(Vec<Write>, u64)> {
         let t = &self.target;
         let mut writes = Vec::with_capacity(rows.len());
         let mut failed = 0;
@@ -594,6 +669,7 @@ impl Job {
             let new = match (&self.kind, &old) {
                 (JobKind::Reencrypt { from }, Val::Bytes(v)) => {
                     match self.envelope.open_bytes(&ctx, v).await {
+                        Ok(_) if dry => Ok(Val::Bytes(Vec::new())),
                         Ok(pt) => {
                             let sealed = self.envelope.seal(&ctx, &pt).await?;
                             if from.contains(&sealed.key_id()) {
@@ -608,6 +684,7 @@ impl Job {
                         Err(e) => Err(e),
                     }
                 }
+                (JobKind::Encrypt { .. }, _) if dry => Ok(Val::Bytes(Vec::new())),
                 (JobKind::Encrypt { .. }, Val::Text(s)) => self
                     .envelope
                     .seal(&ctx, s.as_bytes())
@@ -661,40 +738,68 @@ impl Job {
         scanned: u64,
         failed: u64,
     ) -> JobResult<Option<(u64, u64)>> {
-        let update = std::sync::Arc::<str>::from(self.update_sql(self.pool.dialect()));
+        let d = self.pool.dialect();
         let now = now_ms();
         let lease_until = now + self.opts.lease.as_millis() as i64;
-        on_pool!(&self.pool, p => {
-            let mut tx = p.begin().await?;
-            let mut written = 0u64;
-            for (id, new, old) in writes {
-                let q = sqlx::query(sqlx::AssertSqlSafe(update.clone()));
-                let q = bind_val!(q, new).bind(*id);
-                let q = bind_val!(q, old);
-                written += q.execute(&mut *tx).await?.rows_affected();
-            }
-            let conflicts = writes.len() as u64 - written;
-            let ok = sqlx::query(sqlx::AssertSqlSafe(sql.progress.clone()))
-                .bind(last)
-                .bind(lease_until)
-                .bind(now)
-                .bind(scanned as i64)
-                .bind(written as i64)
-                .bind(conflicts as i64)
-                .bind(failed as i64)
-                .bind(job)
-                .bind(chunk)
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if ok != 1 {
-                tx.rollback().await?;
-                return Ok(None);
-            }
-            tx.commit().await?;
-            Ok(Some((written, conflicts)))
-        })
+        // $p: the pool; $bind: how one part's rows are bound onto query $q.
+        macro_rules! batch_tx {
+            ($p:expr, |$q:ident, $part:ident| $bind:expr) => {{
+                let mut tx = $p.begin().await?;
+                let mut written = 0u64;
+                for $part in writes.chunks(BULK_ROWS) {
+                    let sql = self.bulk_update_sql(d, $part.len());
+                    let $q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    let $q = $bind;
+                    written += $q.execute(&mut *tx).await?.rows_affected();
+                }
+                let conflicts = writes.len() as u64 - written;
+                let ok = sqlx::query(sqlx::AssertSqlSafe(sql.progress.clone()))
+                    .bind(last)
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(scanned as i64)
+                    .bind(written as i64)
+                    .bind(conflicts as i64)
+                    .bind(failed as i64)
+                    .bind(job)
+                    .bind(chunk)
+                    .bind(owner)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if ok != 1 {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                tx.commit().await?;
+                Ok(Some((written, conflicts)))
+            }};
+        }
+        // MySQL/MariaDB and SQLite: (id, new, old) per row.
+        macro_rules! per_row {
+            ($q:ident, $part:ident) => {{
+                let mut q = $q;
+                for (id, new, old) in $part {
+                    q = q.bind(*id);
+                    q = bind_val!(q, new);
+                    q = bind_val!(q, old);
+                }
+                q
+            }};
+        }
+        match &self.pool {
+            #[cfg(feature = "postgres")]
+            JobPool::Postgres(p) => batch_tx!(p, |q, part| {
+                let ids: Vec<i64> = part.iter().map(|w| w.0).collect();
+                let q = q.bind(ids);
+                let q = bind_column!(q, part.iter().map(|w| &w.1));
+                bind_column!(q, part.iter().map(|w| &w.2))
+            }),
+            #[cfg(feature = "mysql")]
+            JobPool::MySql(p) => batch_tx!(p, |q, part| per_row!(q, part)),
+            #[cfg(feature = "sqlite")]
+            JobPool::Sqlite(p) => batch_tx!(p, |q, part| per_row!(q, part)),
+        }
     }
 
     async fn dry_run(&self, name: String) -> JobResult<JobReport> {
@@ -713,7 +818,7 @@ impl Job {
                 break;
             };
             report.scanned += rows.len() as u64;
-            let (writes, failed) = self.transform(rows).await?;
+            let (writes, failed) = self.transform(rows, true).await?;
             report.written += writes.len() as u64;
             report.failed += failed;
             after = Some(last);

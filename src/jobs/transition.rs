@@ -46,74 +46,26 @@ pub async fn transition_counts(
     let d = pool.dialect();
     let plain = d.quote(&Ident::new(plain)?);
     let col = d.quote(&target.column);
+    let sum = |cond: String| match d {
+        super::Dialect::MySql => {
+            format!("CAST(COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0) AS SIGNED)")
+        }
+        _ => format!("COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0)"),
+    };
     let sql = format!(
-        "SELECT COUNT(*), \
-         COALESCE(SUM(CASE WHEN {col} IS NOT NULL THEN 1 ELSE 0 END), 0), \
-         COALESCE(SUM(CASE WHEN {col} IS NULL AND {plain} IS NOT NULL THEN 1 ELSE 0 END), 0) \
-         FROM {}",
+        "SELECT COUNT(*), {}, {} FROM {}",
+        sum(format!("{col} IS NOT NULL")),
+        sum(format!("{col} IS NULL AND {plain} IS NOT NULL")),
         d.quote(&target.table)
     );
-    let (total, enc, plain_only): (i64, i64, i64) = on_pool!(pool, p => {
-        let row: (i64, sqlx_num::Num, sqlx_num::Num) =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(p).await?;
-        (row.0, row.1.0, row.2.0)
-    });
+    let (total, enc, plain_only): (i64, i64, i64) =
+        on_pool!(pool, p => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(p).await?);
     Ok(TransitionCounts {
         total: total as u64,
         encrypted: enc as u64,
         plaintext_only: plain_only as u64,
         null: (total - enc - plain_only) as u64,
     })
-}
-
-/// Numbers that come back as `BIGINT` on PostgreSQL/SQLite and `DECIMAL` on
-/// MySQL (`SUM`).
-mod sqlx_num {
-    /// An integer decoded from any integer or decimal SQL type.
-    pub struct Num(pub i64);
-
-    macro_rules! num_impl {
-        ($feature:literal, $db:ty, $($alt:ty),*) => {
-            #[cfg(feature = $feature)]
-            impl sqlx::Type<$db> for Num {
-                fn type_info() -> <$db as sqlx::Database>::TypeInfo {
-                    <i64 as sqlx::Type<$db>>::type_info()
-                }
-                fn compatible(ty: &<$db as sqlx::Database>::TypeInfo) -> bool {
-                    <i64 as sqlx::Type<$db>>::compatible(ty) $(|| <$alt as sqlx::Type<$db>>::compatible(ty))*
-                }
-            }
-        };
-    }
-    num_impl!("postgres", sqlx::Postgres,);
-    num_impl!("mysql", sqlx::MySql, String);
-    num_impl!("sqlite", sqlx::Sqlite,);
-
-    #[cfg(feature = "postgres")]
-    impl<'r> sqlx::Decode<'r, sqlx::Postgres> for Num {
-        fn decode(v: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
-            Ok(Num(<i64 as sqlx::Decode<sqlx::Postgres>>::decode(v)?))
-        }
-    }
-    #[cfg(feature = "sqlite")]
-    impl<'r> sqlx::Decode<'r, sqlx::Sqlite> for Num {
-        fn decode(v: sqlx::sqlite::SqliteValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
-            Ok(Num(<i64 as sqlx::Decode<sqlx::Sqlite>>::decode(v)?))
-        }
-    }
-    #[cfg(feature = "mysql")]
-    impl<'r> sqlx::Decode<'r, sqlx::MySql> for Num {
-        fn decode(v: sqlx::mysql::MySqlValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
-            use sqlx::ValueRef as _;
-            let ty = v.type_info().into_owned();
-            if <i64 as sqlx::Type<sqlx::MySql>>::compatible(&ty) {
-                return Ok(Num(<i64 as sqlx::Decode<sqlx::MySql>>::decode(v)?));
-            }
-            let s = <String as sqlx::Decode<sqlx::MySql>>::decode(v)?;
-            let int = s.split('.').next().unwrap_or("0");
-            Ok(Num(int.parse()?))
-        }
-    }
 }
 
 /// Transition read: open the encrypted value when present, else return the
@@ -153,6 +105,9 @@ impl VerifyReport {
     }
 }
 
+/// id, encrypted value, plaintext bytes.
+type VerifyRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Open every encrypted value of `target` and compare it with the plaintext
 /// column `plain` (keyset pagination by primary key, `batch` rows at a time).
 pub async fn verify_encrypted(
@@ -178,7 +133,7 @@ pub async fn verify_encrypted(
     let mut report = VerifyReport::default();
     let mut after = i64::MIN;
     loop {
-        let rows: Vec<(i64, Option<Vec<u8>>, Option<Vec<u8>>)> = on_pool!(pool, p => {
+        let rows: Vec<VerifyRow> = on_pool!(pool, p => {
             use sqlx::Row as _;
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(after).fetch_all(p).await?;
             let mut out = Vec::with_capacity(rows.len());

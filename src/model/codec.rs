@@ -28,7 +28,7 @@
 //! depends on the platform.
 //!
 //! Decoding never panics: wrong lengths, invalid UTF-8, out-of-range dates and
-//! invalid JSON are [`Error::Codec`](crate::Error::Codec) errors, which name the
+//! invalid JSON are [`Error::Codec`] errors, which name the
 //! type but never contain the plaintext.
 
 use serde::{Serialize, de::DeserializeOwned};

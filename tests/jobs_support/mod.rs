@@ -74,7 +74,10 @@ pub async fn insert_many(db: &Db, table: &str, col: &str, rows: &[(i64, Vec<u8>)
                 _ => "(?, ?)".to_owned(),
             })
             .collect();
-        let sql = format!("INSERT INTO {table} (id, {col}) VALUES {}", values.join(", "));
+        let sql = format!(
+            "INSERT INTO {table} (id, {col}) VALUES {}",
+            values.join(", ")
+        );
         macro_rules! go {
             ($p:expr) => {{
                 let mut tx = $p.begin().await.expect("begin");
@@ -114,9 +117,24 @@ pub async fn app_update(db: &Db, table: &str, col: &str, id: i64, value: &[u8]) 
     };
     let sql = sqlx::AssertSqlSafe(sql);
     match db {
-        Db::Postgres(p) => sqlx::query(sql).bind(value).bind(id).execute(p).await.map(|_| ()),
-        Db::MySql(p) => sqlx::query(sql).bind(value).bind(id).execute(p).await.map(|_| ()),
-        Db::Sqlite(p, _) => sqlx::query(sql).bind(value).bind(id).execute(p).await.map(|_| ()),
+        Db::Postgres(p) => sqlx::query(sql)
+            .bind(value)
+            .bind(id)
+            .execute(p)
+            .await
+            .map(|_| ()),
+        Db::MySql(p) => sqlx::query(sql)
+            .bind(value)
+            .bind(id)
+            .execute(p)
+            .await
+            .map(|_| ()),
+        Db::Sqlite(p, _) => sqlx::query(sql)
+            .bind(value)
+            .bind(id)
+            .execute(p)
+            .await
+            .map(|_| ()),
     }
     .expect("app update");
 }

@@ -55,7 +55,9 @@ impl Db {
                     .acquire_timeout(Duration::from_secs(10))
                     .connect(&url)
                     .await
-                    .unwrap_or_else(|e| panic!("PostgreSQL at {url} is required (run scripts/test.sh): {e}"));
+                    .unwrap_or_else(|e| {
+                        panic!("PostgreSQL at {url} is required (run scripts/test.sh): {e}")
+                    });
                 Db::Postgres(pool)
             }
             Kind::MySql => {
@@ -65,7 +67,9 @@ impl Db {
                     .acquire_timeout(Duration::from_secs(10))
                     .connect(&url)
                     .await
-                    .unwrap_or_else(|e| panic!("MariaDB/MySQL at {url} is required (run scripts/test.sh): {e}"));
+                    .unwrap_or_else(|e| {
+                        panic!("MariaDB/MySQL at {url} is required (run scripts/test.sh): {e}")
+                    });
                 Db::MySql(pool)
             }
             Kind::Sqlite => {
@@ -83,7 +87,10 @@ impl Db {
                 Db::Sqlite(pool, Arc::new(dir))
             }
         };
-        db.key_store().migrate().await.expect("key store migrations");
+        db.key_store()
+            .migrate()
+            .await
+            .expect("key store migrations");
         db
     }
 
@@ -130,8 +137,10 @@ impl Db {
             .iter()
             .map(|c| format!(", {c} {} NULL", self.blob_type()))
             .collect();
-        self.exec(&format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY{cols})"))
-            .await;
+        self.exec(&format!(
+            "CREATE TABLE {table} (id BIGINT PRIMARY KEY{cols})"
+        ))
+        .await;
     }
 
     /// Insert or replace the blob `col` of row `id`.
@@ -158,34 +167,57 @@ impl Db {
         match self {
             Db::Postgres(p) => {
                 let sql = format!("SELECT {col} FROM {table} WHERE id = $1");
-                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(p).await
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_one(p)
+                    .await
             }
             Db::MySql(p) => {
                 let sql = format!("SELECT {col} FROM {table} WHERE id = ?");
-                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(p).await
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_one(p)
+                    .await
             }
             Db::Sqlite(p, _) => {
                 let sql = format!("SELECT {col} FROM {table} WHERE id = ?");
-                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(p).await
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_one(p)
+                    .await
             }
         }
         .expect("get_raw")
     }
 
     /// Read blob `col` of row `id` through the driver's `Decode` for [`Sealed`].
-    pub async fn get_sealed(&self, table: &str, col: &str, id: i64) -> Result<Option<Sealed>, sqlx::Error> {
+    pub async fn get_sealed(
+        &self,
+        table: &str,
+        col: &str,
+        id: i64,
+    ) -> Result<Option<Sealed>, sqlx::Error> {
         match self {
             Db::Postgres(p) => {
                 let sql = format!("SELECT {col} FROM {table} WHERE id = $1");
-                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(p).await
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_one(p)
+                    .await
             }
             Db::MySql(p) => {
                 let sql = format!("SELECT {col} FROM {table} WHERE id = ?");
-                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(p).await
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_one(p)
+                    .await
             }
             Db::Sqlite(p, _) => {
                 let sql = format!("SELECT {col} FROM {table} WHERE id = ?");
-                sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(p).await
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_one(p)
+                    .await
             }
         }
     }
@@ -228,4 +260,66 @@ pub fn envelope(db: &Db, limits: CacheLimits) -> Envelope {
         .limits(limits)
         .build()
         .expect("envelope")
+}
+
+/// A keyring wrapper that counts calls, to assert keyring traffic directly
+/// (independently of the envelope's own counters).
+#[derive(Debug)]
+pub struct Counting<K> {
+    pub inner: K,
+    pub generate: std::sync::atomic::AtomicU64,
+    pub unwrap: std::sync::atomic::AtomicU64,
+}
+
+impl<K> Counting<K> {
+    pub fn new(inner: K) -> Arc<Self> {
+        Arc::new(Counting {
+            inner,
+            generate: Default::default(),
+            unwrap: Default::default(),
+        })
+    }
+    pub fn generates(&self) -> u64 {
+        self.generate.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    pub fn unwraps(&self) -> u64 {
+        self.unwrap.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl<K: sqlx_envelope::Keyring> sqlx_envelope::Keyring for Counting<K> {
+    fn master_keys(&self) -> Vec<sqlx_envelope::MasterKeyId> {
+        self.inner.master_keys()
+    }
+    fn can_unwrap(&self, m: &sqlx_envelope::MasterKeyId) -> bool {
+        self.inner.can_unwrap(m)
+    }
+    async fn generate(
+        &self,
+        ctx: &sqlx_envelope::KeyContext,
+    ) -> sqlx_envelope::Result<sqlx_envelope::keyring::GeneratedKey> {
+        self.generate
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Yield so concurrent callers really overlap with the call in flight.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.inner.generate(ctx).await
+    }
+    async fn wrap(
+        &self,
+        ctx: &sqlx_envelope::KeyContext,
+        m: &KeyMaterial,
+    ) -> sqlx_envelope::Result<Vec<sqlx_envelope::WrappedKey>> {
+        self.inner.wrap(ctx, m).await
+    }
+    async fn unwrap(
+        &self,
+        ctx: &sqlx_envelope::KeyContext,
+        w: &[sqlx_envelope::WrappedKey],
+    ) -> sqlx_envelope::Result<KeyMaterial> {
+        self.unwrap
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.inner.unwrap(ctx, w).await
+    }
 }

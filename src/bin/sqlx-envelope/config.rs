@@ -21,7 +21,12 @@ pub struct Global {
     pub local_keys_file: Option<std::path::PathBuf>,
 
     /// AWS KMS keys (key id, ARN or alias), comma-separated; the first wraps new data keys.
-    #[arg(long = "kms-key-id", env = "SQLX_ENVELOPE_KMS_KEY_IDS", value_delimiter = ',', global = true)]
+    #[arg(
+        long = "kms-key-id",
+        env = "SQLX_ENVELOPE_KMS_KEY_IDS",
+        value_delimiter = ',',
+        global = true
+    )]
     pub kms_key_ids: Vec<String>,
 
     /// AWS KMS keys used only to unwrap (for example the old key during a rotation).

@@ -183,7 +183,13 @@ pub async fn backfill(g: &Global, a: BackfillArgs, reverse: bool) -> CmdResult {
         Job::encrypt_column(envelope, pool.clone(), t.clone(), &a.plaintext_column, kind)?
     }
     .options(a.job.options());
-    let r = run_job(g, job, a.job.restart, if reverse { "decrypt" } else { "backfill" }).await?;
+    let r = run_job(
+        g,
+        job,
+        a.job.restart,
+        if reverse { "decrypt" } else { "backfill" },
+    )
+    .await?;
     if !reverse {
         let c = transition_counts(&pool, &t, &a.plaintext_column).await?;
         println!(

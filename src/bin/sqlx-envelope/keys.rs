@@ -40,6 +40,9 @@ pub struct RewrapArgs {
     /// Data keys re-wrapped concurrently.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// Only data keys of this scope (by default a table name).
+    #[arg(long)]
+    pub scope: Option<String>,
 }
 
 /// Data key ids.
@@ -103,6 +106,9 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
             if let Some(f) = a.from {
                 opts = opts.from(MasterKeyId::new(f));
             }
+            if let Some(scope) = a.scope {
+                opts = opts.scope(scope);
+            }
             let (tx, rx) = tokio::sync::watch::channel(Progress::default());
             let bar = crate::progress::spawn(rx, "rewrap", g.no_progress);
             let store = pool.key_store();
@@ -145,7 +151,13 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
         KeysCommand::Destroy(a) => {
             let (pool, envelope) = g.envelope().await?;
             for id in a.ids {
-                destroy_key(&envelope, &pool, &a.columns, id).await?;
+                let bar = crate::progress::spinner(
+                    &format!("counting rows on data key {id}"),
+                    g.no_progress,
+                );
+                let done = destroy_key(&envelope, &pool, &a.columns, id).await;
+                bar.finish_and_clear();
+                done?;
                 println!("data key {id}: destroyed");
             }
             Ok(())

@@ -48,7 +48,7 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 rows remain (verify found rows, or a destr
 
 /// Manage data keys, master keys and encrypted columns of sqlx-envelope.
 #[derive(Debug, Parser)]
-#[command(name = "sqlx-envelope", version, about, after_help = AFTER_HELP)]
+#[command(name = "sqlx-envelope", version, after_help = AFTER_HELP)]
 pub struct Cli {
     #[command(flatten)]
     pub global: config::Global,
@@ -139,7 +139,9 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_ROWS_REMAIN)
         }
         Err(Failure::Interrupted) => {
-            eprintln!("interrupted: progress is checkpointed; run the same command again to resume");
+            eprintln!(
+                "interrupted: progress is checkpointed; run the same command again to resume"
+            );
             ExitCode::from(EXIT_INTERRUPTED)
         }
     }

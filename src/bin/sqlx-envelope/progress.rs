@@ -50,3 +50,23 @@ pub fn spawn(
         }
     })
 }
+
+/// A spinner for a scan whose length is unknown (status, verify). Call
+/// `finish_and_clear` before printing results.
+pub fn spinner(label: &str, hidden: bool) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        None,
+        if hidden {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {prefix} [{elapsed_precise}]")
+            .expect("valid template"),
+    );
+    bar.set_prefix(label.to_owned());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}

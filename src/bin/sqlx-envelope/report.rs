@@ -75,8 +75,10 @@ pub async fn status(g: &Global, a: StatusArgs) -> CmdResult {
     let keys = pool.key_store().list().await?;
     let states: Vec<(KeyId, String)> = keys.iter().map(|k| (k.id, k.state.to_string())).collect();
     for t in columns(&pool, a.columns).await? {
-        let s = ColumnStatus::compute(&pool, &t, &keys).await?;
-        print_status(&s, &states);
+        let bar = crate::progress::spinner(&format!("scanning {t}"), g.no_progress);
+        let s = ColumnStatus::compute(&pool, &t, &keys).await;
+        bar.finish_and_clear();
+        print_status(&s?, &states);
     }
     Ok(())
 }
@@ -100,8 +102,11 @@ pub async fn verify(g: &Global, a: VerifyArgs) -> CmdResult {
         } else {
             PlainKind::Text
         };
-        let c = transition_counts(&pool, t, plain).await?;
-        let v = verify_encrypted(&envelope, &pool, t, plain, kind, 1000).await?;
+        let bar = crate::progress::spinner(&format!("verifying {t}"), g.no_progress);
+        let c = transition_counts(&pool, t, plain).await;
+        let v = verify_encrypted(&envelope, &pool, t, plain, kind, 1000).await;
+        bar.finish_and_clear();
+        let (c, v) = (c?, v?);
         println!(
             "{t}: {} rows, {} encrypted, {} plaintext only; opened {}, mismatched {}, failed {}",
             c.total, c.encrypted, c.plaintext_only, v.checked, v.mismatched, v.failed
@@ -119,7 +124,10 @@ pub async fn verify(g: &Global, a: VerifyArgs) -> CmdResult {
     let watch: Vec<KeyId> = a.keys.iter().map(|k| KeyId::new(*k)).collect();
     let mut problems = Vec::new();
     for t in columns(&pool, a.columns).await? {
-        let s = ColumnStatus::compute(&pool, &t, &keys).await?;
+        let bar = crate::progress::spinner(&format!("scanning {t}"), g.no_progress);
+        let s = ColumnStatus::compute(&pool, &t, &keys).await;
+        bar.finish_and_clear();
+        let s = s?;
         print_status(&s, &states);
         let on = s.counts.on(&watch);
         if on > 0 {

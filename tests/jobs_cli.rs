@@ -1,0 +1,279 @@
+//! The `sqlx-envelope` binary against PostgreSQL, MariaDB and SQLite: the whole
+//! life of an encrypted column through the CLI, with its documented exit codes.
+
+mod jobs_support;
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+
+use jobs_support::*;
+use sqlx_envelope::{Context, KeyState, RowId};
+use support::{ALL, Db, Kind, unique};
+
+const ROWS: i64 = 500;
+
+fn run(url: &str, keys: &Path, args: &[&str]) -> Output {
+    let out = cli(url, keys)
+        .args(args)
+        .output()
+        .expect("run sqlx-envelope");
+    eprintln!(
+        "$ sqlx-envelope {}\n{}{}-> {:?}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        out.status.code()
+    );
+    out
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("exit code")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn life_cycle(kind: Kind) {
+    let db = Db::connect(kind).await;
+    let url = db_url(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let (k1, k2) = (random_key(), random_key());
+    let keys1 = write_key_file(dir.path(), "v1.json", "app/1", &[("app/1", k1)]);
+    let keys2 = write_key_file(
+        dir.path(),
+        "v2.json",
+        "app/2",
+        &[("app/1", k1), ("app/2", k2)],
+    );
+    let keys_new = write_key_file(dir.path(), "new.json", "app/2", &[("app/2", k2)]);
+    let table = unique("jobs_cli");
+    let col = format!("{table}.email_enc");
+
+    // Help a new user can read, usage errors are 2.
+    let help = run(&url, &keys1, &["--help"]);
+    assert_eq!(code(&help), 0);
+    for word in [
+        "reencrypt",
+        "backfill",
+        "Exit codes",
+        "DATABASE_URL",
+        "SQLX_ENVELOPE_LOCAL_KEYS_FILE",
+    ] {
+        assert!(stdout(&help).contains(word), "--help mentions {word}");
+    }
+    assert_eq!(
+        code(&run(&url, &keys1, &["reencrypt", "--no-such-flag"])),
+        2
+    );
+    assert_eq!(
+        code(&run(&url, &keys1, &["keys", "destroy", "not-a-number"])),
+        2
+    );
+    // No database: an error (1), not a crash.
+    let mut no_db = cli("", &keys1);
+    no_db.env_remove("DATABASE_URL").args(["keys", "list"]);
+    assert_eq!(no_db.output().unwrap().status.code(), Some(1));
+
+    assert_eq!(code(&run(&url, &keys1, &["migrate"])), 0);
+
+    // A table with plaintext, and its new encrypted column.
+    let text = if kind == Kind::MySql {
+        "VARCHAR(255)"
+    } else {
+        "TEXT"
+    };
+    db.exec(&format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, email {text} NULL, email_enc {} NULL)",
+        db.blob_type()
+    ))
+    .await;
+    let values: Vec<String> = (1..=ROWS)
+        .map(|i| format!("({i}, 'u{i}@example.com')"))
+        .collect();
+    db.exec(&format!(
+        "INSERT INTO {table} (id, email) VALUES {}",
+        values.join(", ")
+    ))
+    .await;
+
+    let backfill = [
+        "--table",
+        &table,
+        "--plaintext-column",
+        "email",
+        "--encrypted-column",
+        "email_enc",
+    ];
+    // Dropping plaintext before the backfill is refused (3), column kept.
+    assert_eq!(
+        code(&run(
+            &url,
+            &keys1,
+            &[&["drop-plaintext"][..], &backfill].concat()
+        )),
+        3
+    );
+    let v = [&["verify", "--column", &col, "--plaintext-column", "email"][..]].concat();
+    assert_eq!(
+        code(&run(&url, &keys1, &v)),
+        3,
+        "verify before the backfill finds plaintext rows"
+    );
+    let out = run(
+        &url,
+        &keys1,
+        &[
+            &["backfill", "--batch-size", "64", "--chunk-rows", "100"][..],
+            &backfill,
+        ]
+        .concat(),
+    );
+    assert_eq!(code(&out), 0);
+    assert!(stdout(&out).contains(&format!("written={ROWS}")));
+    assert_eq!(code(&run(&url, &keys1, &v)), 0);
+    assert_eq!(
+        code(&run(
+            &url,
+            &keys1,
+            &[&["drop-plaintext"][..], &backfill].concat()
+        )),
+        0
+    );
+
+    // keys list / status show the data key and the master key.
+    let store = db.key_store();
+    let old = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.scope == table)
+        .unwrap()
+        .id;
+    let list = stdout(&run(&url, &keys1, &["keys", "list"]));
+    assert!(
+        list.lines()
+            .any(|l| l.contains(&table) && l.contains("active") && l.contains("local:app/1"))
+    );
+    let status = stdout(&run(&url, &keys1, &["status", "--column", &col]));
+    assert!(status.contains(&format!("{ROWS} encrypted")), "{status}");
+    assert!(
+        status.contains(&format!("master key local:app/1: {ROWS} rows")),
+        "{status}"
+    );
+
+    // Retire the data key; verify and destroy refuse while rows use it (3).
+    let id = old.get().to_string();
+    assert_eq!(code(&run(&url, &keys1, &["keys", "retire", &id])), 0);
+    assert_eq!(
+        store.get(old).await.unwrap().unwrap().state,
+        KeyState::DecryptOnly
+    );
+    assert_eq!(
+        code(&run(
+            &url,
+            &keys1,
+            &["verify", "--column", &col, "--key", &id]
+        )),
+        3
+    );
+    assert_eq!(code(&run(&url, &keys1, &["keys", "destroy", &id])), 3);
+    assert_eq!(
+        store.get(old).await.unwrap().unwrap().state,
+        KeyState::DecryptOnly
+    );
+
+    // Dry run writes nothing; the real run moves every row.
+    let reenc = [
+        "reencrypt",
+        "--table",
+        &table,
+        "--column",
+        "email_enc",
+        "--key",
+        &id,
+    ];
+    let dry = run(&url, &keys1, &[&reenc[..], &["--dry-run"]].concat());
+    assert_eq!(code(&dry), 0);
+    assert!(stdout(&dry).contains(&format!("written={ROWS}")));
+    assert_eq!(
+        code(&run(
+            &url,
+            &keys1,
+            &["verify", "--column", &col, "--key", &id]
+        )),
+        3
+    );
+    assert_eq!(code(&run(&url, &keys1, &reenc)), 0);
+    assert_eq!(
+        code(&run(
+            &url,
+            &keys1,
+            &["verify", "--column", &col, "--key", &id]
+        )),
+        0
+    );
+    assert_eq!(code(&run(&url, &keys1, &["keys", "destroy", &id])), 0);
+    assert_eq!(
+        store.get(old).await.unwrap().unwrap().state,
+        KeyState::Destroyed
+    );
+
+    // Master-key rotation app/1 -> app/2, old blobs deleted; rows unchanged.
+    let before = all_rows(&db, &table, "email_enc").await;
+    let rw = run(
+        &url,
+        &keys2,
+        &[
+            "keys",
+            "rotate",
+            "--to",
+            "local:app/2",
+            "--scope",
+            &table,
+            "--delete-old",
+        ],
+    );
+    assert_eq!(code(&rw), 0);
+    assert!(
+        stdout(&rw).contains("rewrapped=1"),
+        "one live data key in this scope"
+    );
+    assert_eq!(all_rows(&db, &table, "email_enc").await, before);
+    let env = envelope_from_file(&db, &keys_new);
+    for (id, v) in &before {
+        let row = RowId::from(*id);
+        let pt = env
+            .open_bytes(
+                &Context::new(&table, "email_enc", &row),
+                v.as_deref().unwrap(),
+            )
+            .await
+            .expect("opens with the new master key only");
+        assert_eq!(&*pt, format!("u{id}@example.com").as_bytes());
+    }
+    let status = stdout(&run(&url, &keys_new, &["status", "--column", &col]));
+    assert!(
+        status.contains(&format!("master key local:app/2: {ROWS} rows")),
+        "{status}"
+    );
+    assert!(!status.contains("local:app/1"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_life_cycle_postgres() {
+    life_cycle(ALL[0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_life_cycle_mariadb() {
+    life_cycle(ALL[1]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_life_cycle_sqlite() {
+    life_cycle(ALL[2]).await;
+}
