@@ -1,7 +1,7 @@
 //! What a value is bound to: its table, column, row primary key and tenant.
 //!
 //! The [`Context`] of a value is never stored. It is rebuilt from the row on
-//! every read and fed to AES-GCM as associated data (see [`crate::format`]), so a
+//! every read and fed to AES-GCM as associated data (see [`crate::format`](mod@crate::format)), so a
 //! value copied into another row, column, table or tenant fails authentication.
 //! Primary keys are canonicalised with a type tag per part, so `42` (integer) and
 //! `"42"` (text) differ, and composite keys are supported. All integer widths

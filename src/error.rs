@@ -21,7 +21,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The stored bytes are not a value of a known format (see [`crate::format`]).
+    /// The stored bytes are not a value of a known format (see [`crate::format`](mod@crate::format)).
     #[error("malformed encrypted value: {0}")]
     Malformed(MalformedReason),
 

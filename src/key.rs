@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result};
 
 /// The id of a data key, assigned by the key store (the database) and written
-/// into every value sealed under it (see [`crate::format`]).
+/// into every value sealed under it (see [`crate::format`](mod@crate::format)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(u64);
 

@@ -29,7 +29,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The byte format is documented in [`format`]; the threat model in the README.
+//! The byte format is documented in [`format`](mod@crate::format); the threat model in the README.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]

@@ -40,7 +40,7 @@ struct Kek {
     cipher: Aes256Gcm,
 }
 
-/// Master keys held in process memory. See the [module documentation](self).
+/// Master keys held in process memory. See the [module documentation](crate::keyring::local).
 pub struct LocalKeyring {
     keys: Vec<Kek>,
     primary: usize,

@@ -15,8 +15,8 @@
 
 #[cfg(feature = "aws-kms")]
 pub mod kms;
-mod local;
-mod multi;
+pub mod local;
+pub mod multi;
 
 #[cfg(feature = "aws-kms")]
 pub use kms::{KmsConfig, KmsKeyring, KmsKeyringBuilder, KmsMetrics, KmsOperation};

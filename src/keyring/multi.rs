@@ -14,7 +14,7 @@ use super::{GeneratedKey, Keyring};
 use crate::error::{Error, KeyringErrorKind, Result};
 use crate::key::{KeyContext, KeyMaterial, MasterKeyId, WrappedKey};
 
-/// Several keyrings, the first one generating. See the [module documentation](self).
+/// Several keyrings, the first one generating. See the [module documentation](crate::keyring::multi).
 #[derive(Debug)]
 pub struct MultiKeyring {
     members: Vec<Arc<dyn Keyring>>,

@@ -1,6 +1,6 @@
 //! Stored values and opened plaintext, and their place in sqlx.
 //!
-//! [`Sealed`] is what an encrypted column holds: the bytes of [`crate::format`].
+//! [`Sealed`] is what an encrypted column holds: the bytes of [`crate::format`](mod@crate::format).
 //! It implements sqlx `Type`, `Encode` and `Decode` for each enabled driver
 //! (PostgreSQL `BYTEA`, MySQL/MariaDB `VARBINARY`/`BLOB`, SQLite `BLOB`), and
 //! decoding validates the header, so a column holding something that is not a
