@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures_util::future::try_join_all;
 
 use crate::cache::{
-    ActiveKey, CacheLimits, CacheStats, CachedKey, Counters, KeyCache, Limit, ScopeKey, bump,
+    ActiveKey, CacheLimits, CacheStats, CachedKey, Counters, KeyCache, Limit, ScopeKey, bump, hot,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::context::Context;
@@ -266,6 +266,13 @@ impl Envelope {
         // built only on a miss.
         let tenanted = ctx.tenant.map(|t| format!("{scope_name}\0{t}"));
         let lookup: &str = tenanted.as_deref().unwrap_or(&scope_name);
+        let now = inner.clock.now();
+        if let Some(active) = hot::active(inner.cache.id, lookup)
+            && active.reserve(len, now, limits.max_age, limits).is_ok()
+        {
+            bump(&inner.counters.encrypt_hits);
+            return Ok(active.key.clone());
+        }
         let mut current = inner.cache.active.get(lookup).await;
         loop {
             let now = inner.clock.now();
@@ -273,6 +280,7 @@ impl Envelope {
                 Some(active) => match active.reserve(len, now, limits.max_age, limits) {
                     Ok(()) => {
                         bump(&inner.counters.encrypt_hits);
+                        hot::remember_active(inner.cache.id, lookup, &active);
                         return Ok(active.key.clone());
                     }
                     Err(limit) => Some((active, limit)),
@@ -286,12 +294,16 @@ impl Envelope {
                 .refresh_active(&scope, stale.as_ref().map(|(a, _)| a), || async {
                     let fresh = self.mint(&scope_name, ctx.tenant).await?;
                     if let Some((old, limit)) = &stale {
-                        bump(match limit {
-                            Limit::Age => &inner.counters.evicted_age,
-                            Limit::Uses => &inner.counters.evicted_uses,
-                            Limit::Bytes => &inner.counters.evicted_bytes,
-                        });
-                        self.demote(old.key.id()).await;
+                        let counter = match limit {
+                            Limit::Age => Some(&inner.counters.evicted_age),
+                            Limit::Uses => Some(&inner.counters.evicted_uses),
+                            Limit::Bytes => Some(&inner.counters.evicted_bytes),
+                            Limit::Revoked => None,
+                        };
+                        if let Some(c) = counter {
+                            bump(c);
+                            self.demote(old.key.id()).await;
+                        }
                     }
                     Ok(fresh)
                 })
@@ -386,6 +398,15 @@ impl Envelope {
     /// Drop a key from this process's caches.
     pub async fn forget_key(&self, id: KeyId) {
         let inner = &self.inner;
+        // Revoke first, so no thread's front cache serves the key meanwhile.
+        if let Some(c) = inner.cache.unwrapped.get(&id).await {
+            c.revoke();
+        }
+        for (_, a) in inner.cache.active.iter() {
+            if a.key.id() == id {
+                a.revoke();
+            }
+        }
         inner.cache.unwrapped.invalidate(&id).await;
         // The active cache is keyed by scope; drop any entry that holds this key.
         let _ = inner
@@ -398,6 +419,9 @@ impl Envelope {
     /// Drop every active key, so the next seal in each scope mints a new one (for
     /// example after the master key changed).
     pub async fn rotate_active_keys(&self) {
+        for (_, a) in self.inner.cache.active.iter() {
+            a.revoke();
+        }
         self.inner.cache.active.invalidate_all();
         self.inner.cache.active.run_pending_tasks().await;
     }

@@ -19,7 +19,9 @@
 //! (past max age or TTL, never past max uses or bytes) keep serving, bounded,
 //! before every operation fails closed with [`crate::Error::KeyringUnavailable`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+pub(crate) mod hot;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -202,7 +204,13 @@ pub(crate) enum Limit {
     Age,
     Uses,
     Bytes,
+    /// Removed from the cache (replaced, evicted, invalidated).
+    Revoked,
 }
+
+/// Cache ids tell the per-thread front which cache an entry belongs to; never
+/// reused, unlike addresses.
+static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The encrypt-cache key: the scope, or `scope NUL tenant` for tenant-bound
 /// values. One string, so the common untenanted lookup borrows the scope name
@@ -220,6 +228,7 @@ pub(crate) struct ActiveKey {
     born: Duration,
     /// (uses, bytes) reserved so far.
     usage: Mutex<(u64, u64)>,
+    revoked: AtomicBool,
 }
 
 impl ActiveKey {
@@ -228,7 +237,17 @@ impl ActiveKey {
             key,
             born,
             usage: Mutex::new((0, 0)),
+            revoked: AtomicBool::new(false),
         }
+    }
+
+    /// Never use this entry again (it left the cache).
+    pub fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
     }
 
     /// Reserve one use of `len` bytes. `age_limit` is max age, or max age plus
@@ -240,6 +259,9 @@ impl ActiveKey {
         age_limit: Duration,
         l: &CacheLimits,
     ) -> Result<(), Limit> {
+        if self.is_revoked() {
+            return Err(Limit::Revoked);
+        }
         if now.saturating_sub(self.born) >= age_limit {
             return Err(Limit::Age);
         }
@@ -262,6 +284,7 @@ pub(crate) struct CachedKey {
     pub loaded: Duration,
     /// When the last refresh failed (nanoseconds of the clock, 0 = never).
     pub failed_at: AtomicU64,
+    revoked: AtomicBool,
 }
 
 impl CachedKey {
@@ -270,7 +293,17 @@ impl CachedKey {
             key,
             loaded,
             failed_at: AtomicU64::new(0),
+            revoked: AtomicBool::new(false),
         }
+    }
+
+    /// Never use this entry again (it left the cache).
+    pub fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
     }
 
     fn failed_recently(&self, now: Duration) -> bool {
@@ -282,6 +315,7 @@ impl CachedKey {
 /// Both caches.
 #[derive(Debug)]
 pub(crate) struct KeyCache {
+    pub id: u64,
     pub limits: CacheLimits,
     pub active: Cache<ScopeKey, Arc<ActiveKey>>,
     pub unwrapped: Cache<KeyId, Arc<CachedKey>>,
@@ -293,7 +327,8 @@ impl KeyCache {
         let active = Cache::builder()
             .max_capacity(limits.capacity)
             .support_invalidation_closures()
-            .eviction_listener(move |_k, _v, cause| {
+            .eviction_listener(move |_k, v: Arc<ActiveKey>, cause| {
+                v.revoke();
                 if cause == RemovalCause::Size {
                     bump(&c1.evicted_capacity);
                 }
@@ -301,13 +336,15 @@ impl KeyCache {
             .build();
         let unwrapped = Cache::builder()
             .max_capacity(limits.decrypt_capacity)
-            .eviction_listener(move |_k, _v, cause| {
+            .eviction_listener(move |_k, v: Arc<CachedKey>, cause| {
+                v.revoke();
                 if cause == RemovalCause::Size {
                     bump(&counters.evicted_capacity);
                 }
             })
             .build();
         KeyCache {
+            id: NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed),
             limits,
             active,
             unwrapped,
@@ -358,10 +395,17 @@ impl KeyCache {
         Fut: Future<Output = Result<Arc<CachedKey>>>,
     {
         let ttl = self.limits.decrypt_ttl;
+        if let Some(hit) = hot::unwrapped(self.id, id)
+            && now.saturating_sub(hit.loaded) < ttl
+        {
+            bump(&counters.decrypt_hits);
+            return Ok(hit);
+        }
         if let Some(hit) = self.unwrapped.get(&id).await
             && now.saturating_sub(hit.loaded) < ttl
         {
             bump(&counters.decrypt_hits);
+            hot::remember_unwrapped(self.id, id, &hit);
             return Ok(hit);
         }
         bump(&counters.decrypt_misses);
@@ -403,9 +447,11 @@ impl KeyCache {
                 }
             })
             .await?;
-        Ok(res
+        let key = res
             .into_entry()
             .expect("compute either kept or put an entry")
-            .into_value())
+            .into_value();
+        hot::remember_unwrapped(self.id, id, &key);
+        Ok(key)
     }
 }
