@@ -24,6 +24,10 @@ use sqlx_envelope::{
     CacheLimits, Context, Envelope, KeyMaterial, Keyring, LocalKeyring, RowId, Sealed,
 };
 
+#[path = "../tests/support/moto.rs"]
+#[allow(dead_code)]
+mod moto;
+
 const BATCH: usize = 1_000;
 const PASSPHRASE: &str = "bench-passphrase";
 
@@ -139,7 +143,13 @@ macro_rules! driver {
                 Run { insert_s, select_cold_s: select_s, select_warm_s: select_s, bytes_per_value: 64.0 }
             }
 
-            pub async fn envelope(pool: &$pool, d: &Data, env: &Envelope, cold: &Envelope) -> Run {
+            pub async fn envelope(
+                pool: &$pool,
+                d: &Data,
+                env: &Envelope,
+                cold: &Envelope,
+                between: &mut dyn FnMut(),
+            ) -> Run {
                 let table = "bench_enc";
                 setup(pool, table).await;
                 let rows: Vec<RowId> = d.ids.iter().map(|i| RowId::from(*i)).collect();
@@ -178,6 +188,7 @@ macro_rules! driver {
                     secs(t.elapsed())
                 };
                 let select_cold_s = select(cold).await;
+                between();
                 let select_warm_s = select(cold).await;
                 Run { insert_s, select_cold_s, select_warm_s, bytes_per_value: bytes }
             }
@@ -337,7 +348,7 @@ async fn main() {
         .expect("PostgreSQL is required (scripts/bench.sh starts it)");
     let (env, cold) = envelopes(std::sync::Arc::new(pg::store(&pool).await), keyring.clone());
     let plain = pg::plaintext(&pool, &d).await;
-    let enc = pg::envelope(&pool, &d, &env, &cold).await;
+    let enc = pg::envelope(&pool, &d, &env, &cold, &mut || ()).await;
     let pgc = pgcrypto(&pool, &d).await;
     let (ws, cs) = (env.stats(), cold.stats());
     report.insert("postgres".into(), json!({
@@ -355,6 +366,43 @@ async fn main() {
     }));
     table.push(("postgres", plain, enc, Some(pgc)));
 
+    // KMS cost, through the real aws-sdk-kms client against the local endpoint.
+    let kms = if std::env::var_os(moto::MOTO_VAR).is_some() {
+        let moto = moto::Moto::start();
+        let client = moto.client("us-east-1");
+        let key = moto.create_key(&client).await;
+        let kr = sqlx_envelope::keyring::kms::KmsKeyring::builder()
+            .client(client)
+            .key(&key)
+            .build()
+            .await
+            .unwrap();
+        let (env, cold) = envelopes(
+            std::sync::Arc::new(pg::store(&pool).await),
+            std::sync::Arc::new(kr.clone()),
+        );
+        let before = kr.metrics();
+        let mut after_cold = None;
+        let run = pg::envelope(&pool, &d, &env, &cold, &mut || {
+            after_cold = Some(kr.metrics())
+        })
+        .await;
+        let (c, w) = (after_cold.unwrap(), kr.metrics());
+        json!({
+            "endpoint": "moto (local, loopback)",
+            "values_written": 2 * n, "max_uses": 10_000,
+            "generate_data_key_calls": c.generate_data_key_calls - before.generate_data_key_calls,
+            "decrypt_calls_cold_read": c.decrypt_calls - before.decrypt_calls,
+            "decrypt_calls_warm_read": w.decrypt_calls - c.decrypt_calls,
+            "distinct_data_keys": cold.stats().keyring_unwrap_calls,
+            "max_decrypts_in_flight": w.max_in_flight,
+            "throughput": run.json(n),
+        })
+    } else {
+        json!({"skipped": "SQLX_ENVELOPE_MOTO_SERVER is not set (scripts/bench.sh sets it)"})
+    };
+    report.insert("kms".into(), kms);
+
     // MariaDB and SQLite: plaintext and envelope.
     let pool = sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(4)
@@ -363,7 +411,7 @@ async fn main() {
         .expect("MariaDB is required (scripts/bench.sh starts it)");
     let (env, cold) = envelopes(std::sync::Arc::new(my::store(&pool).await), keyring.clone());
     let plain = my::plaintext(&pool, &d).await;
-    let enc = my::envelope(&pool, &d, &env, &cold).await;
+    let enc = my::envelope(&pool, &d, &env, &cold, &mut || ()).await;
     report.insert("mariadb".into(), json!({
         "plaintext": plain.json(n), "envelope": enc.json(n),
         "ratios": {"insert_envelope_over_plaintext": ratio(enc.insert_s, plain.insert_s),
@@ -388,7 +436,7 @@ async fn main() {
         keyring.clone(),
     );
     let plain = lite::plaintext(&pool, &d).await;
-    let enc = lite::envelope(&pool, &d, &env, &cold).await;
+    let enc = lite::envelope(&pool, &d, &env, &cold, &mut || ()).await;
     report.insert("sqlite".into(), json!({
         "plaintext": plain.json(n), "envelope": enc.json(n),
         "ratios": {"insert_envelope_over_plaintext": ratio(enc.insert_s, plain.insert_s),

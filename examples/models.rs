@@ -5,7 +5,7 @@
 //! `postgres://` or `mysql://` URL to run the same code on PostgreSQL or
 //! MariaDB/MySQL (build with `--features postgres` / `--features mysql`).
 //!
-//! Run with `cargo run --example models --features uuid,chrono` (or
+//! Run with `cargo run --example models` (default features; or
 //! `--all-features`).
 //!
 //! What it shows: a model with encrypted fields (text, a date, JSON notes, a

@@ -9,19 +9,24 @@
 //! by accident: the only way from one type to the other is through the
 //! [`Envelope`] ([`Encrypted::seal`], [`SealedRow::open`], [`open_all`]).
 //!
-//! ```ignore
+//! ```no_run
+//! use sqlx_envelope::{Encrypted, Envelope};
+//!
 //! #[derive(Encrypted)]
 //! #[envelope(table = "patients", id = "id")]
 //! struct Patient {
-//!     id: uuid::Uuid,
+//!     id: i64,
 //!     #[encrypt]
 //!     name: String,
 //! }
+//!
+//! # async fn demo(envelope: Envelope, patient: Patient) -> sqlx_envelope::Result<()> {
 //! let sealed: PatientSealed = patient.seal(&envelope).await?;
 //! let patient: Patient = sealed.open(&envelope).await?;
+//! # Ok(()) }
 //! ```
 //!
-//! See `docs/models.md` for the attributes, the id patterns and the query
+//! See the README's "Encrypted models" section (also `docs/models.md`) for the attributes, the id patterns and the query
 //! patterns; [`codec`] for the plaintext encoding of each field type.
 
 use std::collections::HashMap;
