@@ -115,6 +115,16 @@ impl Error {
         }
     }
 
+    /// The keyring holds none of the master keys that wrapped a data key
+    /// (named after the keyring's primary master key).
+    pub(crate) fn no_usable_wrapped_key(master_key: impl Into<String>) -> Self {
+        Error::Keyring {
+            kind: KeyringErrorKind::NoUsableWrappedKey,
+            master_key: master_key.into(),
+            source: None,
+        }
+    }
+
     /// A [`Error::Codec`] error.
     pub fn codec(type_name: &'static str, message: impl Into<String>) -> Self {
         Error::Codec {

@@ -265,11 +265,7 @@ impl Keyring for LocalKeyring {
                 }
             }
         }
-        Err(last.unwrap_or_else(|| Error::Keyring {
-            kind: KeyringErrorKind::NoUsableWrappedKey,
-            master_key: self.primary().to_string(),
-            source: None,
-        }))
+        Err(last.unwrap_or_else(|| Error::no_usable_wrapped_key(self.primary().as_str())))
     }
 
     async fn rewrap(

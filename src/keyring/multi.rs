@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 
 use super::{GeneratedKey, Keyring};
-use crate::error::{Error, KeyringErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::key::{KeyContext, KeyMaterial, MasterKeyId, WrappedKey};
 
 /// Several keyrings, the first one generating. See the [module documentation](crate::keyring::multi).
@@ -102,14 +102,13 @@ impl Keyring for MultiKeyring {
                 }
             }
         }
-        Err(first_error.unwrap_or_else(|| Error::Keyring {
-            kind: KeyringErrorKind::NoUsableWrappedKey,
-            master_key: self
-                .master_keys()
-                .first()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            source: None,
+        Err(first_error.unwrap_or_else(|| {
+            Error::no_usable_wrapped_key(
+                self.master_keys()
+                    .first()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            )
         }))
     }
 

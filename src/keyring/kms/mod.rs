@@ -671,11 +671,7 @@ impl Keyring for KmsKeyring {
                 }
             }
         }
-        Err(first_error.unwrap_or_else(|| Error::Keyring {
-            kind: KeyringErrorKind::NoUsableWrappedKey,
-            master_key: self.inner.keys[0].id().to_owned(),
-            source: None,
-        }))
+        Err(first_error.unwrap_or_else(|| Error::no_usable_wrapped_key(self.inner.keys[0].id())))
     }
 
     async fn rewrap(
