@@ -1,28 +1,28 @@
-//! End-to-end benchmark: encrypted columns against plaintext columns and against
-//! pgcrypto, on the local databases, in one run with the same batching.
+//! End-to-end benchmark: encrypted columns against plaintext columns (and
+//! against pgcrypto), on the local databases, in one run with the same batching.
 //!
-//! `scripts/bench.sh` (or `cargo bench --all-features --bench e2e`). Writes
-//! `target/bench/report.json` and prints a table. Rows: `BENCH_ROWS` (default
-//! 100,000), each with two 64-byte secret fields plus ordinary columns.
+//! `scripts/bench.sh` (or `cargo bench --all-features --bench e2e`). Rows:
+//! `BENCH_ROWS` (default 100,000), each with two 64-byte secret fields plus
+//! ordinary columns; `BENCH_RUNS` repetitions (default 5) of every variant,
+//! interleaved (plaintext, envelope, plaintext, envelope, ...), so a change in
+//! machine load hits both. Every figure is reported as the median with its range
+//! over the runs, next to the machine's load average (before and after each
+//! database) and the CPU features AES-GCM can use; the whole report goes to
+//! `target/bench/report.json`.
 //!
-//! Workloads, per database, each on a fresh table:
-//! - `plaintext`: the two fields stored as plain BYTEA/BLOB;
-//! - `envelope`: the fields sealed by this library (insert), then selected and
-//!   opened with `open_many` per page (select, cold cache first, then warm);
-//! - `pgcrypto` (PostgreSQL only): `pgp_sym_encrypt` / `pgp_sym_decrypt` in the
-//!   same statements.
-//!
-//! Inserts are multi-row statements of `BATCH` rows in one transaction per batch;
-//! selects are keyset pages of `BATCH` rows.
+//! - insert: multi-row `INSERT`s of `BATCH` rows, one transaction each; the
+//!   envelope seals each batch with one `seal_many` first, as an application
+//!   writing a page of rows would;
+//! - select: keyset pages of `BATCH` rows; the envelope opens every value of a
+//!   page from the bytes the row already holds (`KeySet::open_in_place`, keys
+//!   resolved once per page), while the next page is being fetched.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 use sqlx::{QueryBuilder, Row as _};
 use sqlx_envelope::store::{KeyStore, MySqlKeyStore, PgKeyStore, SqliteKeyStore};
-use sqlx_envelope::{
-    CacheLimits, Context, Envelope, KeyMaterial, Keyring, LocalKeyring, RowId, Sealed,
-};
+use sqlx_envelope::{CacheLimits, Context, Envelope, KeyMaterial, Keyring, LocalKeyring, RowId};
 
 #[path = "../tests/support/moto.rs"]
 #[allow(dead_code)]
@@ -50,27 +50,87 @@ fn data(n: usize) -> Data {
     }
 }
 
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
-#[derive(Default, Debug)]
-struct Run {
-    insert_s: f64,
-    select_cold_s: f64,
-    select_warm_s: f64,
+/// Seconds of each run of one variant.
+#[derive(Default, Debug, Clone)]
+struct Runs {
+    insert: Vec<f64>,
+    select: Vec<f64>,
     bytes_per_value: f64,
 }
 
-impl Run {
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[s.len() / 2]
+}
+
+fn rate(rows: usize, secs: &[f64]) -> Value {
+    let r: Vec<f64> = secs.iter().map(|s| rows as f64 / s).collect();
+    json!({
+        "median_rows_per_second": median(&r),
+        "min_rows_per_second": r.iter().copied().fold(f64::INFINITY, f64::min),
+        "max_rows_per_second": r.iter().copied().fold(0.0, f64::max),
+        "runs_seconds": secs,
+    })
+}
+
+impl Runs {
     fn json(&self, rows: usize) -> Value {
         json!({
-            "insert": {"seconds": self.insert_s, "rows_per_second": rows as f64 / self.insert_s},
-            "select_cold": {"seconds": self.select_cold_s, "rows_per_second": rows as f64 / self.select_cold_s},
-            "select_warm": {"seconds": self.select_warm_s, "rows_per_second": rows as f64 / self.select_warm_s},
+            "insert": rate(rows, &self.insert),
+            "select": rate(rows, &self.select),
             "stored_bytes_per_value": self.bytes_per_value,
         })
     }
+}
+
+/// Throughput of `a` relative to `b`: median of the per-run ratios, with range.
+fn ratio(a: &[f64], b: &[f64]) -> Value {
+    let r: Vec<f64> = a.iter().zip(b).map(|(a, b)| b / a).collect();
+    json!({
+        "median": median(&r),
+        "min": r.iter().copied().fold(f64::INFINITY, f64::min),
+        "max": r.iter().copied().fold(0.0, f64::max),
+    })
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn cpu_features() -> Vec<&'static str> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> = info
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    ["aes", "pclmulqdq", "avx2", "vaes", "vpclmulqdq"]
+        .into_iter()
+        .filter(|f| flags.contains(f))
+        .collect()
+}
+
+type Page = Vec<(i64, Vec<u8>, Vec<u8>)>;
+
+/// Open every value of a page in place; returns how many rows checked out.
+fn open_page(keys: &sqlx_envelope::KeySet, table: &str, page: Page) -> usize {
+    let mut n = 0;
+    for (id, email, ssn) in page {
+        let row = RowId::from(id);
+        let e = keys
+            .open_in_place(&Context::new(table, "email", &row), email)
+            .unwrap();
+        let s = keys
+            .open_in_place(&Context::new(table, "ssn", &row), ssn)
+            .unwrap();
+        assert_eq!(&e[..8], &((id - 1) as u64).to_be_bytes());
+        assert_eq!(s.len(), 64);
+        n += 1;
+    }
+    n
 }
 
 macro_rules! driver {
@@ -88,109 +148,108 @@ macro_rules! driver {
                 sqlx::query(sqlx::AssertSqlSafe(create)).execute(pool).await.unwrap();
             }
 
-            async fn insert_rows<F, T>(pool: &$pool, table: &str, d: &Data, mut cols: F)
+            async fn insert_batch<T>(pool: &$pool, table: &str, chunk: &[i64], cols: Vec<(T, T)>)
             where
-                F: FnMut(usize) -> (T, T),
                 T: for<'q> sqlx::Encode<'q, $db> + sqlx::Type<$db> + Send + 'static,
             {
-                for chunk in d.ids.chunks(BATCH) {
-                    let mut tx = pool.begin().await.unwrap();
-                    let mut qb = QueryBuilder::<$db>::new(format!("INSERT INTO {table} (id, name, age, email, ssn) "));
-                    qb.push_values(chunk, |mut b, id| {
-                        let i = (*id - 1) as usize;
-                        let (e, s) = cols(i);
-                        b.push_bind(*id).push_bind(format!("person {id}")).push_bind((*id % 90) as i32).push_bind(e).push_bind(s);
-                    });
-                    qb.build().execute(&mut *tx).await.unwrap();
-                    tx.commit().await.unwrap();
-                }
+                let mut tx = pool.begin().await.unwrap();
+                let mut qb = QueryBuilder::<$db>::new(format!("INSERT INTO {table} (id, name, age, email, ssn) "));
+                qb.push_values(chunk.iter().zip(cols), |mut b, (id, (e, s))| {
+                    b.push_bind(*id).push_bind(format!("person {id}")).push_bind((*id % 90) as i32).push_bind(e).push_bind(s);
+                });
+                qb.build().execute(&mut *tx).await.unwrap();
+                tx.commit().await.unwrap();
             }
 
-            /// Keyset pages of (id, email, ssn) as raw bytes.
-            async fn pages(pool: &$pool, table: &str, mut f: impl AsyncFnMut(Vec<(i64, Vec<u8>, Vec<u8>)>)) {
-                let mut last = 0_i64;
+            async fn page(pool: &$pool, table: &str, after: i64) -> Page {
                 let sql = format!("SELECT id, email, ssn FROM {table} WHERE id > {} ORDER BY id LIMIT {}", $ph1, $ph2);
-                loop {
-                    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                        .bind(last)
-                        .bind(BATCH as i64)
-                        .fetch_all(pool)
-                        .await
-                        .unwrap();
-                    if rows.is_empty() {
-                        break;
-                    }
-                    let page: Vec<(i64, Vec<u8>, Vec<u8>)> = rows
-                        .iter()
-                        .map(|r| (r.get::<i64, _>(0), r.get::<Vec<u8>, _>(1), r.get::<Vec<u8>, _>(2)))
-                        .collect();
-                    last = page.last().unwrap().0;
-                    f(page).await;
-                }
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(after)
+                    .bind(BATCH as i64)
+                    .fetch_all(pool)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r.get::<i64, _>(0), r.get::<Vec<u8>, _>(1), r.get::<Vec<u8>, _>(2)))
+                    .collect()
             }
 
-            pub async fn plaintext(pool: &$pool, d: &Data) -> Run {
+            pub async fn plaintext(pool: &$pool, d: &Data, runs: &mut Runs) {
                 let table = "bench_plain";
                 setup(pool, table).await;
                 let t = Instant::now();
-                insert_rows(pool, table, d, |i| (d.emails[i].clone(), d.ssns[i].clone())).await;
-                let insert_s = secs(t.elapsed());
-                let mut n = 0usize;
+                for chunk in d.ids.chunks(BATCH) {
+                    let cols = chunk
+                        .iter()
+                        .map(|id| {
+                            let i = (*id - 1) as usize;
+                            (d.emails[i].clone(), d.ssns[i].clone())
+                        })
+                        .collect();
+                    insert_batch(pool, table, chunk, cols).await;
+                }
+                runs.insert.push(t.elapsed().as_secs_f64());
                 let t = Instant::now();
-                pages(pool, table, async |p| { n += p.len(); }).await;
-                let select_s = secs(t.elapsed());
+                let (mut n, mut after) = (0usize, 0i64);
+                loop {
+                    let p = page(pool, table, after).await;
+                    let Some(last) = p.last() else { break };
+                    after = last.0;
+                    for (_, e, s) in &p {
+                        assert_eq!(e.len() + s.len(), 128);
+                    }
+                    n += p.len();
+                }
+                runs.select.push(t.elapsed().as_secs_f64());
                 assert_eq!(n, d.ids.len());
-                Run { insert_s, select_cold_s: select_s, select_warm_s: select_s, bytes_per_value: 64.0 }
+                runs.bytes_per_value = 64.0;
             }
 
-            pub async fn envelope(
-                pool: &$pool,
-                d: &Data,
-                env: &Envelope,
-                cold: &Envelope,
-                between: &mut dyn FnMut(),
-            ) -> Run {
+            pub async fn envelope(pool: &$pool, d: &Data, env: &Envelope, runs: &mut Runs) {
                 let table = "bench_enc";
                 setup(pool, table).await;
                 let rows: Vec<RowId> = d.ids.iter().map(|i| RowId::from(*i)).collect();
                 let t = Instant::now();
-                // Seal a batch ahead of each statement, as an application would.
-                let mut sealed: Vec<(Sealed, Sealed)> = Vec::with_capacity(d.ids.len());
+                let mut bytes = 0.0;
                 for chunk in d.ids.chunks(BATCH) {
+                    let mut items = Vec::with_capacity(chunk.len() * 2);
                     for id in chunk {
                         let i = (*id - 1) as usize;
-                        let e = env.seal(&Context::new(table, "email", &rows[i]), &d.emails[i]).await.unwrap();
-                        let s = env.seal(&Context::new(table, "ssn", &rows[i]), &d.ssns[i]).await.unwrap();
-                        sealed.push((e, s));
+                        items.push((Context::new(table, "email", &rows[i]), &d.emails[i][..]));
+                        items.push((Context::new(table, "ssn", &rows[i]), &d.ssns[i][..]));
                     }
+                    let sealed = env.seal_many(&items).await.unwrap();
+                    bytes = sealed[0].len() as f64;
+                    let mut it = sealed.into_iter();
+                    let cols = chunk
+                        .iter()
+                        .map(|_| (it.next().unwrap(), it.next().unwrap()))
+                        .collect();
+                    insert_batch(pool, table, chunk, cols).await;
                 }
-                insert_rows(pool, table, d, |i| (sealed[i].0.clone(), sealed[i].1.clone())).await;
-                let insert_s = secs(t.elapsed());
-                let bytes = sealed[0].0.len() as f64;
-                drop(sealed);
+                runs.insert.push(t.elapsed().as_secs_f64());
+                runs.bytes_per_value = bytes;
 
-                let select = async |reader: &Envelope| {
-                    let t = Instant::now();
-                    let mut n = 0usize;
-                    pages(pool, table, async |p| {
-                        let rids: Vec<RowId> = p.iter().map(|r| RowId::from(r.0)).collect();
-                        let mut items = Vec::with_capacity(p.len() * 2);
-                        for (r, row) in p.iter().zip(&rids) {
-                            items.push((Context::new(table, "email", row), r.1.as_slice()));
-                            items.push((Context::new(table, "ssn", row), r.2.as_slice()));
-                        }
-                        let opened = reader.open_many(&items).await.unwrap();
-                        assert_eq!(&opened[0][..8], &((p[0].0 - 1) as u64).to_be_bytes());
-                        n += p.len();
-                    })
-                    .await;
-                    assert_eq!(n, d.ids.len());
-                    secs(t.elapsed())
-                };
-                let select_cold_s = select(cold).await;
-                between();
-                let select_warm_s = select(cold).await;
-                Run { insert_s, select_cold_s, select_warm_s, bytes_per_value: bytes }
+                // Select: open page k on a blocking thread while page k + 1 is
+                // fetched.
+                let t = Instant::now();
+                let (mut n, mut after) = (0usize, 0i64);
+                let mut opening: Option<tokio::task::JoinHandle<usize>> = None;
+                loop {
+                    let p = page(pool, table, after).await;
+                    if let Some(h) = opening.take() {
+                        n += h.await.unwrap();
+                    }
+                    let Some(last) = p.last() else { break };
+                    after = last.0;
+                    let keys = env
+                        .keys_for(p.iter().flat_map(|(_, e, s)| [e.as_slice(), s.as_slice()]))
+                        .await
+                        .unwrap();
+                    opening = Some(tokio::task::spawn_blocking(move || open_page(&keys, table, p)));
+                }
+                runs.select.push(t.elapsed().as_secs_f64());
+                assert_eq!(n, d.ids.len());
             }
 
             pub async fn store(pool: &$pool) -> $store {
@@ -230,7 +289,7 @@ driver!(
     "?"
 );
 
-async fn pgcrypto(pool: &sqlx::PgPool, d: &Data) -> Run {
+async fn pgcrypto(pool: &sqlx::PgPool, d: &Data) -> Runs {
     let table = "bench_pgcrypto";
     pg::setup(pool, table).await;
     sqlx::query("CREATE EXTENSION IF NOT EXISTS pgcrypto")
@@ -262,7 +321,7 @@ async fn pgcrypto(pool: &sqlx::PgPool, d: &Data) -> Run {
         qb.build().execute(&mut *tx).await.unwrap();
         tx.commit().await.unwrap();
     }
-    let insert_s = secs(t.elapsed());
+    let insert = t.elapsed().as_secs_f64();
     let bytes: i32 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT length(email) FROM {table} WHERE id = 1"
     )))
@@ -270,8 +329,7 @@ async fn pgcrypto(pool: &sqlx::PgPool, d: &Data) -> Run {
     .await
     .unwrap();
     let t = Instant::now();
-    let mut last = 0_i64;
-    let mut n = 0;
+    let (mut last, mut n) = (0_i64, 0);
     let sql = format!(
         "SELECT id, pgp_sym_decrypt_bytea(email, $3), pgp_sym_decrypt_bytea(ssn, $3) FROM {table} WHERE id > $1 ORDER BY id LIMIT $2"
     );
@@ -290,42 +348,33 @@ async fn pgcrypto(pool: &sqlx::PgPool, d: &Data) -> Run {
         last = rows.last().unwrap().get(0);
     }
     assert_eq!(n, d.ids.len());
-    let s = secs(t.elapsed());
-    Run {
-        insert_s,
-        select_cold_s: s,
-        select_warm_s: s,
-        bytes_per_value: bytes as f64,
+    Runs {
+        insert: vec![insert],
+        select: vec![t.elapsed().as_secs_f64()],
+        bytes_per_value: f64::from(bytes),
     }
 }
 
-fn envelopes(
-    store: std::sync::Arc<dyn KeyStore>,
-    keyring: std::sync::Arc<dyn Keyring>,
-) -> (Envelope, Envelope) {
-    let mk = || {
-        Envelope::builder()
-            .keyring_arc(keyring.clone())
-            .store_arc(store.clone())
-            .limits(CacheLimits::default().max_uses(10_000))
-            .build()
-            .unwrap()
-    };
-    (mk(), mk())
+fn envelope(store: std::sync::Arc<dyn KeyStore>, keyring: std::sync::Arc<dyn Keyring>) -> Envelope {
+    Envelope::builder()
+        .keyring_arc(keyring)
+        .store_arc(store)
+        .limits(CacheLimits::default().max_uses(1 << 20))
+        .build()
+        .unwrap()
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
-    // Throughput ratio a/b given durations: (rows/a_s) / (rows/b_s) = b_s / a_s.
-    b / a
-}
-
-#[tokio::main]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // `cargo bench` passes `--bench`; nothing else to parse.
     let n: usize = std::env::var("BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
+    let reps: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
     let d = data(n);
     let keyring: std::sync::Arc<dyn Keyring> =
         std::sync::Arc::new(LocalKeyring::new("bench/1", KeyMaterial::generate()).unwrap());
@@ -334,40 +383,51 @@ async fn main() {
     let my_url = std::env::var("SQLX_ENVELOPE_TEST_MYSQL")
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/sqlx_envelope_test".into());
     let mut report = serde_json::Map::new();
-    report.insert("rows".into(), json!(n));
-    report.insert("fields_per_row".into(), json!(2));
-    report.insert("field_bytes".into(), json!(64));
-    report.insert("batch_rows".into(), json!(BATCH));
-    let mut table = Vec::new();
+    report.insert(
+        "setup".into(),
+        json!({"rows": n, "fields_per_row": 2, "field_bytes": 64, "batch_rows": BATCH,
+               "runs": reps, "cpu_features": cpu_features(),
+               "cpus": std::thread::available_parallelism().map_or(0, |n| n.get())}),
+    );
+    let mut table: Vec<(&str, Runs, Runs, String)> = Vec::new();
 
-    // PostgreSQL: plaintext, envelope, pgcrypto.
+    macro_rules! compare {
+        ($name:literal, $m:ident, $pool:expr) => {{
+            let load_before = loadavg();
+            let env = envelope(std::sync::Arc::new($m::store(&$pool).await), keyring.clone());
+            let (mut plain, mut enc) = (Runs::default(), Runs::default());
+            for _ in 0..reps {
+                $m::plaintext(&$pool, &d, &mut plain).await;
+                $m::envelope(&$pool, &d, &env, &mut enc).await;
+            }
+            let load = format!("{load_before} -> {}", loadavg());
+            report.insert($name.into(), json!({
+                "load_average_before_after": load,
+                "plaintext": plain.json(n), "envelope": enc.json(n),
+                "envelope_over_plaintext": {
+                    "insert": ratio(&enc.insert, &plain.insert),
+                    "select": ratio(&enc.select, &plain.select),
+                },
+                "keyring_calls": {"generate": env.stats().keyring_generate_calls,
+                                  "unwrap": env.stats().keyring_unwrap_calls,
+                                  "data_keys_minted": env.stats().data_keys_minted},
+            }));
+            table.push(($name, plain, enc, load));
+        }};
+    }
+
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
         .connect(&pg_url)
         .await
         .expect("PostgreSQL is required (scripts/bench.sh starts it)");
-    let (env, cold) = envelopes(std::sync::Arc::new(pg::store(&pool).await), keyring.clone());
-    let plain = pg::plaintext(&pool, &d).await;
-    let enc = pg::envelope(&pool, &d, &env, &cold, &mut || ()).await;
+    compare!("postgres", pg, pool);
     let pgc = pgcrypto(&pool, &d).await;
-    let (ws, cs) = (env.stats(), cold.stats());
-    report.insert("postgres".into(), json!({
-        "plaintext": plain.json(n), "envelope": enc.json(n), "pgcrypto": pgc.json(n),
-        "ratios": {
-            "insert_envelope_over_plaintext": ratio(enc.insert_s, plain.insert_s),
-            "select_warm_envelope_over_plaintext": ratio(enc.select_warm_s, plain.select_warm_s),
-            "select_cold_envelope_over_plaintext": ratio(enc.select_cold_s, plain.select_cold_s),
-            "insert_envelope_over_pgcrypto": ratio(enc.insert_s, pgc.insert_s),
-            "select_warm_envelope_over_pgcrypto": ratio(enc.select_warm_s, pgc.select_warm_s),
-        },
-        "keyring_calls": {"generate_data_key": ws.keyring_generate_calls, "decrypt_cold": cs.keyring_unwrap_calls,
-                          "values_written": 2 * n, "max_uses": 10_000,
-                          "generate_bound_ceil_values_over_max_uses": (2 * n).div_ceil(10_000)},
-    }));
-    table.push(("postgres", plain, enc, Some(pgc)));
+    report.insert("postgres_pgcrypto".into(), pgc.json(n));
 
-    // KMS cost, through the real aws-sdk-kms client against the local endpoint.
-    let kms = if std::env::var_os(moto::MOTO_VAR).is_some() {
+    // KMS cost, through the real aws-sdk-kms client against the local endpoint:
+    // a cold read of everything the PostgreSQL runs wrote.
+    if std::env::var_os(moto::MOTO_VAR).is_some() {
         let moto = moto::Moto::start();
         let client = moto.client("us-east-1");
         let key = moto.create_key(&client).await;
@@ -377,52 +437,59 @@ async fn main() {
             .build()
             .await
             .unwrap();
-        let (env, cold) = envelopes(
+        let env = envelope(
+            std::sync::Arc::new(pg::store(&pool).await),
+            std::sync::Arc::new(kr.clone()),
+        );
+        let mut runs = Runs::default();
+        pg::envelope(&pool, &d, &env, &mut runs).await;
+        let cold = envelope(
             std::sync::Arc::new(pg::store(&pool).await),
             std::sync::Arc::new(kr.clone()),
         );
         let before = kr.metrics();
-        let mut after_cold = None;
-        let run = pg::envelope(&pool, &d, &env, &cold, &mut || {
-            after_cold = Some(kr.metrics())
-        })
-        .await;
-        let (c, w) = (after_cold.unwrap(), kr.metrics());
-        json!({
-            "endpoint": "moto (local, loopback)",
-            "values_written": 2 * n, "max_uses": 10_000,
-            "generate_data_key_calls": c.generate_data_key_calls - before.generate_data_key_calls,
-            "decrypt_calls_cold_read": c.decrypt_calls - before.decrypt_calls,
-            "decrypt_calls_warm_read": w.decrypt_calls - c.decrypt_calls,
-            "distinct_data_keys": cold.stats().keyring_unwrap_calls,
-            "max_decrypts_in_flight": w.max_in_flight,
-            "throughput": run.json(n),
-        })
+        let rows: Vec<(i64, Vec<u8>, Vec<u8>)> =
+            sqlx::query_as("SELECT id, email, ssn FROM bench_enc ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let keys = cold
+            .keys_for(
+                rows.iter()
+                    .flat_map(|(_, e, s)| [e.as_slice(), s.as_slice()]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(open_page(&keys, "bench_enc", rows), n);
+        let after = kr.metrics();
+        report.insert(
+            "kms".into(),
+            json!({
+                "endpoint": "moto (local, loopback)",
+                "values_written": 2 * n,
+                "generate_data_key_calls_writes": env.stats().keyring_generate_calls,
+                "data_keys_minted": env.stats().data_keys_minted,
+                "decrypt_calls_cold_read": after.decrypt_calls - before.decrypt_calls,
+                "distinct_data_keys_cold_read": keys.len(),
+            }),
+        );
     } else {
-        json!({"skipped": "SQLX_ENVELOPE_MOTO_SERVER is not set (scripts/bench.sh sets it)"})
-    };
-    report.insert("kms".into(), kms);
+        report.insert(
+            "kms".into(),
+            json!({"not_run": "SQLX_ENVELOPE_MOTO_SERVER is not set (scripts/bench.sh sets it)"}),
+        );
+    }
 
-    // MariaDB and SQLite: plaintext and envelope.
     let pool = sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(4)
         .connect(&my_url)
         .await
         .expect("MariaDB is required (scripts/bench.sh starts it)");
-    let (env, cold) = envelopes(std::sync::Arc::new(my::store(&pool).await), keyring.clone());
-    let plain = my::plaintext(&pool, &d).await;
-    let enc = my::envelope(&pool, &d, &env, &cold, &mut || ()).await;
-    report.insert("mariadb".into(), json!({
-        "plaintext": plain.json(n), "envelope": enc.json(n),
-        "ratios": {"insert_envelope_over_plaintext": ratio(enc.insert_s, plain.insert_s),
-                   "select_warm_envelope_over_plaintext": ratio(enc.select_warm_s, plain.select_warm_s)},
-        "keyring_calls": {"generate_data_key": env.stats().keyring_generate_calls, "decrypt_cold": cold.stats().keyring_unwrap_calls},
-    }));
-    table.push(("mariadb", plain, enc, None));
+    compare!("mariadb", my, pool);
 
     let dir = tempfile::tempdir().unwrap();
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
+        .max_connections(2)
         .connect_with(
             sqlx::sqlite::SqliteConnectOptions::new()
                 .filename(dir.path().join("bench.db"))
@@ -431,24 +498,8 @@ async fn main() {
         )
         .await
         .unwrap();
-    let (env, cold) = envelopes(
-        std::sync::Arc::new(lite::store(&pool).await),
-        keyring.clone(),
-    );
-    let plain = lite::plaintext(&pool, &d).await;
-    let enc = lite::envelope(&pool, &d, &env, &cold, &mut || ()).await;
-    report.insert("sqlite".into(), json!({
-        "plaintext": plain.json(n), "envelope": enc.json(n),
-        "ratios": {"insert_envelope_over_plaintext": ratio(enc.insert_s, plain.insert_s),
-                   "select_warm_envelope_over_plaintext": ratio(enc.select_warm_s, plain.select_warm_s)},
-        "keyring_calls": {"generate_data_key": env.stats().keyring_generate_calls, "decrypt_cold": cold.stats().keyring_unwrap_calls},
-    }));
-    table.push(("sqlite", plain, enc, None));
+    compare!("sqlite", lite, pool);
 
-    report.insert(
-        "units".into(),
-        json!({"seconds": "s", "rows_per_second": "rows/s", "stored_bytes_per_value": "bytes"}),
-    );
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(
@@ -457,27 +508,59 @@ async fn main() {
     )
     .unwrap();
 
-    println!("\n{n} rows x 2 fields of 64 B, batches of {BATCH}");
     println!(
-        "{:<9} {:<10} {:>12} {:>14} {:>14} {:>8}",
-        "db", "variant", "insert r/s", "select cold", "select warm", "bytes"
+        "\n{n} rows x 2 fields of 64 B, batches of {BATCH}, {reps} interleaved runs; CPU: {}",
+        cpu_features().join(" ")
     );
-    for (db, plain, enc, pgc) in &table {
-        for (name, r) in [
-            ("plaintext", Some(plain)),
-            ("envelope", Some(enc)),
-            ("pgcrypto", pgc.as_ref()),
-        ] {
-            if let Some(r) = r {
-                println!(
-                    "{db:<9} {name:<10} {:>12.0} {:>14.0} {:>14.0} {:>8.0}",
-                    n as f64 / r.insert_s,
-                    n as f64 / r.select_cold_s,
-                    n as f64 / r.select_warm_s,
-                    r.bytes_per_value
-                );
-            }
-        }
+    println!(
+        "{:<9} {:<10} {:>24} {:>24} {:>14} {:>14}",
+        "db",
+        "variant",
+        "insert rows/s (range)",
+        "select rows/s (range)",
+        "insert ratio",
+        "select ratio"
+    );
+    let fmt = |rows: usize, s: &[f64]| {
+        let r: Vec<f64> = s.iter().map(|s| rows as f64 / s).collect();
+        format!(
+            "{:.0} ({:.0}-{:.0})",
+            median(&r),
+            r.iter().copied().fold(f64::INFINITY, f64::min),
+            r.iter().copied().fold(0.0, f64::max)
+        )
+    };
+    for (db, plain, enc, load) in &table {
+        let rs = |a: &[f64], b: &[f64]| {
+            let r: Vec<f64> = a.iter().zip(b).map(|(a, b)| b / a).collect();
+            format!(
+                "{:.0}% ({:.0}-{:.0})",
+                100.0 * median(&r),
+                100.0 * r.iter().copied().fold(f64::INFINITY, f64::min),
+                100.0 * r.iter().copied().fold(0.0, f64::max)
+            )
+        };
+        println!(
+            "{db:<9} {:<10} {:>24} {:>24}",
+            "plaintext",
+            fmt(n, &plain.insert),
+            fmt(n, &plain.select)
+        );
+        println!(
+            "{db:<9} {:<10} {:>24} {:>24} {:>14} {:>14}",
+            "envelope",
+            fmt(n, &enc.insert),
+            fmt(n, &enc.select),
+            rs(&enc.insert, &plain.insert),
+            rs(&enc.select, &plain.select)
+        );
+        println!("{db:<9} load average {load}");
     }
+    println!(
+        "postgres  pgcrypto   insert {:.0} rows/s, select {:.0} rows/s, {} bytes per 64-byte value (one run)",
+        n as f64 / pgc.insert[0],
+        n as f64 / pgc.select[0],
+        pgc.bytes_per_value
+    );
     println!("report: {}", out.join("report.json").display());
 }

@@ -9,15 +9,16 @@
 //! - `SQLX_ENVELOPE_KMS_KEY_ID` (required): key id, key ARN, alias name or alias ARN;
 //! - `AWS_REGION` / `AWS_PROFILE` / credentials: the standard AWS chain;
 //! - `AWS_ENDPOINT_URL` (optional): a local KMS such as moto;
-//! - `DATABASE_URL` (optional): `postgres://`, `mysql://` or `sqlite:`; default
-//!   a SQLite file in the temporary directory.
+//! - `DATABASE_URL` (optional): `postgres://` (add `--features postgres`),
+//!   `mysql://` (add `--features mysql`) or `sqlite:`; default a SQLite file in
+//!   the temporary directory (the default feature `sqlite`).
 //!
 //! With nothing set it prints what to set and exits with status 2.
 
 use std::process::ExitCode;
 
 use sqlx_envelope::keyring::kms::KmsKeyring;
-use sqlx_envelope::store::{KeyStore, MySqlKeyStore, PgKeyStore, SqliteKeyStore};
+use sqlx_envelope::store::KeyStore;
 use sqlx_envelope::{Context, Envelope, Error, RowId};
 
 const KEY_VAR: &str = "SQLX_ENVELOPE_KMS_KEY_ID";
@@ -75,17 +76,31 @@ async fn key_store() -> Result<(String, Box<dyn KeyStore>), Error> {
         let path = std::env::temp_dir().join("sqlx_envelope_aws_kms_example.db");
         format!("sqlite://{}?mode=rwc", path.display())
     });
-    let store: Box<dyn KeyStore> = if url.starts_with("postgres") {
-        Box::new(PgKeyStore::new(sqlx::PgPool::connect(&url).await?))
-    } else if url.starts_with("mysql") || url.starts_with("mariadb") {
-        Box::new(MySqlKeyStore::new(sqlx::MySqlPool::connect(&url).await?))
-    } else if url.starts_with("sqlite") {
-        Box::new(SqliteKeyStore::new(sqlx::SqlitePool::connect(&url).await?))
-    } else {
-        return Err(Error::Config(format!(
-            "DATABASE_URL must start with postgres://, mysql:// or sqlite:, got {:?}",
-            url.split(':').next().unwrap_or("")
-        )));
+    let scheme = url.split(':').next().unwrap_or("").to_owned();
+    let store: Box<dyn KeyStore> = match scheme.as_str() {
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Box::new(sqlx_envelope::store::PgKeyStore::new(
+            sqlx::PgPool::connect(&url).await?,
+        )),
+        #[cfg(feature = "mysql")]
+        "mysql" | "mariadb" => Box::new(sqlx_envelope::store::MySqlKeyStore::new(
+            sqlx::MySqlPool::connect(&url.replacen("mariadb:", "mysql:", 1)).await?,
+        )),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Box::new(sqlx_envelope::store::SqliteKeyStore::new(
+            sqlx::SqlitePool::connect(&url).await?,
+        )),
+        other => {
+            let feature = match other {
+                "postgres" | "postgresql" => " (add --features postgres)",
+                "mysql" | "mariadb" => " (add --features mysql)",
+                "sqlite" => " (add --features sqlite)",
+                _ => "",
+            };
+            return Err(Error::Config(format!(
+                "DATABASE_URL scheme {other:?} is not compiled into this build{feature}; postgres://, mysql:// and sqlite: are supported"
+            )));
+        }
     };
     store.migrate().await?;
     // Print the URL without credentials.

@@ -56,3 +56,17 @@ ensure_moto() {
   fi
   export SQLX_ENVELOPE_MOTO_SERVER="$venv/bin/moto_server"
 }
+
+# Drop the per-test namespaces (`t_<32 hex>` schemas on PostgreSQL, databases on
+# MariaDB) that earlier runs of the suite left behind (tests/support/mod.rs).
+drop_test_namespaces() {
+  local s
+  for s in $(psql -h 127.0.0.1 -U postgres -d sqlx_envelope_test -tAc \
+      "SELECT nspname FROM pg_namespace WHERE nspname ~ '^t_[0-9a-f]{32}$'"); do
+    psql -h 127.0.0.1 -U postgres -d sqlx_envelope_test -qc "DROP SCHEMA $s CASCADE" >/dev/null 2>&1 || true
+  done
+  for s in $(mysql_tcp -u "$MYSQL_TEST_USER" -N -e \
+      "SELECT schema_name FROM information_schema.schemata WHERE schema_name REGEXP '^t_[0-9a-f]{32}$'"); do
+    mysql_tcp -u "$MYSQL_TEST_USER" -e "DROP DATABASE $s" || true
+  done
+}

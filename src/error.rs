@@ -8,6 +8,7 @@
 //! should learn from an error message.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::key::{KeyId, KeyState};
 
@@ -47,6 +48,23 @@ pub enum Error {
         operation: KeyOperation,
     },
 
+    /// A key-state change lost a race: the key was not in the state the change
+    /// expected (another process or an operator changed it first). Nothing was
+    /// changed; read the key again and decide.
+    #[error(
+        "data key {id} is {current}, not {expected}: another process or an operator changed it first; it was not moved to {wanted}"
+    )]
+    StateConflict {
+        /// The key.
+        id: KeyId,
+        /// The state the change expected.
+        expected: KeyState,
+        /// The state the key is in.
+        current: KeyState,
+        /// The state the change wanted.
+        wanted: KeyState,
+    },
+
     /// A value was to be sealed for a row whose primary key is not known yet.
     #[error(
         "missing row id for {table}.{column}: the primary key must be set before a value is encrypted"
@@ -82,6 +100,17 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
+    /// The master keyring of a tenant that brings its own key failed (disabled,
+    /// access revoked, unreachable). Only that tenant is affected.
+    #[error("the master keyring of tenant {tenant:?} failed: {source}")]
+    TenantKeyring {
+        /// The tenant.
+        tenant: String,
+        /// What its keyring answered.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// The key store (the data-key table) failed.
     #[error("key store error: {0}")]
     Store(#[source] sqlx::Error),
@@ -98,6 +127,36 @@ pub enum Error {
     /// The library was configured inconsistently.
     #[error("configuration error: {0}")]
     Config(String),
+
+    /// A query on a model's own table failed (insert, update, fetch, or a
+    /// `query_as` opened through the envelope). `sqlx::Error::RowNotFound`
+    /// when the row to update or the one row to fetch does not exist.
+    #[error("query on the table of model {model} failed: {source}")]
+    Query {
+        /// The model (its Rust name).
+        model: &'static str,
+        /// What the database or driver said.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// One row of a batch did not open: which row (its position in the
+    /// batch, from 0), which column, and why. The primary key is named only
+    /// for models marked `#[envelope(id_not_secret)]`. The cause is shared
+    /// by every row that failed for the same reason (one unreachable data
+    /// key fails all of its rows).
+    #[error("row {position} of the batch, column {column}{}: {source}", key.as_ref().map(|k| format!(" ({k})")).unwrap_or_default())]
+    Row {
+        /// The row's position in the batch (or stream), from 0.
+        position: usize,
+        /// The column whose value did not open.
+        column: &'static str,
+        /// The row's primary key, if the model allows it in errors.
+        key: Option<String>,
+        /// Why it did not open.
+        #[source]
+        source: Arc<Error>,
+    },
 }
 
 impl Error {
@@ -106,11 +165,13 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::KeyringUnavailable { .. } => true,
+            Error::TenantKeyring { source, .. } => source.is_retryable(),
             Error::Keyring { kind, .. } => matches!(kind, KeyringErrorKind::Throttled),
-            Error::Store(e) => matches!(
+            Error::Store(e) | Error::Query { source: e, .. } => matches!(
                 e,
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
             ),
+            Error::Row { source, .. } => source.is_retryable(),
             _ => false,
         }
     }
@@ -182,6 +243,8 @@ pub enum KeyOperation {
     Decrypt,
     /// Re-wrapping the data key under another master key.
     Rewrap,
+    /// Moving the key to another state.
+    ChangeState(KeyState),
 }
 
 impl fmt::Display for KeyOperation {
@@ -190,6 +253,11 @@ impl fmt::Display for KeyOperation {
             KeyOperation::Encrypt => "encrypt",
             KeyOperation::Decrypt => "decrypt",
             KeyOperation::Rewrap => "re-wrap",
+            KeyOperation::ChangeState(KeyState::Active) => "become active",
+            KeyOperation::ChangeState(KeyState::DecryptOnly) => "become decrypt_only",
+            KeyOperation::ChangeState(KeyState::Retired) => "become retired",
+            KeyOperation::ChangeState(KeyState::Destroyed) => "become destroyed",
+            KeyOperation::ChangeState(_) => "become pending",
         })
     }
 }

@@ -176,12 +176,33 @@ fn with_aad<R>(key_id: KeyId, ctx: &Context<'_>, f: impl FnOnce(&[u8]) -> R) -> 
     })
 }
 
-/// A fresh random nonce from the thread-local CSPRNG (ChaCha, seeded and
-/// periodically reseeded from the operating system).
+/// A fresh random nonce, drawn from the operating system's generator
+/// (`getrandom`) for every value. A user-space generator seeded before a
+/// `fork()` or a virtual-machine snapshot would hand the same nonces to both
+/// copies, and two values under one key with one nonce break AES-GCM; the
+/// kernel's generator is reseeded on both. The cost (one system call per value)
+/// is measured in the micro benchmark.
 pub fn random_nonce() -> [u8; NONCE_LEN] {
+    use rand::TryRng as _;
     let mut n = [0u8; NONCE_LEN];
-    rand::fill(&mut n);
+    rand::rngs::SysRng
+        .try_fill_bytes(&mut n)
+        .expect("operating system random number generator failed");
     n
+}
+
+/// `n` fresh random nonces from one call to the operating system's generator
+/// (a batch seal pays one system call, not one per value; the nonces live only
+/// in this call's buffer, so a fork cannot hand them to a second process).
+pub fn random_nonces(n: usize) -> Vec<[u8; NONCE_LEN]> {
+    use rand::TryRng as _;
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; n * NONCE_LEN]);
+    rand::rngs::SysRng
+        .try_fill_bytes(&mut buf)
+        .expect("operating system random number generator failed");
+    buf.chunks_exact(NONCE_LEN)
+        .map(|c| c.try_into().expect("12 bytes"))
+        .collect()
 }
 
 /// Seal `plaintext` under `key` for `ctx` with the given nonce. The nonce must
@@ -212,10 +233,65 @@ pub fn seal(key: &DataKey, ctx: &Context<'_>, plaintext: &[u8]) -> Vec<u8> {
     seal_with_nonce(key, ctx, random_nonce(), plaintext)
 }
 
+/// Open a stored value in its own buffer: the ciphertext is decrypted where it
+/// lies and moved to the front, so no second buffer is allocated and no copy of
+/// the plaintext is left behind (the bytes past the plaintext are wiped before
+/// the buffer is shortened). `key` must be the key named in the header
+/// (checked). On failure the buffer is wiped and dropped.
+pub fn open_in_place(
+    key: &DataKey,
+    ctx: &Context<'_>,
+    value: Vec<u8>,
+) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let header = parse_header(&value)?;
+    open_in_place_parsed(key, &header, ctx, value)
+}
+
+/// [`open_in_place`] with the header already parsed from `value`.
+pub(crate) fn open_in_place_parsed(
+    key: &DataKey,
+    header: &Header,
+    ctx: &Context<'_>,
+    value: Vec<u8>,
+) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    use zeroize::Zeroize as _;
+    let mut buf = zeroize::Zeroizing::new(value);
+    if header.key_id != key.id() {
+        return Err(Error::Authentication);
+    }
+    let ct_end = buf.len() - TAG_LEN;
+    let tag = aes_gcm::aead::Tag::<Aes256Gcm>::try_from(&buf[ct_end..]).expect("16 bytes");
+    with_aad(key.id(), ctx, |aad| {
+        key.cipher().decrypt_inout_detached(
+            &Nonce::from(header.nonce),
+            aad,
+            (&mut buf[HEADER_LEN..ct_end]).into(),
+            &tag,
+        )
+    })
+    .map_err(|_| Error::Authentication)?;
+    let n = ct_end - HEADER_LEN;
+    buf.copy_within(HEADER_LEN..ct_end, 0);
+    buf[n..].zeroize();
+    buf.truncate(n);
+    Ok(buf)
+}
+
 /// Open a stored value. `key` must be the key named in the header (checked).
 /// The plaintext is returned in a buffer that zeroizes on drop.
 pub fn open(key: &DataKey, ctx: &Context<'_>, value: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>> {
     let header = parse_header(value)?;
+    open_parsed(key, &header, ctx, value)
+}
+
+/// [`open`] with the header already parsed from `value`: the plaintext is
+/// decrypted straight into its final (zeroizing) buffer.
+pub(crate) fn open_parsed(
+    key: &DataKey,
+    header: &Header,
+    ctx: &Context<'_>,
+    value: &[u8],
+) -> Result<zeroize::Zeroizing<Vec<u8>>> {
     if header.key_id != key.id() {
         return Err(Error::Authentication);
     }

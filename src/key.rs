@@ -50,13 +50,19 @@ impl fmt::Display for KeyId {
     }
 }
 
-/// The life cycle of a data key.
+/// The life cycle of a key, owned by the key store.
 ///
-/// `Active` keys encrypt and decrypt. `DecryptOnly` keys were rotated out: values
-/// under them still open, no new value is sealed under them. `Retired` keys are
-/// refused for decryption too but their wrapped material is kept, so retiring is
-/// reversible and shows which rows still depend on a key. `Destroyed` keys have no
-/// wrapped material left: values under them are gone for good (crypto-shredding).
+/// `pending → active → decrypt_only → retired → destroyed`. `Active` keys encrypt
+/// and decrypt. `DecryptOnly` keys were rotated out: values under them still
+/// open, no new value is sealed under them. `Retired` keys are refused for
+/// decryption too (an operator's emergency stop) but their wrapped material is
+/// kept, so retiring is reversible (`retired → decrypt_only`, by an operator
+/// only). `Destroyed` keys have no wrapped material left: values under them are
+/// gone for good (crypto-shredding); the state is absorbing.
+///
+/// Every change is a compare-and-set on the current state in the store
+/// ([`crate::store::KeyStore::transition`]); [`KeyState::may_become`] is the
+/// transition table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum KeyState {
@@ -92,6 +98,78 @@ impl KeyState {
     /// Whether new values may be sealed under a key in this state.
     pub const fn can_encrypt(self) -> bool {
         matches!(self, KeyState::Active)
+    }
+
+    /// Whether the store lets a key move from `self` to `to` through
+    /// [`crate::store::KeyStore::transition`]: `active → decrypt_only`,
+    /// `active | decrypt_only → retired`, `retired → decrypt_only`, and any state
+    /// but `pending` to `destroyed`. `pending → active` happens only through
+    /// activation, `destroyed` is absorbing, and nothing returns to `active` or
+    /// `pending`.
+    pub const fn may_become(self, to: KeyState) -> bool {
+        use KeyState::*;
+        matches!(
+            (self, to),
+            (Active, DecryptOnly)
+                | (Active, Retired)
+                | (DecryptOnly, Retired)
+                | (Retired, DecryptOnly)
+                | (Active | DecryptOnly | Retired, Destroyed)
+        )
+    }
+}
+
+/// What a key in the key store is for. See the README's "Key hierarchy".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum KeyKind {
+    /// A data key: encrypts values. Wrapped by a branch key (or, for keys of
+    /// releases before branch keys, directly by master keys).
+    Data,
+    /// A branch key: wraps the data keys of one tenant (or of one scope when
+    /// values have no tenant). Wrapped by master keys.
+    Branch,
+    /// A blind-index key: keys the blind indexes of one index and tenant.
+    /// Wrapped by master keys.
+    Index,
+}
+
+impl KeyKind {
+    /// The name stored in the key table.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Data => "data",
+            KeyKind::Branch => "branch",
+            KeyKind::Index => "index",
+        }
+    }
+
+    /// The `purpose` bound into every wrapping of a key of this kind (the KMS
+    /// encryption context, the local keyring's associated data).
+    pub const fn purpose(self) -> &'static str {
+        match self {
+            KeyKind::Data => "sqlx-envelope/data-key",
+            KeyKind::Branch => "sqlx-envelope/branch-key",
+            KeyKind::Index => "sqlx-envelope/index-key",
+        }
+    }
+}
+
+impl fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for KeyKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "data" => KeyKind::Data,
+            "branch" => KeyKind::Branch,
+            "index" => KeyKind::Index,
+            other => return Err(Error::Config(format!("unknown key kind {other:?}"))),
+        })
     }
 }
 
@@ -236,31 +314,55 @@ impl fmt::Debug for WrappedKey {
     }
 }
 
-/// What a wrapped data key is bound to: the key-store row it belongs to. Passed
-/// to KMS as the encryption context and to the local keyring as associated data,
-/// so a wrapped blob copied to another key-store row does not unwrap.
+/// What a key wrapped by a master key is bound to: the key-store row it belongs
+/// to. Passed to KMS as the encryption context and to the local keyring as
+/// associated data, so a wrapped blob copied to another key-store row does not
+/// unwrap.
 ///
-/// It is coarse by design: it never contains a row's primary key, so one data
-/// key (and one KMS call) serves many rows.
+/// It is coarse by design: it never contains a row's primary key, so one key
+/// (and one KMS call) serves many rows.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyContext {
-    /// The scope the data key serves (by default the table name).
+    /// What the key is for; its [`KeyKind::purpose`] is bound into the wrapping.
+    pub kind: KeyKind,
+    /// The scope the key serves (for data keys by default the table name).
     pub scope: String,
-    /// The tenant the data key serves, if values are tenant-bound.
+    /// The tenant the key serves, if values are tenant-bound.
     pub tenant: Option<String>,
-    /// The data key's id in the key store.
+    /// The key's id in the key store.
     pub key_id: KeyId,
 }
 
 impl KeyContext {
-    /// The `purpose` entry of every encryption context this library sends.
-    pub const PURPOSE: &'static str = "sqlx-envelope/data-key";
+    /// The `purpose` of data keys (kept as a constant: data keys of earlier
+    /// releases are bound to it).
+    pub const PURPOSE: &'static str = KeyKind::Data.purpose();
+
+    /// The context of a data key.
+    pub fn data(scope: impl Into<String>, tenant: Option<&str>, key_id: KeyId) -> Self {
+        Self::of(KeyKind::Data, scope, tenant, key_id)
+    }
+
+    /// The context of a key of any kind.
+    pub fn of(
+        kind: KeyKind,
+        scope: impl Into<String>,
+        tenant: Option<&str>,
+        key_id: KeyId,
+    ) -> Self {
+        KeyContext {
+            kind,
+            scope: scope.into(),
+            tenant: tenant.map(str::to_owned),
+            key_id,
+        }
+    }
 
     /// The context as the ordered string pairs sent to KMS (`purpose`, `scope`,
     /// `key_id`, and `tenant` when set).
     pub fn pairs(&self) -> Vec<(&'static str, String)> {
         let mut pairs = vec![
-            ("purpose", Self::PURPOSE.to_owned()),
+            ("purpose", self.kind.purpose().to_owned()),
             ("scope", self.scope.clone()),
             ("key_id", self.key_id.get().to_string()),
         ];
@@ -274,7 +376,7 @@ impl KeyContext {
     /// keyring.
     pub fn canonical_bytes(&self, master_key: &MasterKeyId) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
-        crate::format::put_lp(&mut out, Self::PURPOSE.as_bytes());
+        crate::format::put_lp(&mut out, self.kind.purpose().as_bytes());
         crate::format::put_lp(&mut out, master_key.as_str().as_bytes());
         crate::format::put_lp(&mut out, self.scope.as_bytes());
         out.extend_from_slice(&self.key_id.get().to_be_bytes());

@@ -40,6 +40,8 @@ pub mod context;
 pub mod envelope;
 pub mod error;
 pub mod format;
+pub mod hierarchy;
+pub mod index;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub mod jobs;
 pub mod key;
@@ -51,11 +53,13 @@ pub mod store;
 pub use cache::{CacheLimits, CacheStats};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use context::{Context, PkPart, RowId};
-pub use envelope::{Envelope, EnvelopeBuilder, ScopePolicy};
+pub use envelope::{Envelope, EnvelopeBuilder, KeySet, ScopePolicy, ShredReport};
 pub use error::{Error, KeyOperation, KeyringErrorKind, MalformedReason, Result};
-pub use key::{DataKey, KeyContext, KeyId, KeyMaterial, KeyState, MasterKeyId, WrappedKey};
-pub use keyring::{Keyring, LocalKeyring, MultiKeyring};
-pub use model::{Encrypted, FieldCodec, Json, SealedRow};
+pub use key::{
+    DataKey, KeyContext, KeyId, KeyKind, KeyMaterial, KeyState, MasterKeyId, WrappedKey,
+};
+pub use keyring::{Keyring, LocalKeyring, MultiKeyring, TenantKeyrings};
+pub use model::{Encrypted, FieldCodec, Json, QueryAsExt, SealedRow};
 pub use sealed::{Plaintext, Sealed};
 
 #[cfg(feature = "derive")]

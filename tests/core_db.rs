@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx_envelope::{
-    CacheLimits, Context, Envelope, Error, KeyOperation, KeyState, KeyringErrorKind, ManualClock,
-    RowId, Sealed, format,
+    CacheLimits, Context, Envelope, Error, KeyKind, KeyOperation, KeyState, KeyringErrorKind,
+    ManualClock, RowId, Sealed, format,
 };
 use support::{ALL, Counting, Db, local_keyring, unique};
 
@@ -66,8 +66,17 @@ async fn roundtrip_sizes_through_each_driver() {
             .unwrap()
             .expect("stored");
         assert_eq!(rec.state, KeyState::Active);
-        assert_eq!(rec.wrapped.len(), 1);
+        assert_eq!(rec.kind, KeyKind::Data);
         assert_eq!(rec.scope, t);
+        // A data key is wrapped by its branch key (in its own row), and the
+        // branch key by the master key.
+        assert!(rec.wrapped.is_empty(), "{kind:?}");
+        let parent = rec.parent.expect("wrapped by a branch key");
+        let branch = db.key_store().get(parent.parent).await.unwrap().unwrap();
+        assert_eq!(branch.kind, KeyKind::Branch);
+        assert_eq!(branch.state, KeyState::Active);
+        assert_eq!(branch.wrapped.len(), 1, "{kind:?}");
+        assert!(rec.horizon_ms.is_some_and(|h| h >= rec.created_ms));
     }
 }
 
@@ -170,11 +179,12 @@ async fn values_swapped_between_rows_columns_tables_and_tenants_fail() {
                 "{kind:?} {table}.{col}#{id}: {e:?}"
             );
         }
-        // Tenants.
-        let a = home.with_tenant("tenant-a");
+        // Tenants (unique names: a tenant's branch key serves all its tables).
+        let (ta, tb) = (unique("tenant_a"), unique("tenant_b"));
+        let a = home.with_tenant(&ta);
         let va = env.seal(&a, b"tenant secret").await.unwrap();
         assert_eq!(&env.open(&a, &va).await.unwrap()[..], b"tenant secret");
-        for other in [home.with_tenant("tenant-b"), home] {
+        for other in [home.with_tenant(&tb), home] {
             let e = env.open(&other, &va).await.expect_err("cross-tenant open");
             assert!(matches!(e, Error::Authentication), "{kind:?}: {e:?}");
         }
@@ -238,7 +248,7 @@ async fn retired_and_destroyed_keys_are_refused_as_their_state_says() {
             rec.wrapped.is_empty(),
             "{kind:?}: destroyed key kept its wrapped material"
         );
-        assert!(rec.retired_at_ms.is_some());
+        assert!(rec.left_active_ms.is_some());
         // Destroyed is final.
         assert!(env.set_key_state(id, KeyState::Active).await.is_err());
         // Unknown keys are their own error.
@@ -258,61 +268,93 @@ async fn cache_limits_mint_a_new_key_exactly_when_crossed() {
         let row = RowId::from(1_i64);
         let t = unique("limits");
         let ctx = Context::new(&t, "v", &row);
+        // One keyring for every envelope: they share the scope's branch key.
+        let kr = Counting::new(local_keyring());
         let build = |limits: CacheLimits, clock: ManualClock| {
-            let kr = Counting::new(local_keyring());
-            let env = Envelope::builder()
+            Envelope::builder()
                 .keyring_arc(kr.clone())
                 .store_arc(db.key_store())
                 .limits(limits)
                 .clock(clock)
                 .build()
-                .unwrap();
-            (env, kr)
+                .unwrap()
         };
 
         // Max uses.
-        let (env, kr) = build(CacheLimits::default().max_uses(3), ManualClock::new());
+        let env = build(CacheLimits::default().max_uses(3), ManualClock::new());
         let mut ids = Vec::new();
         for _ in 0..3 {
             ids.push(env.seal(&ctx, b"x").await.unwrap().key_id());
         }
-        assert_eq!(kr.generates(), 1, "{kind:?}");
+        assert_eq!(env.stats().data_keys_minted, 1, "{kind:?}");
         ids.push(env.seal(&ctx, b"x").await.unwrap().key_id());
-        assert_eq!(kr.generates(), 2, "{kind:?}: 4th use must mint");
+        assert_eq!(
+            env.stats().data_keys_minted,
+            2,
+            "{kind:?}: 4th use must mint"
+        );
         assert!(ids[..3].iter().all(|i| *i == ids[0]) && ids[3] != ids[0]);
         assert_eq!(env.stats().evicted_uses, 1);
-        assert_eq!(env.stats().keyring_generate_calls, 2);
+        // Minting data keys costs no keyring call: one branch key for the scope.
+        assert_eq!(kr.generates(), 1, "{kind:?}");
+        assert_eq!(env.stats().keyring_generate_calls, 1);
         // The rotated-out key is marked decrypt-only in the store.
         let old = db.key_store().get(ids[0]).await.unwrap().unwrap();
         assert_eq!(old.state, KeyState::DecryptOnly);
+        // A batch reserves its uses in one step, within the limit.
+        let rows: Vec<RowId> = (10..13_i64).map(RowId::from).collect();
+        let items: Vec<_> = rows
+            .iter()
+            .map(|r| (Context::new(&t, "v", r), &b"x"[..]))
+            .collect();
+        let batch = env.seal_many(&items).await.unwrap();
+        assert!(batch.iter().all(|s| s.key_id() == batch[0].key_id()));
+        assert_ne!(batch[0].key_id(), ids[3], "{kind:?}: 1 + 3 uses > 3");
 
         // Max bytes.
-        let (env, kr) = build(CacheLimits::default().max_bytes(100), ManualClock::new());
+        let env = build(CacheLimits::default().max_bytes(100), ManualClock::new());
         env.seal(&ctx, &[0; 60]).await.unwrap();
         env.seal(&ctx, &[0; 40]).await.unwrap();
-        assert_eq!(kr.generates(), 1, "{kind:?}: exactly 100 bytes fit");
+        assert_eq!(
+            env.stats().data_keys_minted,
+            1,
+            "{kind:?}: exactly 100 bytes fit"
+        );
         env.seal(&ctx, &[0; 1]).await.unwrap();
-        assert_eq!(kr.generates(), 2, "{kind:?}: byte 101 must mint");
+        assert_eq!(
+            env.stats().data_keys_minted,
+            2,
+            "{kind:?}: byte 101 must mint"
+        );
         assert_eq!(env.stats().evicted_bytes, 1);
-        // A value larger than a key's whole budget gets a key of its own.
+        // A value larger than a key's whole budget gets a key of its own,
+        // demoted at once, with its horizon at its activation.
         let big = env.seal(&ctx, &[0; 101]).await.unwrap();
-        assert_eq!(kr.generates(), 3);
+        assert_eq!(env.stats().data_keys_minted, 3);
         assert_eq!(&env.open(&ctx, &big).await.unwrap()[..], &[0; 101]);
+        let one_off = db.key_store().get(big.key_id()).await.unwrap().unwrap();
+        assert_eq!(one_off.state, KeyState::DecryptOnly, "{kind:?}");
+        assert!(one_off.horizon_ms <= one_off.left_active_ms);
 
         // Max age, with a manual clock: no sleeps.
         let clock = ManualClock::new();
-        let (env, kr) = build(
+        let env = build(
             CacheLimits::default().max_age(Duration::from_secs(60)),
             clock.clone(),
         );
         env.seal(&ctx, b"x").await.unwrap();
         clock.advance(Duration::from_secs(59));
         env.seal(&ctx, b"x").await.unwrap();
-        assert_eq!(kr.generates(), 1, "{kind:?}");
+        assert_eq!(env.stats().data_keys_minted, 1, "{kind:?}");
         clock.advance(Duration::from_secs(1));
         env.seal(&ctx, b"x").await.unwrap();
-        assert_eq!(kr.generates(), 2, "{kind:?}: age 60 s must mint");
+        assert_eq!(
+            env.stats().data_keys_minted,
+            2,
+            "{kind:?}: age 60 s must mint"
+        );
         assert_eq!(env.stats().evicted_age, 1);
+        assert_eq!(kr.generates(), 1, "{kind:?}: still one branch key");
     }
 }
 
@@ -325,7 +367,11 @@ async fn decrypt_ttl_reloads_exactly_when_expired() {
         Envelope::builder()
             .keyring_arc(kr.clone())
             .store_arc(db.key_store())
-            .limits(CacheLimits::default().decrypt_ttl(Duration::from_secs(30)))
+            .limits(
+                CacheLimits::default()
+                    .decrypt_ttl(Duration::from_secs(30))
+                    .branch_ttl(Duration::from_secs(600)),
+            )
             .clock(clock)
             .build()
             .unwrap()
@@ -335,14 +381,19 @@ async fn decrypt_ttl_reloads_exactly_when_expired() {
     let v = mk(ManualClock::new()).seal(&ctx, b"ttl").await.unwrap();
     let reader = mk(clock.clone());
     reader.open(&ctx, &v).await.unwrap();
-    assert_eq!(kr.unwraps(), 1);
+    assert_eq!(kr.unwraps(), 1, "the branch key, once");
+    assert_eq!(reader.stats().decrypt_misses, 1);
     clock.advance(Duration::from_secs(29));
     reader.open(&ctx, &v).await.unwrap();
-    assert_eq!(kr.unwraps(), 1);
+    assert_eq!(reader.stats().decrypt_misses, 1);
     clock.advance(Duration::from_secs(1));
     reader.open(&ctx, &v).await.unwrap();
-    assert_eq!(kr.unwraps(), 2, "TTL passed: reload");
+    assert_eq!(reader.stats().decrypt_misses, 2, "TTL passed: reload");
     assert_eq!(reader.stats().expired_ttl, 1);
+    assert_eq!(kr.unwraps(), 1, "the branch key is within its own TTL");
+    clock.advance(Duration::from_secs(570));
+    reader.open(&ctx, &v).await.unwrap();
+    assert_eq!(kr.unwraps(), 2, "branch TTL passed: one more keyring call");
 }
 
 #[tokio::test]
@@ -417,12 +468,13 @@ async fn batch_open_resolves_each_key_once() {
                 .unwrap()
         };
         let writer = mk(CacheLimits::default().max_uses(250));
+        let t = unique("batch");
         let rows: Vec<RowId> = (0..1000_i64).map(RowId::from).collect();
         let mut values = Vec::new();
         for r in &rows {
             values.push(
                 writer
-                    .seal(&Context::new("batch", "v", r), b"same")
+                    .seal(&Context::new(&t, "v", r), b"same")
                     .await
                     .unwrap(),
             );
@@ -434,14 +486,19 @@ async fn batch_open_resolves_each_key_once() {
         let items: Vec<_> = rows
             .iter()
             .zip(&values)
-            .map(|(r, v)| (Context::new("batch", "v", r), v.as_bytes()))
+            .map(|(r, v)| (Context::new(&t, "v", r), v.as_bytes()))
             .collect();
         let opened = reader.open_many(&items).await.unwrap();
         assert_eq!(opened.len(), 1000);
         assert_eq!(
-            kr.unwraps() - before,
+            reader.stats().decrypt_misses,
             4,
-            "{kind:?}: one unwrap per distinct key"
+            "{kind:?}: one load per distinct data key"
+        );
+        assert_eq!(
+            kr.unwraps() - before,
+            1,
+            "{kind:?}: one keyring call per distinct branch key"
         );
     }
 }
@@ -480,8 +537,12 @@ async fn missing_row_id_is_refused() {
 
 #[tokio::test]
 async fn wrapped_key_bound_to_its_key_store_row() {
-    // Swapping wrapped blobs between two key-store rows must not unwrap.
+    // Swapping wrapped data keys between two key-store rows must not unwrap,
+    // nor swapping branch keys between two tenants.
     let db = Db::connect(support::Kind::Sqlite).await;
+    let Db::Sqlite(pool, _) = &db else {
+        unreachable!()
+    };
     let keyring = Arc::new(local_keyring());
     let env = Envelope::builder()
         .keyring_arc(keyring.clone())
@@ -489,27 +550,51 @@ async fn wrapped_key_bound_to_its_key_store_row() {
         .limits(CacheLimits::default().max_uses(1))
         .build()
         .unwrap();
-    let row = RowId::from(1_i64);
-    let ctx = Context::new("bind", "v", &row);
-    let a = env.seal(&ctx, b"a").await.unwrap();
-    let b = env.seal(&ctx, b"b").await.unwrap();
-    let store = db.key_store();
-    let (ra, rb) = (
-        store.get(a.key_id()).await.unwrap().unwrap(),
-        store.get(b.key_id()).await.unwrap().unwrap(),
-    );
-    store.put_wrapped(a.key_id(), &rb.wrapped[0]).await.unwrap();
-    store.put_wrapped(b.key_id(), &ra.wrapped[0]).await.unwrap();
-    let cold = Envelope::builder()
-        .keyring_arc(keyring)
-        .store_arc(store)
-        .build()
-        .unwrap();
-    match cold.open(&ctx, &a).await {
+    let cold = || {
+        Envelope::builder()
+            .keyring_arc(keyring.clone())
+            .store_arc(db.key_store())
+            .build()
+            .unwrap()
+    };
+    let invalid = |r: sqlx_envelope::Result<_>| match r {
         Err(Error::Keyring {
             kind: KeyringErrorKind::InvalidCiphertext,
             ..
         }) => {}
         other => panic!("expected InvalidCiphertext, got {other:?}"),
-    }
+    };
+    let row = RowId::from(1_i64);
+    let ctx = Context::new("bind", "v", &row);
+    let a = env.seal(&ctx, b"a").await.unwrap();
+    let b = env.seal(&ctx, b"b").await.unwrap();
+    assert_ne!(a.key_id(), b.key_id());
+    let swap = "UPDATE sqlx_envelope_data_keys SET parent_blob = \
+                (SELECT parent_blob FROM sqlx_envelope_data_keys WHERE id = ?) WHERE id = ?";
+    sqlx::query(swap)
+        .bind(b.key_id().as_i64())
+        .bind(a.key_id().as_i64())
+        .execute(pool)
+        .await
+        .unwrap();
+    invalid(cold().open(&ctx, &a).await.map(|_| ()));
+
+    let (n, s) = (RowId::from(2_i64), RowId::from(3_i64));
+    let north = Context::new("bind2", "v", &n).with_tenant("north");
+    let south = Context::new("bind2", "v", &s).with_tenant("south");
+    let vn = env.seal(&north, b"n").await.unwrap();
+    let vs = env.seal(&south, b"s").await.unwrap();
+    let store = db.key_store();
+    let branch_of = |v: Sealed| {
+        let store = store.clone();
+        async move {
+            let d = store.get(v.key_id()).await.unwrap().unwrap();
+            store.get(d.parent.unwrap().parent).await.unwrap().unwrap()
+        }
+    };
+    let (bn, bs) = (branch_of(vn.clone()).await, branch_of(vs.clone()).await);
+    assert_ne!(bn.id, bs.id, "one branch key per tenant");
+    store.put_wrapped(bn.id, &bs.wrapped[0]).await.unwrap();
+    invalid(cold().open(&north, &vn).await.map(|_| ()));
+    assert_eq!(&cold().open(&south, &vs).await.unwrap()[..], b"s");
 }

@@ -11,7 +11,7 @@ mod support;
 #[macro_use]
 mod derive_support;
 
-use sqlx_envelope::{CacheLimits, Encrypted, Envelope, model};
+use sqlx_envelope::{CacheLimits, Encrypted, Envelope, Error, model};
 use support::Db;
 
 #[derive(Encrypted, Debug, Clone, PartialEq)]
@@ -48,7 +48,9 @@ async fn open_all_resolves_each_data_key_once() {
             writer.rotate_active_keys().await;
             sealed.extend(Visit::seal_all(&writer, chunk).await.expect("seal"));
         }
-        assert_eq!(writer.stats().keyring_generate_calls, KEYS, "{kind:?}");
+        // Data keys are minted locally under one branch key: one keyring call.
+        assert_eq!(writer.stats().data_keys_minted, KEYS, "{kind:?}");
+        assert_eq!(writer.stats().keyring_generate_calls, 1, "{kind:?}");
         insert_rows!(&db, Visit, &table, &sealed, |b, r| {
             b.push_bind(r.id).push_bind(&r.note).push_bind(&r.code);
         });
@@ -66,8 +68,8 @@ async fn open_all_resolves_each_data_key_once() {
 
         let stats = reader.stats();
         assert_eq!(
-            stats.keyring_unwrap_calls, KEYS,
-            "{kind:?}: one unwrap per distinct key"
+            stats.keyring_unwrap_calls, 1,
+            "{kind:?}: one keyring unwrap, for the one branch key"
         );
         assert_eq!(
             stats.decrypt_misses, KEYS,
@@ -83,7 +85,99 @@ async fn open_all_resolves_each_data_key_once() {
         let again = Visit::open_all(&reader, rows).await.expect("open_all");
         assert_eq!(again.len(), ROWS as usize);
         let stats = reader.stats();
-        assert_eq!(stats.keyring_unwrap_calls, KEYS);
+        assert_eq!(stats.keyring_unwrap_calls, 1);
         assert_eq!(stats.decrypt_hits, KEYS);
+    }
+}
+
+/// Records the thread that decodes each value.
+#[derive(Debug, Clone, PartialEq)]
+struct Probe(String);
+
+static DECODED_ON: std::sync::Mutex<Vec<std::thread::ThreadId>> = std::sync::Mutex::new(Vec::new());
+
+impl sqlx_envelope::FieldCodec for Probe {
+    fn size_hint(&self) -> usize {
+        self.0.len()
+    }
+    fn encode(&self, out: &mut Vec<u8>) -> sqlx_envelope::Result<()> {
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(())
+    }
+    fn decode(bytes: &[u8]) -> sqlx_envelope::Result<Self> {
+        DECODED_ON
+            .lock()
+            .expect("probe lock")
+            .push(std::thread::current().id());
+        <String as sqlx_envelope::FieldCodec>::decode(bytes).map(Probe)
+    }
+}
+
+#[derive(Encrypted, Debug, Clone, PartialEq)]
+#[envelope(table = "probes")]
+struct Probed {
+    id: i64,
+    #[encrypt]
+    value: Probe,
+}
+
+/// A page below the threshold is opened on the calling task; a large batch
+/// leaves it (split across cores on the blocking pool), in order, with the
+/// positions of failed rows counted across chunks.
+#[tokio::test(flavor = "current_thread")]
+async fn large_batches_are_opened_off_the_calling_task() {
+    use sqlx_envelope::model::batch::OFFLOAD_MIN_ROWS;
+    let db = Db::connect(support::Kind::Sqlite).await;
+    let env = support::envelope(&db, CacheLimits::default());
+    let me = std::thread::current().id();
+    let models: Vec<Probed> = (0..(OFFLOAD_MIN_ROWS * 4) as i64)
+        .map(|id| Probed {
+            id,
+            value: Probe(format!("value {id}")),
+        })
+        .collect();
+    let sealed = Probed::seal_all(&env, &models).await.expect("seal");
+
+    let small: Vec<ProbedSealed> = sealed[..OFFLOAD_MIN_ROWS - 1].to_vec();
+    DECODED_ON.lock().expect("lock").clear();
+    let opened = Probed::open_all(&env, small).await.expect("open small");
+    assert_eq!(opened, models[..OFFLOAD_MIN_ROWS - 1]);
+    let threads = std::mem::take(&mut *DECODED_ON.lock().expect("lock"));
+    assert_eq!(threads.len(), OFFLOAD_MIN_ROWS - 1);
+    assert!(
+        threads.iter().all(|t| *t == me),
+        "a small page stays on the task"
+    );
+
+    let mut large: Vec<ProbedSealed> = sealed.clone();
+    let opened = Probed::open_all(&env, large.clone())
+        .await
+        .expect("open large");
+    assert_eq!(opened, models, "chunks come back in order");
+    let threads = std::mem::take(&mut *DECODED_ON.lock().expect("lock"));
+    assert_eq!(threads.len(), models.len());
+    assert!(
+        threads.iter().all(|t| *t != me),
+        "a large batch leaves the task"
+    );
+
+    // A failure deep in the last chunk keeps its absolute position.
+    let last = large.len() - 3;
+    large[last].value = large[0].value.clone();
+    let each = Probed::open_each(&env, large.clone()).await;
+    assert_eq!(each.len(), models.len());
+    for (i, r) in each.iter().enumerate() {
+        if i == last {
+            assert!(
+                matches!(r, Err(Error::Row { position, column: "value", key: None, .. }) if *position == last),
+                "{r:?}"
+            );
+        } else {
+            assert_eq!(r.as_ref().expect("opens"), &models[i]);
+        }
+    }
+    match Probed::open_all(&env, large).await {
+        Err(Error::Row { position, .. }) => assert_eq!(position, last),
+        other => panic!("expected a row error, got {other:?}"),
     }
 }

@@ -17,7 +17,7 @@
 
 mod support;
 
-use sqlx_envelope::{CacheLimits, Encrypted, Error, Sealed};
+use sqlx_envelope::{CacheLimits, Encrypted, Error, QueryAsExt, Sealed};
 use support::Db;
 
 /// The table the checked queries below are checked against; created at run time.
@@ -93,6 +93,19 @@ async fn query_as_macro_reads_sealed_rows() {
     assert_eq!(rows.len(), 2);
     assert!(rows[1].phone.is_none(), "NULL stays NULL");
     let opened = Patient::open_all(&env, rows).await.expect("open");
+    assert_eq!(opened, patients);
+
+    // The checked query opens in the same call, like any `query_as`.
+    let opened: Vec<Patient> = sqlx::query_as!(
+        PatientSealed,
+        r#"SELECT id, ward, name as "name: Sealed", phone as "phone: Sealed"
+           FROM derive_query_as_patients WHERE ward = $1 ORDER BY id"#,
+        ward
+    )
+    .opened(&env)
+    .fetch_all(pool)
+    .await
+    .expect("select and open");
     assert_eq!(opened, patients);
 
     // The checked query binds values to the row like any other: a row read

@@ -15,7 +15,9 @@ mod support;
 mod derive_support;
 
 use serde::{Deserialize, Serialize};
-use sqlx_envelope::{CacheLimits, Encrypted, Error, Json, SealedRow, format::OVERHEAD};
+use sqlx_envelope::{
+    CacheLimits, Context, Encrypted, Error, Json, RowId, SealedRow, format::OVERHEAD,
+};
 use support::Db;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,10 +95,12 @@ struct AllTypes {
     opt_json: Option<serde_json::Value>,
     #[encrypt(json)]
     opt_address: Option<Address>,
-    #[encrypt(hide_null)]
+    #[encrypt(hide_null, pad = 16)]
     hidden: Option<String>,
     #[encrypt(hide_null, pad = 16)]
     hidden_padded: Option<i64>,
+    #[encrypt(hide_null)]
+    hidden_int: Option<i64>,
 }
 
 fn full(id: i64) -> AllTypes {
@@ -142,6 +146,7 @@ fn full(id: i64) -> AllTypes {
         opt_address: Some(addr),
         hidden: Some("hidden value".into()),
         hidden_padded: Some(7),
+        hidden_int: Some(i64::MIN),
     }
 }
 
@@ -158,6 +163,7 @@ fn empty(id: i64) -> AllTypes {
         opt_address: None,
         hidden: None,
         hidden_padded: None,
+        hidden_int: None,
         ..full(id)
     }
 }
@@ -198,14 +204,15 @@ async fn insert_all(db: &Db, table: &str, rows: &[AllTypesSealed]) {
             .push_bind(&r.opt_json)
             .push_bind(&r.opt_address)
             .push_bind(&r.hidden)
-            .push_bind(&r.hidden_padded);
+            .push_bind(&r.hidden_padded)
+            .push_bind(&r.hidden_int);
     });
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_field_type_round_trips_on_every_database() {
     assert_eq!(AllTypes::TABLE, "all_types");
-    assert_eq!(AllTypes::COLUMNS.len(), 35);
+    assert_eq!(AllTypes::COLUMNS.len(), 36);
     assert!(AllTypes::ENCRYPTED_COLUMNS.contains(&"renamed_col"));
     assert!(!AllTypes::ENCRYPTED_COLUMNS.contains(&"renamed"));
 
@@ -256,7 +263,20 @@ async fn every_field_type_round_trips_on_every_database() {
             .get_raw(&table, "hidden", 2)
             .await
             .expect("hide_null stores None as a value");
-        assert_eq!(hidden_none.len(), OVERHEAD + 1);
+        assert_eq!(
+            hidden_none.len(),
+            OVERHEAD + 16,
+            "a hidden NULL fills the pad block"
+        );
+        // A fixed-width type hides NULL without padding: None is as long as Some.
+        let hidden_int = [
+            db.get_raw(&table, "hidden_int", 1).await.expect("set"),
+            db.get_raw(&table, "hidden_int", 2)
+                .await
+                .expect("hidden NULL"),
+        ];
+        assert_eq!(hidden_int[0].len(), OVERHEAD + 9, "{kind:?}");
+        assert_eq!(hidden_int[1].len(), OVERHEAD + 9, "{kind:?}");
         let hidden_padded = [
             db.get_raw(&table, "hidden_padded", 1).await.expect("set"),
             db.get_raw(&table, "hidden_padded", 2)
@@ -321,7 +341,8 @@ async fn nulls_stay_null_unless_hidden() {
     assert!(sealed.opt_text.is_none() && sealed.opt_json.is_none() && sealed.opt_address.is_none());
     // Hidden NULLs are ciphertext like any value: `hidden` is a `Sealed`, not an Option.
     let hidden: &sqlx_envelope::Sealed = &sealed.hidden;
-    assert_eq!(hidden.len(), OVERHEAD + 1);
+    assert_eq!(hidden.len(), OVERHEAD + 16);
+    assert_eq!(sealed.hidden_int.len(), OVERHEAD + 9);
     // NULL columns are not looked up when resolving keys.
     assert_eq!(
         sealed.sealed_values().len(),
@@ -329,7 +350,39 @@ async fn nulls_stay_null_unless_hidden() {
     );
     let back = sealed.open(&env).await.expect("open");
     assert_eq!(back.hidden, None);
+    assert_eq!(back.hidden_int, None);
     assert_eq!(back.opt_int, None);
+}
+
+/// 0.1 stored a hidden NULL as the single byte 0x00 for every type; values
+/// written that way still open as `None`, next to the filled form written now.
+#[tokio::test(flavor = "multi_thread")]
+async fn hidden_nulls_written_by_the_previous_release_still_open() {
+    let db = Db::connect(support::Kind::Sqlite).await;
+    let env = support::envelope(&db, CacheLimits::default());
+    let mut sealed = full(1).seal(&env).await.expect("seal");
+    let row = RowId::from(1_i64);
+    let legacy = |column| Context::new("all_types", column, &row);
+    sealed.hidden_int = env
+        .seal(&legacy("hidden_int"), &[0])
+        .await
+        .expect("legacy frame");
+    assert_eq!(sealed.hidden_int.len(), OVERHEAD + 1);
+    let back = sealed.open(&env).await.expect("legacy None opens");
+    assert_eq!(back.hidden_int, None);
+    assert_eq!(
+        back.hidden,
+        full(1).hidden,
+        "the other fields are untouched"
+    );
+
+    // Anything else after the None marker is refused, not read as a value.
+    let mut sealed = full(1).seal(&env).await.expect("seal");
+    sealed.hidden_int = env
+        .seal(&legacy("hidden_int"), &[0, 0, 0, 0, 0, 0, 0, 0, 1])
+        .await
+        .expect("seal");
+    assert!(matches!(sealed.open(&env).await, Err(Error::Codec { .. })));
 }
 
 /// A model with a nullable id, for the "id not set yet" path.

@@ -146,7 +146,7 @@ async fn life_cycle(kind: Kind) {
     // keys list / status show the data key and the master key.
     let store = db.key_store();
     let old = store
-        .list()
+        .list(&sqlx_envelope::store::KeyFilter::all().kind(sqlx_envelope::KeyKind::Data))
         .await
         .unwrap()
         .into_iter()
@@ -180,7 +180,24 @@ async fn life_cycle(kind: Kind) {
         )),
         3
     );
-    assert_eq!(code(&run(&url, &keys1, &["keys", "destroy", &id])), 3);
+    // Destroy first waits for the key's seal horizon (another process may
+    // still seal under it): exit 4, saying how long; the state is untouched.
+    let early = run(&url, &keys1, &["keys", "destroy", &id]);
+    assert_eq!(
+        code(&early),
+        4,
+        "{}",
+        String::from_utf8_lossy(&early.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&early.stderr).contains("seal horizon"),
+        "{}",
+        String::from_utf8_lossy(&early.stderr)
+    );
+    // This test's processes are all stopped, so it may skip the horizon; the
+    // rows still refuse the destroy (3).
+    let destroy_now = ["keys", "destroy", &id, "--unsafe-skip-seal-horizon"];
+    assert_eq!(code(&run(&url, &keys1, &destroy_now)), 3);
     assert_eq!(
         store.get(old).await.unwrap().unwrap().state,
         KeyState::DecryptOnly
@@ -216,7 +233,7 @@ async fn life_cycle(kind: Kind) {
         )),
         0
     );
-    assert_eq!(code(&run(&url, &keys1, &["keys", "destroy", &id])), 0);
+    assert_eq!(code(&run(&url, &keys1, &destroy_now)), 0);
     assert_eq!(
         store.get(old).await.unwrap().unwrap().state,
         KeyState::Destroyed
@@ -261,6 +278,24 @@ async fn life_cycle(kind: Kind) {
         "{status}"
     );
     assert!(!status.contains("local:app/1"), "{status}");
+
+    // verify --open proves which configuration opens what is stored: the old
+    // key file (app/1 only) no longer opens the rotated keys (3, naming them),
+    // the new one (app/2 only) does (0).
+    let old_cfg = run(&url, &keys1, &["verify", "--column", &col, "--open"]);
+    assert_eq!(code(&old_cfg), 3, "{}", stdout(&old_cfg));
+    assert!(
+        stdout(&old_cfg).contains("do not open"),
+        "{}",
+        stdout(&old_cfg)
+    );
+    let new_cfg = run(&url, &keys_new, &["verify", "--column", &col, "--open"]);
+    assert_eq!(code(&new_cfg), 0, "{}", stdout(&new_cfg));
+    assert!(
+        stdout(&new_cfg).contains("0 do not open"),
+        "{}",
+        stdout(&new_cfg)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,4 +311,109 @@ async fn cli_life_cycle_mariadb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_life_cycle_sqlite() {
     life_cycle(ALL[2]).await;
+}
+
+/// Bring your own key through the CLI: a tenant mapped to its own master key in
+/// a `--tenant-keys` file. `verify --open` opens that tenant's values only with
+/// the mapping; `keys shred-tenant` refuses without `--yes`, then destroys the
+/// tenant's keys, prints the backup advice, and leaves the other tenant intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_tenant_keys_and_shredding() {
+    for kind in ALL {
+        let db = Db::connect(kind).await;
+        let url = db_url(&db);
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, acme_key) = (random_key(), random_key());
+        let keys = write_key_file(dir.path(), "shared.json", "app/1", &[("app/1", shared)]);
+        let acme = write_key_file(dir.path(), "acme.json", "acme/1", &[("acme/1", acme_key)]);
+        let mapping = dir.path().join("tenants.json");
+        std::fs::write(&mapping, r#"{"acme": {"local_keys_file": "acme.json"}}"#).unwrap();
+
+        // The application: acme's values under acme's own master key.
+        let app = sqlx_envelope::Envelope::builder()
+            .keyring(sqlx_envelope::LocalKeyring::from_file(&keys).unwrap())
+            .tenant_keyring(
+                "acme",
+                sqlx_envelope::LocalKeyring::from_file(&acme).unwrap(),
+            )
+            .store_arc(db.key_store())
+            .build()
+            .unwrap();
+        let table = unique("jobs_cli_t");
+        db.create_blob_table(&table, &["secret"]).await;
+        let mut rows = Vec::new();
+        for (id, tenant) in [(1_i64, "acme"), (2, "globex")] {
+            let row = RowId::from(id);
+            let ctx = Context::new(&table, "secret", &row).with_tenant(tenant);
+            rows.push((id, app.seal(&ctx, b"s").await.unwrap().into_bytes()));
+        }
+        insert_many(&db, &table, "secret", &rows).await;
+        let col = format!("{table}.secret");
+        let tenant_flag = format!("--tenant-keys={}", mapping.display());
+
+        let without = run(&url, &keys, &["verify", "--column", &col, "--open"]);
+        assert_eq!(
+            code(&without),
+            3,
+            "{kind:?}: acme's key needs acme's master key"
+        );
+        let with = run(
+            &url,
+            &keys,
+            &[&tenant_flag, "verify", "--column", &col, "--open"],
+        );
+        assert_eq!(code(&with), 0, "{kind:?}: {}", stdout(&with));
+
+        let refused = run(&url, &keys, &[&tenant_flag, "keys", "shred-tenant", "acme"]);
+        assert_eq!(code(&refused), 1, "{kind:?}: --yes is required");
+        let shred = run(
+            &url,
+            &keys,
+            &[&tenant_flag, "keys", "shred-tenant", "acme", "--yes"],
+        );
+        assert_eq!(code(&shred), 0, "{kind:?}");
+        let out = stdout(&shred);
+        assert!(out.contains("backups taken earlier"), "{out}");
+        assert!(
+            out.contains("local:acme/1"),
+            "{kind:?}: names the master key: {out}"
+        );
+
+        // acme's value is gone for good; globex's still opens.
+        let fresh = sqlx_envelope::Envelope::builder()
+            .keyring(sqlx_envelope::LocalKeyring::from_file(&keys).unwrap())
+            .tenant_keyring(
+                "acme",
+                sqlx_envelope::LocalKeyring::from_file(&acme).unwrap(),
+            )
+            .store_arc(db.key_store())
+            .build()
+            .unwrap();
+        let (r1, r2) = (RowId::from(1_i64), RowId::from(2_i64));
+        let acme_err = fresh
+            .open_bytes(
+                &Context::new(&table, "secret", &r1).with_tenant("acme"),
+                &rows[0].1,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                acme_err,
+                sqlx_envelope::Error::KeyNotUsable {
+                    state: KeyState::Destroyed,
+                    ..
+                }
+            ),
+            "{kind:?}: {acme_err:?}"
+        );
+        let globex = fresh
+            .open_bytes(
+                &Context::new(&table, "secret", &r2).with_tenant("globex"),
+                &rows[1].1,
+            )
+            .await
+            .unwrap();
+        assert_eq!(&*globex, b"s");
+    }
 }

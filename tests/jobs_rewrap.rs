@@ -132,14 +132,32 @@ async fn local_to_local(kind: Kind) {
     let table = seed_many_keys(&db, old.clone()).await;
     let before = all_rows(&db, &table, "secret").await;
     let store = db.key_store();
-    let data_keys = store
-        .list()
+    let in_scope = |filter: sqlx_envelope::store::KeyFilter| {
+        let store = store.clone();
+        let table = table.clone();
+        async move {
+            store
+                .list(&filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|k| k.scope == table)
+                .collect::<Vec<_>>()
+        }
+    };
+    let data_keys =
+        in_scope(sqlx_envelope::store::KeyFilter::all().kind(sqlx_envelope::KeyKind::Data)).await;
+    assert!(
+        data_keys.len() as u64 >= ROWS as u64 / USES,
+        "{} data keys",
+        data_keys.len()
+    );
+    // Master-key rotation is O(branch keys): the data keys are wrapped by
+    // their branch key, which alone is wrapped by the master key.
+    let branch_keys = in_scope(sqlx_envelope::store::KeyFilter::all().master_wrapped())
         .await
-        .unwrap()
-        .into_iter()
-        .filter(|k| k.scope == table)
-        .count() as u64;
-    assert!(data_keys >= ROWS as u64 / USES, "{data_keys} data keys");
+        .len() as u64;
+    assert_eq!(branch_keys, 1, "one branch key for the scope");
 
     // A keyring whose rewrap output does not unwrap: the old blob is kept and
     // the run fails before deleting anything.
@@ -170,10 +188,17 @@ async fn local_to_local(kind: Kind) {
     let report = rewrap_keys(store.as_ref(), &counting, &opts, None)
         .await
         .unwrap();
-    // Every key store entry (other tests' keys share the store) was handled.
-    assert_eq!(report.keys, data_keys);
+    // Only the branch key was re-wrapped; the data keys were not touched.
+    assert_eq!(report.keys, branch_keys);
     assert_eq!(report.keys, report.rewrapped + report.already);
-    assert_eq!(report.deleted, data_keys);
+    assert_eq!(report.deleted, branch_keys);
+    let data_after =
+        in_scope(sqlx_envelope::store::KeyFilter::all().kind(sqlx_envelope::KeyKind::Data)).await;
+    assert_eq!(
+        data_after.iter().map(|k| &k.parent).collect::<Vec<_>>(),
+        data_keys.iter().map(|k| &k.parent).collect::<Vec<_>>(),
+        "data keys' wrapped material unchanged"
+    );
     assert_eq!(
         report.rewrap_calls,
         counting.rewraps.load(Ordering::Relaxed)
@@ -183,15 +208,16 @@ async fn local_to_local(kind: Kind) {
         counting.rewraps.load(Ordering::Relaxed) + counting.unwraps.load(Ordering::Relaxed)
     );
     eprintln!(
-        "REWRAP {kind:?} local->local: {} data keys, {} rewrap calls + {} verify unwraps ({:.1} keyring calls per data key), {} old blobs deleted",
+        "REWRAP {kind:?} local->local: {} data keys under {} branch key(s), {} rewrap calls + {} verify unwraps ({:.2} keyring calls per data key), {} old blobs deleted",
+        data_keys.len(),
         report.keys,
         report.rewrap_calls,
         report.verify_calls,
-        (report.rewrap_calls + report.verify_calls) as f64 / report.keys as f64,
+        (report.rewrap_calls + report.verify_calls) as f64 / data_keys.len() as f64,
         report.deleted
     );
     for k in store
-        .list()
+        .list(&sqlx_envelope::store::KeyFilter::all().master_wrapped())
         .await
         .unwrap()
         .iter()
@@ -271,7 +297,11 @@ async fn rotate(
     let table = seed_many_keys(&db, old).await;
     let before = all_rows(&db, &table, "secret").await;
     let store = db.key_store();
-    let keys = store.list().await.unwrap().len() as u64;
+    let keys = store
+        .list(&sqlx_envelope::store::KeyFilter::all().master_wrapped())
+        .await
+        .unwrap()
+        .len() as u64;
     let opts = RewrapOptions::new(target.clone())
         .from(from.clone())
         .delete_old(true);
@@ -280,7 +310,11 @@ async fn rotate(
         .unwrap();
     assert_eq!(report.rewrapped, keys);
     assert_eq!(report.deleted, keys);
-    for k in store.list().await.unwrap() {
+    for k in store
+        .list(&sqlx_envelope::store::KeyFilter::all().master_wrapped())
+        .await
+        .unwrap()
+    {
         let masters: Vec<&str> = k.wrapped.iter().map(|w| w.master_key.as_str()).collect();
         assert_eq!(masters, [target.as_str()], "key {}", k.id);
     }

@@ -15,6 +15,7 @@ use support::moto::Moto;
 
 fn kctx(scope: &str, tenant: Option<&str>, id: u64) -> KeyContext {
     KeyContext {
+        kind: sqlx_envelope::key::KeyKind::Data,
         scope: scope.into(),
         tenant: tenant.map(Into::into),
         key_id: KeyId::new(id),

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx_envelope::keyring::kms::{KmsConfig, KmsKeyring};
+use sqlx_envelope::store::KeyFilter;
 use sqlx_envelope::{
-    CacheLimits, Context, Envelope, Error, KeyState, Keyring, ManualClock, MultiKeyring, RowId,
-    Sealed,
+    CacheLimits, Context, Envelope, Error, KeyKind, KeyState, Keyring, ManualClock, MultiKeyring,
+    RowId, Sealed,
 };
 use support::moto::Moto;
 use support::{Db, Kind, unique};
@@ -149,13 +150,23 @@ fn distinct_keys(rows: &[(i64, Sealed)]) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_data_key_is_wrapped_in_both_regions() {
+async fn every_branch_key_is_wrapped_in_both_regions() {
     let r = regions().await;
     let env = r.envelope(CacheLimits::default().max_uses(5), None);
     r.write(&env, 1..=10).await;
-    let keys = env.keys().await.unwrap();
-    assert_eq!(keys.len(), 2);
-    for k in &keys {
+    let data = env.keys().await.unwrap();
+    assert_eq!(data.len(), 2, "two data keys");
+    assert!(
+        data.iter()
+            .all(|k| k.wrapped.is_empty() && k.parent.is_some())
+    );
+    let branches =
+        r.db.key_store()
+            .list(&KeyFilter::all().kind(KeyKind::Branch))
+            .await
+            .unwrap();
+    assert_eq!(branches.len(), 1, "one branch key for the scope");
+    for k in &branches {
         let masters: Vec<_> = k.wrapped.iter().map(|w| w.master_key.clone()).collect();
         let mut want = r.multi.master_keys();
         want.sort();
@@ -165,8 +176,9 @@ async fn every_data_key_is_wrapped_in_both_regions() {
         assert!(masters.iter().any(|m| m.as_str().contains(":us-east-1:")));
         assert!(masters.iter().any(|m| m.as_str().contains(":eu-west-1:")));
     }
+    // KMS traffic follows branch keys, not data keys.
     let (e, w) = (r.kr_east.metrics(), r.kr_west.metrics());
-    assert_eq!((e.generate_data_key_calls, w.encrypt_calls), (2, 2));
+    assert_eq!((e.generate_data_key_calls, w.encrypt_calls), (1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,8 +186,7 @@ async fn reads_fail_over_to_the_second_region_when_the_first_is_killed() {
     let mut r = regions().await;
     let writer = r.envelope(CacheLimits::default().max_uses(5), None);
     let rows = r.write(&writer, 1..=20).await;
-    let k = distinct_keys(&rows);
-    assert_eq!(k, 4);
+    assert_eq!(distinct_keys(&rows), 4);
 
     r.east.kill();
     let reader = r.envelope(CacheLimits::default(), None);
@@ -188,10 +199,11 @@ async fn reads_fail_over_to_the_second_region_when_the_first_is_killed() {
         elapsed < OPERATION_TIMEOUT + Duration::from_millis(700),
         "failover took {elapsed:?}"
     );
-    assert_eq!(r.multi.failovers(), k);
-    assert_eq!(r.kr_west.metrics().decrypt_calls, k);
+    // Four data keys, one branch key: one failover, one Decrypt in the west.
+    assert_eq!(r.multi.failovers(), 1);
+    assert_eq!(r.kr_west.metrics().decrypt_calls, 1);
     let east = r.kr_east.metrics();
-    assert!(east.failures >= k, "{east:?}");
+    assert!(east.failures >= 1, "{east:?}");
     drop(r.west);
 }
 
@@ -200,7 +212,6 @@ async fn reads_fail_over_to_the_second_region_when_the_first_is_frozen() {
     let r = regions().await;
     let writer = r.envelope(CacheLimits::default().max_uses(5), None);
     let rows = r.write(&writer, 1..=20).await;
-    let k = distinct_keys(&rows);
 
     // SIGSTOP: connections are accepted, nothing ever answers. The SDK default
     // would wait forever; the attempt and operation timeouts bound it.
@@ -215,10 +226,10 @@ async fn reads_fail_over_to_the_second_region_when_the_first_is_frozen() {
         elapsed < OPERATION_TIMEOUT + Duration::from_millis(1200),
         "failover took {elapsed:?}"
     );
-    assert_eq!(r.multi.failovers(), k);
-    assert_eq!(r.kr_west.metrics().decrypt_calls, k);
+    assert_eq!(r.multi.failovers(), 1);
+    assert_eq!(r.kr_west.metrics().decrypt_calls, 1);
     assert!(
-        r.kr_east.metrics().timeouts >= k,
+        r.kr_east.metrics().timeouts >= 1,
         "{:?}",
         r.kr_east.metrics()
     );
@@ -226,81 +237,78 @@ async fn reads_fail_over_to_the_second_region_when_the_first_is_frozen() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_regions_down_cached_keys_serve_within_limits_then_fail_closed() {
+async fn both_regions_down_cached_branch_keys_serve_within_limits_then_fail_closed() {
     let mut r = regions().await;
     let clock = ManualClock::new();
     let limits = CacheLimits::default()
         .max_uses(5)
         .decrypt_ttl(Duration::from_secs(60))
+        .branch_ttl(Duration::from_secs(120))
         .outage_grace(Duration::from_secs(30));
     let writer = r.envelope(limits.clone(), Some(clock.clone()));
-    // 8 values: key 1 full (5 uses), key 2 active with 3 of 5 uses.
+    // 8 values: data key 1 full (5 uses), data key 2 active with 3 of 5 uses.
     let rows = r.write(&writer, 1..=8).await;
     assert_eq!(distinct_keys(&rows), 2);
     let (key1_rows, key2_rows) = rows.split_at(5);
-    // A reader that has key 1 cached, not key 2.
+    // A reader that has data key 1 and the branch key cached, not data key 2.
     let reader = r.envelope(limits, Some(clock.clone()));
     open_all(&reader, &r.table, key1_rows).await.unwrap();
 
     // Both regions down: one killed, one frozen.
     r.east.kill();
     r.west.freeze();
-    let calls_before = (
-        r.kr_east.metrics().total_calls(),
-        r.kr_west.metrics().total_calls(),
-    );
-
-    // Cached key: served from the cache, no KMS call at all.
-    open_all(&reader, &r.table, key1_rows)
-        .await
-        .expect("cached key serves");
-    assert_eq!(
+    let calls = |r: &Regions| {
         (
             r.kr_east.metrics().total_calls(),
-            r.kr_west.metrics().total_calls()
-        ),
-        calls_before
-    );
+            r.kr_west.metrics().total_calls(),
+        )
+    };
+    let calls_before = calls(&r);
 
-    // Uncached key: typed unavailable error, within the timeouts of the two
-    // regions (refused at once + frozen until the operation timeout).
-    let started = Instant::now();
-    let e = open_all(&reader, &r.table, key2_rows).await.unwrap_err();
-    let elapsed = started.elapsed();
-    assert!(matches!(e, Error::KeyringUnavailable { .. }), "{e:?}");
-    assert!(e.is_retryable());
-    assert!(
-        elapsed < 2 * OPERATION_TIMEOUT + Duration::from_millis(700),
-        "{elapsed:?}"
-    );
-
-    // The writer keeps sealing under its active key within max uses...
+    // Data key 2 is not cached, but its branch key is: it is read from the key
+    // store and unwrapped locally, no KMS call at all.
+    open_all(&reader, &r.table, key2_rows)
+        .await
+        .expect("cached branch key serves");
+    // The writer uses up data key 2 and mints data key 3 locally under the
+    // cached branch key: no KMS call either.
     let row = RowId::from(100_i64);
     let ctx = Context::new(&r.table, "secret", &row);
-    writer.seal(&ctx, b"a").await.expect("4th use of key 2");
-    writer.seal(&ctx, b"b").await.expect("5th use of key 2");
-    // ...and then needs a new data key, which it cannot get: fail closed, no
-    // value written under a key that is not durably stored.
-    let e = writer.seal(&ctx, b"c").await.unwrap_err();
-    assert!(matches!(e, Error::KeyringUnavailable { .. }), "{e:?}");
-    let keys = writer.keys().await.unwrap();
-    assert_eq!(
-        keys.iter()
-            .filter(|k| k.state == KeyState::Active && !k.wrapped.is_empty())
-            .count(),
-        1,
-        "no new active key: {keys:?}"
-    );
+    for _ in 0..3 {
+        writer.seal(&ctx, b"during the outage").await.expect("seal");
+    }
+    assert_eq!(writer.stats().data_keys_minted, 3);
+    assert_eq!(calls(&r), calls_before, "no KMS call within the branch TTL");
 
-    // Past the decrypt TTL, within the outage grace: the cached key still serves.
-    clock.advance(Duration::from_secs(61));
+    // Past the branch TTL, within the outage grace: KMS is asked once, fails,
+    // and the cached branch key keeps serving.
+    clock.advance(Duration::from_secs(121));
     open_all(&reader, &r.table, key1_rows)
         .await
         .expect("served in grace");
     assert!(reader.stats().served_in_grace >= 1);
-    // Past TTL + grace: fail closed with the typed error.
+
+    // Past branch TTL + grace: every path that needs the branch key fails
+    // closed with the typed, retryable error, and no value is sealed under a
+    // key that is not durably stored.
     clock.advance(Duration::from_secs(30));
     let e = open_all(&reader, &r.table, key1_rows).await.unwrap_err();
     assert!(matches!(e, Error::KeyringUnavailable { .. }), "{e:?}");
+    assert!(e.is_retryable());
+    // Data key 3 (minted during the outage) has used 1 of its 5 uses.
+    for _ in 0..4 {
+        writer
+            .seal(&ctx, b"x")
+            .await
+            .expect("data key 3 still has uses");
+    }
+    let e = writer.seal(&ctx, b"y").await.unwrap_err();
+    assert!(matches!(e, Error::KeyringUnavailable { .. }), "{e:?}");
+    let pending =
+        r.db.key_store()
+            .list(&KeyFilter::all().state(KeyState::Pending))
+            .await
+            .unwrap();
+    assert!(pending.is_empty(), "a failed mint left rows: {pending:?}");
     r.west.thaw();
 }

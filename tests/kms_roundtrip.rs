@@ -14,6 +14,7 @@ use support::{ALL, Db, unique};
 
 fn kctx(scope: &str, tenant: Option<&str>, id: u64) -> KeyContext {
     KeyContext {
+        kind: sqlx_envelope::key::KeyKind::Data,
         scope: scope.into(),
         tenant: tenant.map(Into::into),
         key_id: KeyId::new(id),
@@ -73,7 +74,8 @@ async fn round_trip_through_kms_on_every_database() {
             "{kind:?}"
         );
 
-        // The key store holds the KMS blob under the key ARN KMS reported.
+        // One data key, wrapped by the scope's branch key; the key store holds
+        // the branch key's KMS blob under the key ARN KMS reported.
         // (PostgreSQL and MariaDB keep the key table across runs: filter by scope.)
         let keys: Vec<_> = writer
             .keys()
@@ -83,12 +85,20 @@ async fn round_trip_through_kms_on_every_database() {
             .filter(|k| k.scope == table)
             .collect();
         assert_eq!(keys.len(), 1, "{kind:?}");
-        assert_eq!(keys[0].wrapped.len(), 1);
-        assert_eq!(keys[0].wrapped[0].master_key.as_str(), arn);
-        assert!(keys[0].wrapped[0].blob.len() > 32);
-        assert!(kr.can_unwrap(&keys[0].wrapped[0].master_key));
+        assert!(
+            keys[0].wrapped.is_empty(),
+            "data keys are not wrapped by KMS"
+        );
+        let branch_id = keys[0].parent.as_ref().expect("branch-wrapped").parent;
+        let branch = db.key_store().get(branch_id).await.unwrap().unwrap();
+        assert_eq!(branch.kind, sqlx_envelope::KeyKind::Branch);
+        assert_eq!(branch.scope, table);
+        assert_eq!(branch.wrapped.len(), 1);
+        assert_eq!(branch.wrapped[0].master_key.as_str(), arn);
+        assert!(branch.wrapped[0].blob.len() > 32);
+        assert!(kr.can_unwrap(&branch.wrapped[0].master_key));
 
-        // Cold read through a fresh envelope: one Decrypt for the one data key.
+        // Cold read through a fresh envelope: one Decrypt, for the branch key.
         let reader = Envelope::builder()
             .keyring(kr.clone())
             .store_arc(db.key_store())

@@ -13,6 +13,8 @@ pub struct Input<'a> {
     /// Indices into `fields` of the primary-key fields, in key order.
     pub pk: Vec<usize>,
     pub tenant: Option<usize>,
+    /// `#[envelope(id_not_secret)]`.
+    pub id_not_secret: bool,
     pub fields: Vec<Field<'a>>,
 }
 
@@ -21,6 +23,9 @@ pub struct Field<'a> {
     pub vis: &'a Visibility,
     pub ty: &'a Type,
     pub encrypt: Option<Encrypt<'a>>,
+    /// The variant of the generated column enum, for columns an update may
+    /// write (not the primary key, not the tenant).
+    pub variant: Option<Ident>,
 }
 
 pub struct Encrypt<'a> {
@@ -104,6 +109,14 @@ impl<'a> Input<'a> {
                             "`hide_null` applies to `Option<_>` fields only: this field can never be NULL",
                         ));
                     }
+                    if let (Some(span), Some(_), true, None) =
+                        (a.hide_null, option_of, a.json, a.pad)
+                    {
+                        errors.push(syn::Error::new(
+                            span,
+                            "`hide_null` on a JSON field needs `pad = N`: JSON has no fixed length, so a hidden NULL would be shorter than the values and show which rows are NULL; write `#[encrypt(json, hide_null, pad = 32)]` (N: a block size in bytes that most values fit in)",
+                        ));
+                    }
                     Some(Encrypt {
                         column: a.column.map_or_else(|| unraw(ident), |c| c.value()),
                         option_of,
@@ -118,6 +131,7 @@ impl<'a> Input<'a> {
                 vis: &f.vis,
                 ty: &f.ty,
                 encrypt,
+                variant: None,
             });
         }
 
@@ -184,6 +198,27 @@ impl<'a> Input<'a> {
             ));
         }
         errors.finish()?;
+        let mut errors = Errors::default();
+
+        // The column enum: every column but the key and the tenant.
+        for (i, f) in fields.iter_mut().enumerate() {
+            if !pk.contains(&i) && tenant != Some(i) {
+                f.variant = Some(Ident::new(&camel_case(&unraw(f.ident)), f.ident.span()));
+            }
+        }
+        for (i, f) in fields.iter().enumerate() {
+            let Some(v) = &f.variant else { continue };
+            if let Some(other) = fields[..i].iter().find(|o| o.variant.as_ref() == Some(v)) {
+                errors.push(syn::Error::new(
+                    f.ident.span(),
+                    format!(
+                        "fields `{}` and `{}` both name the column enum variant `{v}`: rename one of them",
+                        other.ident, f.ident
+                    ),
+                ));
+            }
+        }
+        errors.finish()?;
 
         let table = sattrs
             .table
@@ -194,9 +229,24 @@ impl<'a> Input<'a> {
             table,
             pk,
             tenant,
+            id_not_secret: sattrs.id_not_secret.is_some(),
             fields,
         })
     }
+}
+
+/// `date_of_birth` → `DateOfBirth`.
+fn camel_case(field: &str) -> String {
+    field
+        .split('_')
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_uppercase().chain(c).collect::<String>())
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 fn unraw(id: &Ident) -> String {
@@ -299,6 +349,13 @@ pub fn span_of(ty: &Type) -> Span {
 #[cfg(test)]
 mod tests {
     use super::table_name;
+
+    #[test]
+    fn variant_names() {
+        assert_eq!(super::camel_case("date_of_birth"), "DateOfBirth");
+        assert_eq!(super::camel_case("type"), "Type");
+        assert_eq!(super::camel_case("_x2_y"), "X2Y");
+    }
 
     #[test]
     fn table_names() {

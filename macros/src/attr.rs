@@ -33,10 +33,11 @@ pub struct StructAttrs {
     /// The primary-key fields, in key order.
     pub id: Option<Vec<Ident>>,
     pub tenant: Option<Ident>,
+    /// `id_not_secret`: the primary key may appear in error messages.
+    pub id_not_secret: Option<Span>,
 }
 
-const STRUCT_KEYS: &str =
-    "expected `table = \"...\"`, `id = \"field\"`, `id(field, ...)` or `tenant = \"field\"`";
+const STRUCT_KEYS: &str = "expected `table = \"...\"`, `id = \"field\"`, `id(field, ...)`, `tenant = \"field\"` or `id_not_secret`";
 
 pub fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAttrs {
     let mut out = StructAttrs::default();
@@ -106,6 +107,19 @@ pub fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAttrs {
                     let lit: LitStr = meta.value()?.parse()?;
                     let id = field_name(&lit)?;
                     set_once(&mut out.tenant, id, &meta.path, "tenant")
+                }
+                "id_not_secret" => {
+                    if !(meta.input.is_empty() || meta.input.peek(syn::Token![,])) {
+                        return Err(meta.error(
+                            "`id_not_secret` is a flag: write `#[envelope(id_not_secret)]` to allow the primary key in error messages",
+                        ));
+                    }
+                    set_once(
+                        &mut out.id_not_secret,
+                        meta.path.span(),
+                        &meta.path,
+                        "id_not_secret",
+                    )
                 }
                 _ => Err(meta.error(format!(
                     "unknown `envelope` attribute `{}`; {STRUCT_KEYS}",

@@ -1,22 +1,72 @@
-//! Code generation: the sealed row type and the trait impls.
+//! Code generation: the sealed row type, the column enum and the trait impls.
+//!
+//! The generated code does the per-field work only (encode one field into its
+//! frame, open one value, bind one column); batching, key resolution, SQL and
+//! errors live in the library (`sqlx_envelope::model::{batch, table, query}`),
+//! written once and tested once.
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 
 use crate::ast::{Field, Input, span_of};
 
+/// Paths into the library, spelled once.
+struct Paths {
+    krate: TokenStream,
+    private: TokenStream,
+    sqlx: TokenStream,
+}
+
 pub fn expand(input: &Input<'_>) -> TokenStream {
     let krate = quote!(::sqlx_envelope);
     let private = quote!(#krate::model::__private);
     let sqlx = quote!(#private::sqlx);
-    let model = input.ident;
-    let vis = input.vis;
-    let sealed = format_ident!("{}Sealed", model, span = model.span());
-    let table = &input.table;
-    let model_name = model.to_string();
+    let p = Paths {
+        krate,
+        private,
+        sqlx,
+    };
+    let sealed_row = sealed_row(input, &p);
+    let column_enum = column_enum(input, &p);
+    let assertions = hide_null_assertions(input, &p);
+    let encrypted = encrypted_impl(input, &p);
+    let sealed_impl = sealed_row_impl(input, &p);
+    let table = table_impl(input, &p);
+    let inherent = inherent_methods(input, &p);
+    quote! {
+        #sealed_row
+        #column_enum
+        #assertions
+        #encrypted
+        #sealed_impl
+        #table
+        #inherent
+    }
+}
 
-    // The sealed row: ciphertext for encrypted fields, the rest as is.
-    let sealed_fields = input.fields.iter().map(|f| {
+fn sealed_ident(input: &Input<'_>) -> proc_macro2::Ident {
+    format_ident!("{}Sealed", input.ident, span = input.ident.span())
+}
+
+fn column_ident(input: &Input<'_>) -> proc_macro2::Ident {
+    format_ident!("{}Column", input.ident, span = input.ident.span())
+}
+
+/// The encrypted fields with their index in `DESCRIPTION.encrypted`.
+fn encrypted_fields<'a, 'b>(input: &'b Input<'a>) -> impl Iterator<Item = (usize, &'b Field<'a>)> {
+    input
+        .fields
+        .iter()
+        .filter(|f| f.encrypt.is_some())
+        .enumerate()
+}
+
+/// The struct that table stores, its `Debug` and its `FromRow`.
+fn sealed_row(input: &Input<'_>, p: &Paths) -> TokenStream {
+    let Paths { private, sqlx, .. } = p;
+    let model_name = input.ident.to_string();
+    let (vis, table, sealed) = (input.vis, &input.table, sealed_ident(input));
+    let fields = input.fields.iter().map(|f| {
         let (ident, fvis, ty) = (f.ident, f.vis, sealed_type(f));
         let doc = match &f.encrypt {
             Some(e) => format!(
@@ -27,12 +77,12 @@ pub fn expand(input: &Input<'_>) -> TokenStream {
         };
         quote!(#[doc = #doc] #fvis #ident: #ty)
     });
-    let sealed_doc = format!(
+    let doc = format!(
         "The sealed row of [`{model_name}`]: what table `{table}` stores. Encrypted fields hold \
-         ciphertext; bind this type in queries and read it with `sqlx::FromRow` or `query_as!`, \
-         then open it with the envelope."
+         ciphertext. `{model_name}::insert`, `update` and `fetch_by_key` read and write it for \
+         you; for other queries, `sqlx::query_as::<_, {sealed}>(...).opened(&envelope)` returns \
+         opened models."
     );
-
     let debug_fields = input
         .fields
         .iter()
@@ -43,130 +93,20 @@ pub fn expand(input: &Input<'_>) -> TokenStream {
             quote!(.field(#name, &#private::CipherLen(&self.#ident)))
         });
     let sealed_name = sealed.to_string();
-
     let from_row_bounds = input.fields.iter().map(|f| {
         let ty = sealed_type(f);
-        let span = span_of(f.ty);
-        quote_spanned!(span=> #ty: #sqlx::Decode<'__r, <__R as #sqlx::Row>::Database> + #sqlx::Type<<__R as #sqlx::Row>::Database>)
+        quote_spanned!(span_of(f.ty)=> #ty: #sqlx::Decode<'__r, <__R as #sqlx::Row>::Database> + #sqlx::Type<<__R as #sqlx::Row>::Database>)
     });
     let from_row_fields = input.fields.iter().map(|f| {
         let ident = f.ident;
         let column = f.column();
         quote!(#ident: #sqlx::Row::try_get(__row, #column)?)
     });
-
-    let pk_parts = |on: TokenStream| {
-        let parts = input.pk.iter().map(|&i| {
-            let f = &input.fields[i];
-            let ident = f.ident;
-            let (span, ty) = (span_of(f.ty), f.ty);
-            quote_spanned!(span=> <#ty as #krate::model::PkField>::pk_part(&#on.#ident)?)
-        });
-        quote!(::core::option::Option::Some(#krate::RowId::composite([#(#parts),*])))
-    };
-    let row_id_model = pk_parts(quote!(self));
-    let row_id_sealed = pk_parts(quote!(self));
-    let tenant_expr = match input.tenant {
-        Some(i) => {
-            let f = &input.fields[i];
-            let (ident, ty) = (f.ident, f.ty);
-            quote_spanned!(span_of(ty)=> <#ty as #krate::model::TenantField>::tenant(&self.#ident))
-        }
-        None => quote!(::core::option::Option::None),
-    };
-    let pk_cols = input.pk.iter().map(|&i| input.fields[i].column());
-    let tenant_col = match input.tenant {
-        Some(i) => {
-            let c = input.fields[i].column();
-            quote!(::core::option::Option::Some(#c))
-        }
-        None => quote!(::core::option::Option::None),
-    };
-    let all_cols = input.fields.iter().map(Field::column);
-    let enc_cols: Vec<String> = input
-        .fields
-        .iter()
-        .filter_map(|f| f.encrypt.as_ref().map(|e| e.column.clone()))
-        .collect();
-    let first_col = &enc_cols[0];
-
-    let prologue = |row_of: TokenStream| {
-        quote! {
-            let __row_id = #row_of.ok_or_else(|| #krate::model::missing_row_id(#table, #first_col))?;
-            let __tenant: ::core::option::Option<::std::string::String> = #tenant_expr;
-        }
-    };
-    let seal_prologue = prologue(quote!(<Self as #krate::model::Encrypted>::row_id(self)));
-    let open_prologue = prologue(quote!(<Self as #krate::model::SealedRow>::row_id(&self)));
-
-    // Model → sealed row.
-    let seal_fields = input.fields.iter().map(|f| {
-        let ident = f.ident;
-        match &f.encrypt {
-            Some(_) => {
-                let e = seal_expr(f, table, &krate, &private);
-                quote!(#ident: #e)
-            }
-            None => {
-                let span = span_of(f.ty);
-                let ty = f.ty;
-                quote_spanned!(span=> #ident: <#ty as ::core::clone::Clone>::clone(&self.#ident))
-            }
-        }
-    });
-
-    // Sealed row → model.
-    let open_fields = input.fields.iter().map(|f| {
-        let ident = f.ident;
-        match &f.encrypt {
-            Some(_) => {
-                let e = open_expr(f, table, &krate, &private);
-                quote!(#ident: #e)
-            }
-            None => quote!(#ident: self.#ident),
-        }
-    });
-
-    let sealed_values = input.fields.iter().filter_map(|f| {
-        let e = f.encrypt.as_ref()?;
-        let ident = f.ident;
-        Some(if e.option_of.is_some() && !e.hide_null {
-            quote!(if let ::core::option::Option::Some(__v) = &self.#ident { __values.push(__v); })
-        } else {
-            quote!(__values.push(&self.#ident);)
-        })
-    });
-
-    let field_sealers = input
-        .fields
-        .iter()
-        .filter(|f| f.encrypt.is_some())
-        .map(|f| {
-            let ident = f.ident;
-            let name = format_ident!(
-                "seal_{}",
-                ident.to_string().trim_start_matches("r#"),
-                span = ident.span()
-            );
-            let ty = sealed_type(f);
-            let e = seal_expr(f, table, &krate, &private);
-            let doc = format!(
-                "Encrypt only `{ident}`, bound to this row, for an `UPDATE` of column `{}`.",
-                f.column()
-            );
-            quote! {
-                #[doc = #doc]
-                #vis async fn #name(&self, __envelope: &#krate::Envelope) -> #krate::Result<#ty> {
-                    #seal_prologue
-                    ::core::result::Result::Ok(#e)
-                }
-            }
-        });
-
     quote! {
-        #[doc = #sealed_doc]
+        #[doc = #doc]
+        #[derive(::core::clone::Clone)]
         #vis struct #sealed {
-            #(#sealed_fields,)*
+            #(#fields,)*
         }
 
         #[automatically_derived]
@@ -188,50 +128,403 @@ pub fn expand(input: &Input<'_>) -> TokenStream {
                 ::core::result::Result::Ok(Self { #(#from_row_fields,)* })
             }
         }
+    }
+}
 
+/// `<Name>Column`: the columns an update may write.
+fn column_enum(input: &Input<'_>, p: &Paths) -> TokenStream {
+    let krate = &p.krate;
+    let (vis, model) = (input.vis, input.ident);
+    let ident = column_ident(input);
+    let cols: Vec<_> = input
+        .fields
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| f.variant.as_ref().map(|v| (i, v, f.column())))
+        .collect();
+    let variants = cols.iter().map(|(_, v, c)| {
+        let doc = format!("Column `{c}`.");
+        quote!(#[doc = #doc] #v)
+    });
+    let names = cols.iter().map(|(_, v, c)| quote!(Self::#v => #c));
+    let indices = cols.iter().map(|(i, v, _)| quote!(Self::#v => #i));
+    let doc = format!(
+        "The columns of [`{model}`] that `update_fields` writes: every column but the primary key \
+         and the tenant (`update` rewrites the whole row)."
+    );
+    quote! {
+        #[doc = #doc]
+        #[derive(::core::fmt::Debug, ::core::clone::Clone, ::core::marker::Copy, ::core::cmp::PartialEq, ::core::cmp::Eq, ::core::hash::Hash)]
+        #[allow(dead_code)]
+        #vis enum #ident {
+            #(#variants,)*
+        }
+
+        #[automatically_derived]
+        impl #krate::model::Column for #ident {
+            fn name(self) -> &'static str {
+                match self { #(#names,)* }
+            }
+            fn index(self) -> usize {
+                match self { #(#indices,)* }
+            }
+        }
+    }
+}
+
+/// `hide_null` on a type without a fixed width needs `pad`: checked at
+/// compile time, at the field's type, because only the trait knows the width.
+fn hide_null_assertions(input: &Input<'_>, p: &Paths) -> TokenStream {
+    let krate = &p.krate;
+    let checks = input.fields.iter().filter_map(|f| {
+        let e = f.encrypt.as_ref()?;
+        if !e.hide_null || e.pad > 0 || e.json {
+            return None;
+        }
+        let inner = e.option_of?;
+        let msg = format!(
+            "`hide_null` on `{}` needs `pad = N`: its type has no fixed width, so a hidden NULL would be \
+             shorter than the values and show which rows are NULL; write `#[encrypt(hide_null, pad = 16)]` \
+             (N: a block size in bytes that most values fit in)",
+            f.ident
+        );
+        Some(quote_spanned! {span_of(inner)=>
+            const _: () = {
+                if <#inner as #krate::FieldCodec>::FIXED_LEN.is_none() {
+                    ::core::panic!(#msg);
+                }
+            };
+        })
+    });
+    quote!(#(#checks)*)
+}
+
+/// The frame constant of an encrypted field.
+fn framing(f: &Field<'_>, p: &Paths) -> TokenStream {
+    let (krate, private) = (&p.krate, &p.private);
+    let e = f.encrypt.as_ref().expect("encrypted field");
+    let inner = e.option_of.unwrap_or(f.ty);
+    let fixed = if e.json {
+        quote!(::core::option::Option::None)
+    } else {
+        quote_spanned!(span_of(inner)=> <#inner as #krate::FieldCodec>::FIXED_LEN)
+    };
+    let (hide_null, pad) = (e.hide_null, e.pad);
+    quote!(#private::Framing { hide_null: #hide_null, fixed_len: #fixed, pad: #pad })
+}
+
+fn key_type(input: &Input<'_>) -> TokenStream {
+    let tys: Vec<_> = input.pk.iter().map(|&i| input.fields[i].ty).collect();
+    match tys.as_slice() {
+        [one] => quote!(#one),
+        many => quote!((#(#many,)*)),
+    }
+}
+
+fn encrypted_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
+    let Paths { krate, private, .. } = p;
+    let (model, table, sealed) = (input.ident, &input.table, sealed_ident(input));
+    let model_name = model.to_string();
+    let column = column_ident(input);
+    let key_ty = key_type(input);
+
+    let row_id = {
+        let parts = input.pk.iter().map(|&i| {
+            let f = &input.fields[i];
+            let (ident, ty) = (f.ident, f.ty);
+            quote_spanned!(span_of(ty)=> <#ty as #krate::model::PkField>::pk_part(&self.#ident)?)
+        });
+        quote!(::core::option::Option::Some(#krate::RowId::composite([#(#parts),*])))
+    };
+    let tenant = tenant_expr(input, p);
+    let pk_cols = input.pk.iter().map(|&i| input.fields[i].column());
+    let tenant_col = match input.tenant {
+        Some(i) => {
+            let c = input.fields[i].column();
+            quote!(::core::option::Option::Some(#c))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let all_cols: Vec<String> = input.fields.iter().map(Field::column).collect();
+    let enc_cols: Vec<String> = encrypted_fields(input).map(|(_, f)| f.column()).collect();
+
+    let desc_key = input.pk.iter().map(|&i| {
+        let f = &input.fields[i];
+        let (name, ty) = (f.column(), f.ty);
+        quote_spanned!(span_of(ty)=> #private::KeyColumn {
+            name: #name,
+            kind: <#ty as #private::PkField>::KIND,
+        })
+    });
+    let desc_tenant = match input.tenant {
+        Some(i) => {
+            let f = &input.fields[i];
+            let (name, ty) = (f.column(), f.ty);
+            quote_spanned!(span_of(ty)=> ::core::option::Option::Some(#private::TenantColumn {
+                name: #name,
+                kind: <#ty as #private::TenantField>::KIND,
+            }))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let desc_encrypted = encrypted_fields(input).map(|(_, f)| {
+        let e = f.encrypt.as_ref().expect("encrypted field");
+        let field = f.ident.to_string();
+        let field = field.trim_start_matches("r#");
+        let column = &e.column;
+        let inner = e.option_of.unwrap_or(f.ty);
+        let span = span_of(inner);
+        let (codec, enc, dec) = if e.json {
+            (
+                quote!(#krate::model::CodecId::Json),
+                quote_spanned!(span=> #private::encode_plain_json::<#inner>),
+                quote_spanned!(span=> #private::decode_plain_json::<#inner>),
+            )
+        } else {
+            (
+                quote_spanned!(span=> <#inner as #krate::FieldCodec>::CODEC),
+                quote_spanned!(span=> #private::encode_plain_with::<#inner>),
+                quote_spanned!(span=> #private::decode_plain_with::<#inner>),
+            )
+        };
+        let fixed = if e.json {
+            quote!(::core::option::Option::None)
+        } else {
+            quote_spanned!(span=> <#inner as #krate::FieldCodec>::FIXED_LEN)
+        };
+        let nullable = e.option_of.is_some() && !e.hide_null;
+        let (hide_null, pad) = (e.hide_null, e.pad);
+        quote! {
+            #private::EncryptedColumn {
+                field: #field,
+                column: #column,
+                codec: #codec,
+                nullable: #nullable,
+                hide_null: #hide_null,
+                pad: #pad,
+                fixed_len: #fixed,
+                encode_plain: #enc,
+                decode_plain: #dec,
+            }
+        }
+    });
+    let id_not_secret = input.id_not_secret;
+
+    let encode_arms = encrypted_fields(input).map(|(n, f)| {
+        let e = encode_field(f, p);
+        quote!(#n => #e)
+    });
+    let assemble_fields = input.fields.iter().map(|f| {
+        let ident = f.ident;
+        match &f.encrypt {
+            Some(e) if e.option_of.is_some() && !e.hide_null => {
+                quote!(#ident: __values.next().flatten())
+            }
+            Some(_) => {
+                let column = f.column();
+                quote!(#ident: match __values.next().flatten() {
+                    ::core::option::Option::Some(__v) => __v,
+                    ::core::option::Option::None => {
+                        return ::core::result::Result::Err(#private::missing_value(#column));
+                    }
+                })
+            }
+            None => {
+                let ty = f.ty;
+                quote_spanned!(span_of(ty)=> #ident: <#ty as ::core::clone::Clone>::clone(&self.#ident))
+            }
+        }
+    });
+
+    quote! {
         #[automatically_derived]
         impl #krate::model::Encrypted for #model {
             type Sealed = #sealed;
+            type Key = #key_ty;
+            type Column = #column;
             const TABLE: &'static str = #table;
             const PRIMARY_KEY: &'static [&'static str] = &[#(#pk_cols),*];
             const TENANT: ::core::option::Option<&'static str> = #tenant_col;
             const COLUMNS: &'static [&'static str] = &[#(#all_cols),*];
             const ENCRYPTED_COLUMNS: &'static [&'static str] = &[#(#enc_cols),*];
+            const DESCRIPTION: &'static #private::ModelDescription = &#private::ModelDescription {
+                name: #model_name,
+                table: #table,
+                key: &[#(#desc_key),*],
+                tenant: #desc_tenant,
+                encrypted: &[#(#desc_encrypted),*],
+                columns: &[#(#all_cols),*],
+                id_not_secret: #id_not_secret,
+            };
 
             fn row_id(&self) -> ::core::option::Option<#krate::RowId> {
-                #row_id_model
+                #row_id
             }
 
             fn tenant(&self) -> ::core::option::Option<::std::string::String> {
-                #tenant_expr
+                #tenant
             }
 
-            async fn seal(&self, __envelope: &#krate::Envelope) -> #krate::Result<#sealed> {
-                #seal_prologue
-                ::core::result::Result::Ok(#sealed { #(#seal_fields,)* })
+            fn __encode_field(
+                &self,
+                __field: usize,
+            ) -> #krate::Result<::core::option::Option<#private::PlainBuf>> {
+                match __field {
+                    #(#encode_arms,)*
+                    _ => ::core::result::Result::Err(#private::missing_value("?")),
+                }
+            }
+
+            fn __assemble(
+                &self,
+                __values: &mut ::std::vec::IntoIter<::core::option::Option<#krate::Sealed>>,
+            ) -> #krate::Result<#sealed> {
+                ::core::result::Result::Ok(#sealed { #(#assemble_fields,)* })
             }
         }
+    }
+}
 
+fn tenant_expr(input: &Input<'_>, p: &Paths) -> TokenStream {
+    let krate = &p.krate;
+    match input.tenant {
+        Some(i) => {
+            let f = &input.fields[i];
+            let (ident, ty) = (f.ident, f.ty);
+            quote_spanned!(span_of(ty)=> <#ty as #krate::model::TenantField>::tenant(&self.#ident))
+        }
+        None => quote!(::core::option::Option::None),
+    }
+}
+
+/// The framed plaintext of one encrypted field of `self`:
+/// `Result<Option<PlainBuf>>`, reserved once for its final length.
+fn encode_field(f: &Field<'_>, p: &Paths) -> TokenStream {
+    let (krate, private) = (&p.krate, &p.private);
+    let e = f.encrypt.as_ref().expect("encrypted field");
+    let ident = f.ident;
+    let inner = e.option_of.unwrap_or(f.ty);
+    let span = span_of(inner);
+    let (hint, encode) = if e.json {
+        (
+            quote_spanned!(span=> #private::json_len::<#inner>(__v)),
+            quote_spanned!(span=> #private::json_encode::<#inner>(__v, __buf.out())?),
+        )
+    } else {
+        (
+            quote_spanned!(span=> <#inner as #krate::FieldCodec>::size_hint(__v)),
+            quote_spanned!(span=> <#inner as #krate::FieldCodec>::encode(__v, __buf.out())?),
+        )
+    };
+    let framing = framing(f, p);
+    let some = quote! {{
+        let mut __buf = __FRAME.value(#hint);
+        #encode;
+        __FRAME.finish(&mut __buf);
+        ::core::result::Result::Ok(::core::option::Option::Some(__buf))
+    }};
+    let body = match (e.option_of.is_some(), e.hide_null) {
+        (false, _) => quote!({
+            let __v = &self.#ident;
+            #some
+        }),
+        (true, false) => quote!(match &self.#ident {
+            ::core::option::Option::Some(__v) => #some,
+            ::core::option::Option::None => ::core::result::Result::Ok(::core::option::Option::None),
+        }),
+        (true, true) => quote!(match &self.#ident {
+            ::core::option::Option::Some(__v) => #some,
+            ::core::option::Option::None => {
+                ::core::result::Result::Ok(::core::option::Option::Some(__FRAME.hidden_null()))
+            }
+        }),
+    };
+    quote!({
+        const __FRAME: #private::Framing = #framing;
+        #body
+    })
+}
+
+fn sealed_row_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
+    let Paths { krate, private, .. } = p;
+    let (model, table, sealed) = (input.ident, &input.table, sealed_ident(input));
+    let vis = input.vis;
+    let row_id = {
+        let parts = input.pk.iter().map(|&i| {
+            let f = &input.fields[i];
+            let (ident, ty) = (f.ident, f.ty);
+            quote_spanned!(span_of(ty)=> <#ty as #krate::model::PkField>::pk_part(&self.#ident)?)
+        });
+        quote!(::core::option::Option::Some(#krate::RowId::composite([#(#parts),*])))
+    };
+    let tenant = tenant_expr(input, p);
+    let first_col = encrypted_fields(input)
+        .map(|(_, f)| f.column())
+        .next()
+        .unwrap_or_default();
+
+    let visits = input.fields.iter().filter_map(|f| {
+        let e = f.encrypt.as_ref()?;
+        let (ident, column) = (f.ident, f.column());
+        Some(if e.option_of.is_some() && !e.hide_null {
+            quote!(if let ::core::option::Option::Some(__v) = &self.#ident { __f(#column, __v); })
+        } else {
+            quote!(__f(#column, &self.#ident);)
+        })
+    });
+
+    let open_fields = input.fields.iter().map(|f| {
+        let ident = f.ident;
+        match &f.encrypt {
+            Some(_) => {
+                let column = f.column();
+                let e = open_field(f, table, p);
+                quote!(#ident: (#e).map_err(|__e| __fail(#column, __e))?)
+            }
+            None => quote!(#ident: self.#ident),
+        }
+    });
+
+    quote! {
         #[automatically_derived]
         impl #krate::model::SealedRow for #sealed {
             type Model = #model;
 
             fn row_id(&self) -> ::core::option::Option<#krate::RowId> {
-                #row_id_sealed
+                #row_id
             }
 
             fn tenant(&self) -> ::core::option::Option<::std::string::String> {
-                #tenant_expr
+                #tenant
             }
 
-            fn sealed_values(&self) -> ::std::vec::Vec<&#krate::Sealed> {
-                let mut __values = ::std::vec::Vec::new();
-                #(#sealed_values)*
-                __values
+            fn for_each_sealed<'__a>(
+                &'__a self,
+                __f: &mut dyn ::core::ops::FnMut(&'static str, &'__a #krate::Sealed),
+            ) {
+                #(#visits)*
             }
 
-            fn open_with(self, __keys: &#krate::model::KeyMap) -> #krate::Result<#model> {
-                #open_prologue
+            fn __open(
+                self,
+                __keys: &#krate::model::KeySet,
+            ) -> ::core::result::Result<#model, #private::OpenFailure> {
+                let ::core::option::Option::Some(__row_id) =
+                    <Self as #krate::model::SealedRow>::row_id(&self)
+                else {
+                    return ::core::result::Result::Err(#private::OpenFailure {
+                        column: #first_col,
+                        row: ::core::option::Option::None,
+                        error: #krate::model::missing_row_id(#table, #first_col),
+                    });
+                };
+                let __tenant: ::core::option::Option<::std::string::String> =
+                    <Self as #krate::model::SealedRow>::tenant(&self);
+                let __fail = |column: &'static str, error: #krate::Error| #private::OpenFailure {
+                    column,
+                    row: ::core::option::Option::Some(::core::clone::Clone::clone(&__row_id)),
+                    error,
+                };
                 ::core::result::Result::Ok(#model { #(#open_fields,)* })
             }
         }
@@ -244,10 +537,254 @@ pub fn expand(input: &Input<'_>) -> TokenStream {
                 <Self as #krate::model::SealedRow>::open(self, __envelope).await
             }
         }
+    }
+}
 
+/// Expression opening `self.<field>` (moved) into the field's value:
+/// `Result<FieldType>`. Needs `__keys`, `__row_id`, `__tenant`.
+fn open_field(f: &Field<'_>, table: &str, p: &Paths) -> TokenStream {
+    let (krate, private) = (&p.krate, &p.private);
+    let e = f.encrypt.as_ref().expect("encrypted field");
+    let ident = f.ident;
+    let column = f.column();
+    let inner = e.option_of.unwrap_or(f.ty);
+    let span = span_of(inner);
+    let decode = if e.json {
+        quote_spanned!(span=> #private::json_decode::<#inner>(&__b))
+    } else {
+        quote_spanned!(span=> <#inner as #krate::FieldCodec>::decode_owned(__b))
+    };
+    let framing = framing(f, p);
+    let open = |value: TokenStream| {
+        quote! {{
+            const __FRAME: #private::Framing = #framing;
+            let __ctx = #krate::Context {
+                table: #table,
+                column: #column,
+                row: &__row_id,
+                tenant: __tenant.as_deref(),
+            };
+            #private::open_field(__keys, &__ctx, #value, __FRAME)
+        }}
+    };
+    match (e.option_of.is_some(), e.hide_null) {
+        (false, _) => {
+            let open = open(quote!(self.#ident));
+            quote!(#open.and_then(|__b| match __b {
+                ::core::option::Option::Some(__b) => #decode,
+                ::core::option::Option::None => {
+                    ::core::result::Result::Err(#private::unexpected_null(#column))
+                }
+            }))
+        }
+        (true, false) => {
+            let open = open(quote!(__v));
+            quote!(match self.#ident {
+                ::core::option::Option::Some(__v) => #open.and_then(|__b| match __b {
+                    ::core::option::Option::Some(__b) => (#decode).map(::core::option::Option::Some),
+                    ::core::option::Option::None => {
+                        ::core::result::Result::Err(#private::unexpected_null(#column))
+                    }
+                }),
+                ::core::option::Option::None => ::core::result::Result::Ok(::core::option::Option::None),
+            })
+        }
+        (true, true) => {
+            let open = open(quote!(self.#ident));
+            quote!(#open.and_then(|__b| match __b {
+                ::core::option::Option::Some(__b) => (#decode).map(::core::option::Option::Some),
+                ::core::option::Option::None => ::core::result::Result::Ok(::core::option::Option::None),
+            }))
+        }
+    }
+}
+
+/// `impl<DB: Dialect> Table<DB>`: the binds, for every database whose types
+/// fit the clear fields.
+fn table_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
+    let Paths { krate, sqlx, .. } = p;
+    let (model, sealed) = (input.ident, sealed_ident(input));
+    let model_name = model.to_string();
+    let db = quote!(<__DB as #sqlx::Database>);
+    let clear: Vec<(usize, &Field<'_>)> = input
+        .fields
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.encrypt.is_none())
+        .collect();
+    let bounds = clear.iter().map(|(_, f)| {
+        let ty = f.ty;
+        quote_spanned!(span_of(ty)=> #ty: for<'__q> #sqlx::Encode<'__q, __DB> + #sqlx::Type<__DB>)
+    });
+    let arms = clear.iter().map(|(i, f)| {
+        let ident = f.ident;
+        quote!(#i => #sqlx::Arguments::add(__args, &self.#ident))
+    });
+    let bind_key = if input.pk.len() == 1 {
+        quote!(#sqlx::Arguments::add(__args, __key))
+    } else {
+        let parts = (0..input.pk.len()).map(syn::Index::from);
+        quote!(#(#sqlx::Arguments::add(__args, &__key.#parts)?;)* ::core::result::Result::Ok(()))
+    };
+    quote! {
+        #[automatically_derived]
+        impl<__DB: #krate::model::Dialect> #krate::model::Table<__DB> for #model
+        where
+            #(#bounds,)*
+            #sealed: for<'__r> #sqlx::FromRow<'__r, #db::Row>,
+        {
+            fn bind_clear(
+                &self,
+                __column: usize,
+                __args: &mut #db::Arguments,
+            ) -> ::core::result::Result<(), #krate::error::BoxError> {
+                match __column {
+                    #(#arms,)*
+                    _ => ::core::result::Result::Err(::std::format!(
+                        "column {} of {} is not a clear column", __column, #model_name
+                    ).into()),
+                }
+            }
+
+            fn bind_key(
+                __key: &<Self as #krate::model::Encrypted>::Key,
+                __args: &mut #db::Arguments,
+            ) -> ::core::result::Result<(), #krate::error::BoxError> {
+                #bind_key
+            }
+
+            fn sealed_from_row(
+                __row: &#db::Row,
+            ) -> ::core::result::Result<#sealed, #sqlx::Error> {
+                <#sealed as #sqlx::FromRow<'_, #db::Row>>::from_row(__row)
+            }
+        }
+    }
+}
+
+/// The model's one-call methods (delegating to `sqlx_envelope::model::table`)
+/// and the per-field sealers.
+fn inherent_methods(input: &Input<'_>, p: &Paths) -> TokenStream {
+    let Paths { krate, sqlx, .. } = p;
+    let (model, vis, column) = (input.ident, input.vis, column_ident(input));
+    let table = &input.table;
+    let exec = quote!(<__E as #sqlx::Executor<'__c>>::Database);
+    let where_clause = quote! {
+        where
+            __E: #sqlx::Executor<'__c>,
+            #exec: #krate::model::Dialect,
+            Self: #krate::model::Table<#exec>,
+    };
+    let field_sealers = encrypted_fields(input).map(|(n, f)| {
+        let ident = f.ident;
+        let name = format_ident!(
+            "seal_{}",
+            ident.to_string().trim_start_matches("r#"),
+            span = ident.span()
+        );
+        let ty = sealed_type(f);
+        let e = f.encrypt.as_ref().expect("encrypted field");
+        let column = f.column();
+        let take = if e.option_of.is_some() && !e.hide_null {
+            quote!(::core::result::Result::Ok(__v))
+        } else {
+            quote!(__v.ok_or_else(|| #krate::model::__private::missing_value(#column)))
+        };
+        let doc = format!(
+            "Encrypt only `{ident}`, bound to this row, for an `UPDATE` of column `{column}` that \
+             `update_fields(&[{column_enum}::...])` cannot express.",
+            column_enum = column
+        );
+        quote! {
+            #[doc = #doc]
+            #vis async fn #name(&self, __envelope: &#krate::Envelope) -> #krate::Result<#ty> {
+                let __v = #krate::model::batch::seal_fields(__envelope, ::core::slice::from_ref(self), &[#n])
+                    .await?
+                    .pop()
+                    .flatten();
+                #take
+            }
+        }
+    });
+    let insert_doc = format!(
+        "Seal this row and `INSERT` it into `{table}` (one `seal_many` call, one statement)."
+    );
+    let insert_all_doc = format!(
+        "Seal `models` and `INSERT` them into `{table}` in one statement (see \
+         `sqlx_envelope::model::table::insert_all` for the limit on rows per statement)."
+    );
+    let update_doc = format!(
+        "Seal every encrypted field anew and `UPDATE` every column of this row in `{table}` but \
+         the primary key. `Error::Query` with `sqlx::Error::RowNotFound` when the row does not exist."
+    );
+    let update_fields_doc = format!(
+        "`UPDATE` only `columns` of this row in `{table}`, sealing only the encrypted ones. The \
+         statement also matches the tenant, so values never land in another tenant's row. \
+         `Error::Query` with `sqlx::Error::RowNotFound` when the row does not exist."
+    );
+    let fetch_doc = format!(
+        "`SELECT` the row of `{table}` with primary key `key` and open it; `None` if there is none."
+    );
+    quote! {
         #[automatically_derived]
         #[allow(dead_code)]
         impl #model {
+            #[doc = #insert_doc]
+            #vis async fn insert<'__c, __E>(
+                &self,
+                __envelope: &#krate::Envelope,
+                __executor: __E,
+            ) -> #krate::Result<()>
+            #where_clause
+            {
+                #krate::model::table::insert(__envelope, __executor, self).await
+            }
+
+            #[doc = #insert_all_doc]
+            #vis async fn insert_all<'__c, __E>(
+                __envelope: &#krate::Envelope,
+                __executor: __E,
+                __models: &[Self],
+            ) -> #krate::Result<()>
+            #where_clause
+            {
+                #krate::model::table::insert_all(__envelope, __executor, __models).await
+            }
+
+            #[doc = #update_doc]
+            #vis async fn update<'__c, __E>(
+                &self,
+                __envelope: &#krate::Envelope,
+                __executor: __E,
+            ) -> #krate::Result<()>
+            #where_clause
+            {
+                #krate::model::table::update(__envelope, __executor, self).await
+            }
+
+            #[doc = #update_fields_doc]
+            #vis async fn update_fields<'__c, __E>(
+                &self,
+                __envelope: &#krate::Envelope,
+                __executor: __E,
+                __columns: &[#column],
+            ) -> #krate::Result<()>
+            #where_clause
+            {
+                #krate::model::table::update_fields(__envelope, __executor, self, __columns).await
+            }
+
+            #[doc = #fetch_doc]
+            #vis async fn fetch_by_key<'__c, __E>(
+                __envelope: &#krate::Envelope,
+                __executor: __E,
+                __key: &<Self as #krate::model::Encrypted>::Key,
+            ) -> #krate::Result<::core::option::Option<Self>>
+            #where_clause
+            {
+                #krate::model::table::fetch_by_key(__envelope, __executor, __key).await
+            }
+
             #(#field_sealers)*
         }
     }
@@ -263,124 +800,6 @@ fn sealed_type(f: &Field<'_>) -> TokenStream {
         None => {
             let ty = f.ty;
             quote!(#ty)
-        }
-    }
-}
-
-fn ctx(f: &Field<'_>, krate: &TokenStream, table: &str) -> TokenStream {
-    let column = f.column();
-    quote! {
-        #krate::Context {
-            table: #table,
-            column: #column,
-            row: &__row_id,
-            tenant: __tenant.as_deref(),
-        }
-    }
-}
-
-/// Expression sealing `self.<field>` (needs `__envelope`, `__row_id`, `__tenant`).
-fn seal_expr(
-    f: &Field<'_>,
-    table: &str,
-    krate: &TokenStream,
-    private: &TokenStream,
-) -> TokenStream {
-    let e = f.encrypt.as_ref().expect("encrypted field");
-    let ident = f.ident;
-    let inner = e.option_of.unwrap_or(f.ty);
-    let span = span_of(inner);
-    let encode = if e.json {
-        quote_spanned!(span=> #private::json_encode::<#inner>(__v, &mut *__buf)?)
-    } else {
-        quote_spanned!(span=> <#inner as #krate::FieldCodec>::encode(__v, &mut *__buf)?)
-    };
-    let pad = e.pad;
-    let ctx = ctx(f, krate, table);
-    let seal = quote! {
-        #private::seal_bytes(__envelope, &#ctx, __buf, #pad).await?
-    };
-    let new_buf = quote!(let mut __buf = #private::Zeroizing::new(::std::vec::Vec::<u8>::new()););
-    match (e.option_of.is_some(), e.hide_null) {
-        (false, _) => quote!({
-            #new_buf
-            let __v = &self.#ident;
-            #encode;
-            #seal
-        }),
-        (true, false) => quote!(match &self.#ident {
-            ::core::option::Option::Some(__v) => {
-                #new_buf
-                #encode;
-                ::core::option::Option::Some(#seal)
-            }
-            ::core::option::Option::None => ::core::option::Option::None,
-        }),
-        (true, true) => quote!({
-            #new_buf
-            match &self.#ident {
-                ::core::option::Option::Some(__v) => {
-                    __buf.push(1u8);
-                    #encode;
-                }
-                ::core::option::Option::None => __buf.push(0u8),
-            }
-            #seal
-        }),
-    }
-}
-
-/// Expression opening `self.<field>` (needs `__keys`, `__row_id`, `__tenant`).
-fn open_expr(
-    f: &Field<'_>,
-    table: &str,
-    krate: &TokenStream,
-    private: &TokenStream,
-) -> TokenStream {
-    let e = f.encrypt.as_ref().expect("encrypted field");
-    let ident = f.ident;
-    let inner = e.option_of.unwrap_or(f.ty);
-    let span = span_of(inner);
-    let decode = |bytes: TokenStream| {
-        if e.json {
-            quote_spanned!(span=> #private::json_decode::<#inner>(#bytes)?)
-        } else {
-            quote_spanned!(span=> <#inner as #krate::FieldCodec>::decode(#bytes)?)
-        }
-    };
-    let pad = e.pad;
-    let ctx = ctx(f, krate, table);
-    let open = |value: TokenStream| quote!(#private::open_bytes(__keys, &#ctx, #value, #pad)?);
-    match (e.option_of.is_some(), e.hide_null) {
-        (false, _) => {
-            let open = open(quote!(&self.#ident));
-            let decode = decode(quote!(&__pt));
-            quote!({
-                let __pt = #open;
-                #decode
-            })
-        }
-        (true, false) => {
-            let open = open(quote!(__v));
-            let decode = decode(quote!(&__pt));
-            quote!(match &self.#ident {
-                ::core::option::Option::Some(__v) => {
-                    let __pt = #open;
-                    ::core::option::Option::Some(#decode)
-                }
-                ::core::option::Option::None => ::core::option::Option::None,
-            })
-        }
-        (true, true) => {
-            let open = open(quote!(&self.#ident));
-            let decode = decode(quote!(__b));
-            quote!({
-                let __pt = #open;
-                match #private::split_marker(&__pt)? {
-                    ::core::option::Option::Some(__b) => ::core::option::Option::Some(#decode),
-                    ::core::option::Option::None => ::core::option::Option::None,
-                }
-            })
         }
     }
 }

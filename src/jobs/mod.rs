@@ -38,8 +38,9 @@ pub use checkpoint::{JobStatus, job_status, reset_job};
 pub use db::{Dialect, Ident, JobPool};
 pub use run::{Job, JobKind, JobOptions, JobReport, PlainKind};
 pub use verify::{
-    ColumnStatus, KeyCounts, count_by_key, count_rows_on, destroy_key, register_column,
-    registered_columns,
+    ColumnStatus, DEFAULT_DESTROY_SETTLE, DestroyOptions, KeyCounts, KeysOpenReport,
+    LEGACY_SEAL_HORIZON, count_by_key, count_rows_on, destroy_key, register_column,
+    registered_columns, verify_keys_open,
 };
 
 pub(crate) use db::on_pool;
@@ -71,6 +72,18 @@ pub enum JobError {
         rows: u64,
         /// What they still depend on.
         what: String,
+    },
+    /// Destroy was refused because a process may still seal under the key: its
+    /// seal horizon (plus the settle time) has not passed by the store's clock.
+    #[error(
+        "data key {key} may still be sealing in another process: destroy is possible in {}s, after its seal horizon; re-encrypt meanwhile and retry then (override with --unsafe-skip-seal-horizon only if every process that could seal under it is stopped)",
+        wait.as_secs().max(1)
+    )]
+    SealHorizon {
+        /// The key.
+        key: KeyId,
+        /// How long until destroy is possible.
+        wait: Duration,
     },
     /// The job was cancelled; its progress is checkpointed.
     #[error("cancelled; progress is checkpointed and the job resumes where it stopped")]

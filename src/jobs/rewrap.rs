@@ -92,6 +92,13 @@ pub struct RewrapReport {
     pub rewrap_calls: u64,
     /// [`Keyring::unwrap`] calls made to verify new (or existing) blobs.
     pub verify_calls: u64,
+    /// Keys skipped because they have no wrapped blob at all (nothing to
+    /// re-wrap; such a key cannot be opened by anyone and is reported, not
+    /// fatal).
+    pub skipped_no_blob: u64,
+    /// Keys skipped because an operator destroyed them while this run was
+    /// going: the store refused the new blob, so no key material came back.
+    pub skipped_destroyed: u64,
 }
 
 /// Re-wrap the data keys of `store` under `opts.target`. Progress (keys done
@@ -114,7 +121,7 @@ pub async fn rewrap_keys(
         ));
     }
     let records: Vec<KeyRecord> = store
-        .list()
+        .list(&crate::store::KeyFilter::all().master_wrapped())
         .await?
         .into_iter()
         .filter(|r| !matches!(r.state, KeyState::Pending | KeyState::Destroyed))
@@ -132,6 +139,12 @@ pub async fn rewrap_keys(
     if let Some(p) = progress {
         p.send_modify(|p| p.total = Some(report.keys));
     }
+    let (records, empty): (Vec<KeyRecord>, Vec<KeyRecord>) =
+        records.into_iter().partition(|r| !r.wrapped.is_empty());
+    for r in &empty {
+        tracing::warn!(target: "sqlx_envelope::jobs", key_id = r.id.get(), state = %r.state, "key has no wrapped blob; skipped");
+    }
+    report.skipped_no_blob = empty.len() as u64;
     if opts.dry_run {
         report.rewrapped = records
             .iter()
@@ -150,6 +163,7 @@ pub async fn rewrap_keys(
         report.deleted += one.deleted;
         report.rewrap_calls += one.rewrap_calls;
         report.verify_calls += one.verify_calls;
+        report.skipped_destroyed += one.skipped_destroyed;
         if let Some(p) = progress {
             p.send_modify(|p| {
                 p.scanned += 1;
@@ -205,8 +219,20 @@ async fn rewrap_one(
                 record.id, new.master_key, opts.target
             )));
         }
-        // Keep the old blob until the new one is proven to unwrap.
-        store.put_wrapped(record.id, &new).await?;
+        // Keep the old blob until the new one is proven to unwrap. The store
+        // refuses the write if the key was destroyed since it was listed.
+        match store.put_wrapped(record.id, &new).await {
+            Ok(()) => {}
+            Err(crate::Error::KeyNotUsable {
+                state: KeyState::Destroyed,
+                ..
+            }) => {
+                tracing::warn!(target: "sqlx_envelope::jobs", key_id = record.id.get(), "key destroyed during rewrap; skipped");
+                out.skipped_destroyed += 1;
+                return Ok(out);
+            }
+            Err(e) => return Err(e.into()),
+        }
         out.verify_calls += 1;
         keyring
             .unwrap(&ctx, std::slice::from_ref(&new))

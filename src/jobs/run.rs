@@ -159,6 +159,7 @@ macro_rules! bind_val {
 
 /// Bind one column of a batch as a PostgreSQL array (all values of a column
 /// have the same type).
+#[cfg(feature = "postgres")]
 macro_rules! bind_column {
     ($q:expr, $vals:expr) => {{
         let vals: Vec<&Val> = $vals.collect();

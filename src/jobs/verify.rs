@@ -6,6 +6,7 @@
 //! reports and [`destroy_key`] see every column without being told.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use super::db::key_id_bytes;
 use super::{JobError, JobPool, JobResult, Target, on_pool};
@@ -93,34 +94,37 @@ pub async fn count_rows_on(pool: &JobPool, target: &Target, keys: &[KeyId]) -> J
     Ok(n as u64)
 }
 
-/// Record `target` in `sqlx_envelope_columns` (idempotent).
+/// Record `target` in the key store's column registry (idempotent).
 pub async fn register_column(pool: &JobPool, target: &Target) -> JobResult<()> {
-    let d = pool.dialect();
-    let (ins, ign) = d.insert_ignore();
-    let sql = format!(
-        "{ins} INTO sqlx_envelope_columns (table_name, column_name, pk_column) VALUES ({}, {}, {}){ign}",
-        d.ph(1),
-        d.ph(2),
-        d.ph(3)
+    let record = crate::store::ColumnRecord::sealed(
+        &target.context_table,
+        &target.context_table,
+        &target.context_column,
+    )
+    .with_sql(
+        target.table.as_str(),
+        target.column.as_str(),
+        crate::store::ColumnSource::Job,
     );
-    on_pool!(pool, p => sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(target.table.as_str())
-        .bind(target.column.as_str())
-        .bind(target.pk.as_str())
-        .execute(p)
-        .await
-        .map(|_| ())?);
+    pool.key_store().register_columns(&[record]).await?;
     Ok(())
 }
 
-/// Every column recorded in `sqlx_envelope_columns`.
+/// Every column recorded in the key store's column registry.
 pub async fn registered_columns(pool: &JobPool) -> JobResult<Vec<Target>> {
-    let sql = "SELECT table_name, column_name, pk_column FROM sqlx_envelope_columns ORDER BY table_name, column_name";
-    let rows: Vec<(String, String, String)> =
-        on_pool!(pool, p => sqlx::query_as(sql).fetch_all(p).await?);
-    rows.into_iter()
-        .map(|(t, c, pk)| Target::new(&t, &pk, &c))
-        .collect()
+    let mut out: Vec<Target> = Vec::new();
+    for c in pool.key_store().columns().await? {
+        let t = Target::new(c.table(), "id", c.column())?
+            .context_table(&c.context_table)
+            .context_column(&c.context_column);
+        if !out
+            .iter()
+            .any(|o| o.table == t.table && o.column == t.column)
+        {
+            out.push(t);
+        }
+    }
+    Ok(out)
 }
 
 /// The key distribution of one column, with master keys resolved.
@@ -155,7 +159,16 @@ impl ColumnStatus {
                     if !r.state.can_decrypt() {
                         undecryptable += n;
                     }
-                    for w in &r.wrapped {
+                    // A data key wrapped by a branch key is under the master
+                    // keys that wrap its branch key.
+                    let wrapped = match &r.parent {
+                        Some(p) => keys
+                            .iter()
+                            .find(|b| b.id == p.parent)
+                            .map_or(&[][..], |b| &b.wrapped[..]),
+                        None => &r.wrapped[..],
+                    };
+                    for w in wrapped {
                         *by_master_key.entry(w.master_key.clone()).or_default() += n;
                     }
                 }
@@ -171,9 +184,69 @@ impl ColumnStatus {
     }
 }
 
-/// Destroy data key `id` (crypto-shredding: its wrapped material is deleted),
-/// but only after counting zero rows referencing it in every registered column
-/// and in `extra` columns. Refuses with [`JobError::RowsRemain`] otherwise.
+/// How long after a key's seal horizon destroy still waits by default, for
+/// values sealed just before the horizon to reach the database (a seal and
+/// the write that stores it are not one step).
+pub const DEFAULT_DESTROY_SETTLE: Duration = Duration::from_secs(60);
+
+/// The horizon assumed for keys written by releases that did not record one
+/// (0.1): creation plus 24 hours, longer than any sensible `max_age`.
+pub const LEGACY_SEAL_HORIZON: Duration = Duration::from_secs(24 * 3600);
+
+/// What [`destroy_key`] checks and waits for.
+#[derive(Debug, Clone)]
+pub struct DestroyOptions {
+    columns: Vec<Target>,
+    settle: Duration,
+    skip_seal_horizon: bool,
+}
+
+impl Default for DestroyOptions {
+    fn default() -> Self {
+        DestroyOptions {
+            columns: Vec::new(),
+            settle: DEFAULT_DESTROY_SETTLE,
+            skip_seal_horizon: false,
+        }
+    }
+}
+
+impl DestroyOptions {
+    /// Check every registered column, wait for the seal horizon plus
+    /// [`DEFAULT_DESTROY_SETTLE`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Also count rows in `target` (registered columns are always counted).
+    pub fn column(mut self, target: Target) -> Self {
+        self.columns.push(target);
+        self
+    }
+
+    /// Wait this long past the seal horizon instead of [`DEFAULT_DESTROY_SETTLE`].
+    pub fn settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
+    }
+
+    /// Do not wait for the key's seal horizon. Only correct when every process
+    /// that could still hold the key as its active key is known to be stopped:
+    /// a process that is not keeps sealing under it, and those values are lost
+    /// with the key.
+    pub fn unsafe_skip_seal_horizon(mut self) -> Self {
+        self.skip_seal_horizon = true;
+        self
+    }
+}
+
+/// Destroy data key `id` (crypto-shredding: its wrapped material is deleted).
+///
+/// Refused with [`JobError::SealHorizon`] until the key's seal horizon (recorded
+/// in the store when the key was activated: after it no process seals under
+/// the key, whatever its caches hold) plus the settle time has passed by the
+/// store's clock; then refused with [`JobError::RowsRemain`] unless zero rows
+/// reference it in every registered column and in the columns of `opts`.
 ///
 /// The key is first set to `retired` (refused for any use, reversible), so no
 /// process that reloads it can seal or open under it while the rows are counted;
@@ -181,7 +254,7 @@ impl ColumnStatus {
 pub async fn destroy_key(
     envelope: &Envelope,
     pool: &JobPool,
-    extra: &[Target],
+    opts: &DestroyOptions,
     id: KeyId,
 ) -> JobResult<()> {
     let record = envelope
@@ -197,6 +270,20 @@ pub async fn destroy_key(
             "data key {id} is active; retire it and re-encrypt its rows first"
         )));
     }
+    if !opts.skip_seal_horizon {
+        let horizon = record
+            .horizon_ms
+            .unwrap_or(record.created_ms + LEGACY_SEAL_HORIZON.as_millis() as i64);
+        let ready = horizon + opts.settle.as_millis() as i64;
+        let now = envelope.store().now_ms().await?;
+        if now < ready {
+            return Err(JobError::SealHorizon {
+                key: id,
+                wait: Duration::from_millis((ready - now) as u64),
+            });
+        }
+    }
+    let extra = &opts.columns;
     let mut targets: Vec<Target> = registered_columns(pool).await?;
     let mut seen: BTreeSet<(String, String)> = targets
         .iter()
@@ -219,7 +306,17 @@ pub async fn destroy_key(
     let mut rows = 0;
     let mut where_ = Vec::new();
     for t in &targets {
-        let n = count_rows_on(pool, t, &[id]).await?;
+        let n = match count_rows_on(pool, t, &[id]).await {
+            Ok(n) => n,
+            Err(e) => {
+                if record.state != KeyState::Retired {
+                    envelope.set_key_state(id, record.state).await?;
+                }
+                return Err(JobError::Invalid(format!(
+                    "cannot count the rows of column {t} ({e}): destroy refuses while it cannot check every column values under data key {id} may be in; restore the column, or run destroy where it exists"
+                )));
+            }
+        };
         if n > 0 {
             where_.push(format!("{t}: {n}"));
         }
@@ -236,4 +333,51 @@ pub async fn destroy_key(
     }
     envelope.set_key_state(id, KeyState::Destroyed).await?;
     Ok(())
+}
+
+/// The result of [`verify_keys_open`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeysOpenReport {
+    /// Distinct data keys referenced by stored values.
+    pub keys: u64,
+    /// Of those, keys the configured keyring opened.
+    pub opened: u64,
+    /// Keys that did not open, each with the reason (a key id and an error
+    /// message, never key material).
+    pub failed: Vec<(KeyId, String)>,
+}
+
+impl KeysOpenReport {
+    /// Every referenced key opened.
+    pub fn is_clean(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// Prove that `envelope`'s configuration opens what is stored: load every
+/// data key referenced by a value in `targets` (through its branch key and the
+/// keyring, as a read would), one load per distinct key, not per row. Run it
+/// after a master-key rotation (`keys rewrap --delete-old`) with the
+/// configuration the applications will use.
+pub async fn verify_keys_open(
+    envelope: &Envelope,
+    pool: &JobPool,
+    targets: &[Target],
+) -> JobResult<KeysOpenReport> {
+    let mut ids: BTreeSet<KeyId> = BTreeSet::new();
+    for t in targets {
+        ids.extend(count_by_key(pool, t).await?.by_key.into_keys());
+    }
+    let mut report = KeysOpenReport {
+        keys: ids.len() as u64,
+        ..Default::default()
+    };
+    for id in ids {
+        match envelope.decrypt_key(id).await {
+            Ok(_) => report.opened += 1,
+            Err(e) => report.failed.push((id, e.to_string())),
+        }
+    }
+    Ok(report)
 }

@@ -58,10 +58,11 @@ impl fmt::Debug for LocalKeyring {
     }
 }
 
+/// The key file as parsed: the base64 key strings are zeroized on drop.
 #[derive(Deserialize)]
 struct KeyFile {
     primary: String,
-    keys: BTreeMap<String, String>,
+    keys: BTreeMap<String, Zeroizing<String>>,
 }
 
 impl LocalKeyring {
@@ -149,10 +150,16 @@ impl LocalKeyring {
         validate_name(name)?;
         let path = path.as_ref();
         let material = KeyMaterial::generate();
-        let json = Zeroizing::new(format!(
-            "{{\"primary\":\"{name}\",\"keys\":{{\"{name}\":\"{}\"}}}}\n",
-            B64.encode(material.expose())
-        ));
+        let mut b64 = Zeroizing::new(String::with_capacity(44));
+        B64.encode_string(material.expose(), &mut b64);
+        let mut json = Zeroizing::new(String::with_capacity(64 + 2 * name.len() + b64.len()));
+        json.push_str("{\"primary\":\"");
+        json.push_str(name);
+        json.push_str("\",\"keys\":{\"");
+        json.push_str(name);
+        json.push_str("\":\"");
+        json.push_str(&b64);
+        json.push_str("\"}}\n");
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
         #[cfg(unix)]

@@ -10,18 +10,25 @@
 //! - [`LocalKeyring`]: AES-256-GCM key-encryption keys from a file or an
 //!   environment variable, for development, tests and embedded use.
 //! - `KmsKeyring` (feature `aws-kms`): AWS KMS; the master key never leaves KMS.
-//! - [`MultiKeyring`]: wraps every data key under several keyrings (regions,
+//! - [`MultiKeyring`]: wraps every key under several keyrings (regions,
 //!   break-glass local key) and unwraps through the first that answers.
+//! - [`TenantKeyrings`]: bring your own key, one keyring per mapped tenant.
+//!
+//! Keyrings wrap the keys at the top of the key tree (branch keys and index
+//! keys, see [`crate::hierarchy`]), and unwrap data keys of releases before
+//! branch keys, which were wrapped directly.
 
 #[cfg(feature = "aws-kms")]
 pub mod kms;
 pub mod local;
 pub mod multi;
+pub mod tenant;
 
 #[cfg(feature = "aws-kms")]
 pub use kms::{KmsConfig, KmsKeyring, KmsKeyringBuilder, KmsMetrics, KmsOperation};
 pub use local::LocalKeyring;
 pub use multi::MultiKeyring;
+pub use tenant::TenantKeyrings;
 
 use async_trait::async_trait;
 

@@ -21,7 +21,7 @@
 //! | `time::OffsetDateTime` | the 12 bytes above for the instant, then the UTC offset in seconds as big-endian `i32` (16 bytes) |
 //! | `serde_json::Value` | compact JSON text (`serde_json::to_vec`) |
 //! | [`Json<T>`] / `#[encrypt(json)]` for `T: Serialize + DeserializeOwned` | compact JSON text of `T` (`serde_json::to_vec`) |
-//! | `Option<T>` as a whole (what `#[encrypt(hide_null)]` stores) | `0x00` for `None`; `0x01` followed by the encoding of `T` for `Some` |
+//! | `Option<T>` as a whole (what `#[encrypt(hide_null)]` stores) | `Some(v)`: `0x01`, then the encoding of `v`. `None`: `0x00`, then, for a fixed-width `T`, as many `0x00` bytes as `T` encodes to, so `None` and `Some` have the same length (a lone `0x00`, written for every `T` by 0.1, still decodes) |
 //!
 //! The chrono and time encodings are identical, so a column written with one
 //! crate reads with the other. `usize`/`isize` are not supported: their width
@@ -32,7 +32,9 @@
 //! type but never contain the plaintext.
 
 use serde::{Serialize, de::DeserializeOwned};
+use zeroize::Zeroizing;
 
+use super::plain::{CodecId, PlainValue};
 use crate::error::{Error, Result};
 
 /// Conversion of a field value to and from the plaintext bytes that are
@@ -41,11 +43,56 @@ use crate::error::{Error, Result};
 /// Implement it for your own types to store them in encrypted fields; the
 /// encoding you choose becomes part of your stored data, so keep it stable.
 pub trait FieldCodec: Sized {
+    /// Which built-in encoding this is ([`CodecId::Custom`] for your own
+    /// types). Jobs use it to encrypt an existing plaintext column into exactly
+    /// the bytes this type would write; leave the default for your own types.
+    const CODEC: CodecId = CodecId::Custom;
+
+    /// The length of every encoding, for fixed-width types: `hide_null` fills
+    /// `None` to this length, so a stored `None` is as long as a `Some`. A
+    /// variable-width type (`None` here) needs `pad = N` next to `hide_null`.
+    const FIXED_LEN: Option<usize> = Self::CODEC.fixed_len();
+
     /// Append the plaintext encoding of `self` to `out`.
     fn encode(&self, out: &mut Vec<u8>) -> Result<()>;
 
     /// Decode a value from exactly `bytes` (the whole decrypted plaintext).
     fn decode(bytes: &[u8]) -> Result<Self>;
+
+    /// Decode a value from the decrypted buffer itself. Types that hold their
+    /// bytes (`String`, `Vec<u8>`) take the buffer over instead of copying it,
+    /// so the plaintext exists once, in the value; the default decodes from
+    /// the slice, and the buffer is zeroized when it drops.
+    fn decode_owned(bytes: Zeroizing<Vec<u8>>) -> Result<Self> {
+        Self::decode(&bytes)
+    }
+
+    /// The number of bytes [`FieldCodec::encode`] will append, or an upper
+    /// bound: the caller reserves it first, so the plaintext buffer never
+    /// reallocates (a reallocation would leave an unzeroized copy behind).
+    /// The default is [`FieldCodec::FIXED_LEN`], or 0 for a variable-width
+    /// type: override it for your own variable-width types (sealing logs a
+    /// warning when a buffer had to grow).
+    fn size_hint(&self) -> usize {
+        Self::FIXED_LEN.unwrap_or(0)
+    }
+
+    /// The value of a plaintext read from a database column (see
+    /// [`PlainValue`]). Built-in types convert through their [`CodecId`];
+    /// your own types may override this to support jobs without a model.
+    fn from_plain(value: &PlainValue) -> Result<Self> {
+        let mut buf = Zeroizing::new(Vec::with_capacity(value.size_hint()));
+        super::plain::encode_plain(Self::CODEC, value, &mut buf)?;
+        Self::decode(&buf)
+    }
+
+    /// This value as a [`PlainValue`] (what decrypt-out writes back to a
+    /// plaintext column, and what verify compares).
+    fn to_plain(&self) -> Result<PlainValue> {
+        let mut buf = Zeroizing::new(Vec::with_capacity(self.size_hint()));
+        self.encode(&mut buf)?;
+        super::plain::decode_plain(Self::CODEC, &buf)
+    }
 }
 
 fn exact<const N: usize>(type_name: &'static str, bytes: &[u8]) -> Result<[u8; N]> {
@@ -58,21 +105,43 @@ fn exact<const N: usize>(type_name: &'static str, bytes: &[u8]) -> Result<[u8; N
 }
 
 impl FieldCodec for String {
+    const CODEC: CodecId = CodecId::Text;
+    fn size_hint(&self) -> usize {
+        self.len()
+    }
     fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
         out.extend_from_slice(self.as_bytes());
         Ok(())
     }
     fn decode(bytes: &[u8]) -> Result<Self> {
-        std::str::from_utf8(bytes).map(str::to_owned).map_err(|e| {
-            Error::codec(
-                "String",
-                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
-            )
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|e| invalid_utf8(e.valid_up_to()))
+    }
+    fn decode_owned(mut bytes: Zeroizing<Vec<u8>>) -> Result<Self> {
+        if let Err(e) = std::str::from_utf8(&bytes) {
+            return Err(invalid_utf8(e.valid_up_to()));
+        }
+        let vec = std::mem::take(&mut *bytes);
+        // Checked just above; the conversion cannot fail, but if it did the
+        // bytes would be wiped and reported like any invalid UTF-8.
+        String::from_utf8(vec).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            let _ = Zeroizing::new(e.into_bytes());
+            invalid_utf8(at)
         })
     }
 }
 
+fn invalid_utf8(valid_up_to: usize) -> Error {
+    Error::codec("String", format!("invalid UTF-8 at byte {valid_up_to}"))
+}
+
 impl FieldCodec for Vec<u8> {
+    const CODEC: CodecId = CodecId::Bytes;
+    fn size_hint(&self) -> usize {
+        self.len()
+    }
     fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
         out.extend_from_slice(self);
         Ok(())
@@ -80,9 +149,13 @@ impl FieldCodec for Vec<u8> {
     fn decode(bytes: &[u8]) -> Result<Self> {
         Ok(bytes.to_vec())
     }
+    fn decode_owned(mut bytes: Zeroizing<Vec<u8>>) -> Result<Self> {
+        Ok(std::mem::take(&mut *bytes))
+    }
 }
 
 impl FieldCodec for bool {
+    const CODEC: CodecId = CodecId::Bool;
     fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
         out.push(u8::from(*self));
         Ok(())
@@ -97,8 +170,9 @@ impl FieldCodec for bool {
 }
 
 macro_rules! be_numbers {
-    ($($t:ty),*) => {$(
+    ($($t:ty => $c:ident),*) => {$(
         impl FieldCodec for $t {
+            const CODEC: CodecId = CodecId::$c;
             fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
                 out.extend_from_slice(&self.to_be_bytes());
                 Ok(())
@@ -109,9 +183,13 @@ macro_rules! be_numbers {
         }
     )*};
 }
-be_numbers!(i8, i16, i32, i64, i128, u8, u16, u32, u64, u128, f32, f64);
+be_numbers!(
+    i8 => I8, i16 => I16, i32 => I32, i64 => I64, i128 => I128, u8 => U8, u16 => U16,
+    u32 => U32, u64 => U64, u128 => U128, f32 => F32, f64 => F64
+);
 
 impl FieldCodec for char {
+    const CODEC: CodecId = CodecId::Char;
     fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
         out.extend_from_slice(&u32::from(*self).to_be_bytes());
         Ok(())
@@ -123,10 +201,21 @@ impl FieldCodec for char {
 }
 
 impl<T: FieldCodec> FieldCodec for Option<T> {
+    const FIXED_LEN: Option<usize> = match T::FIXED_LEN {
+        Some(n) => Some(n + 1),
+        None => None,
+    };
+    fn size_hint(&self) -> usize {
+        1 + match self {
+            Some(v) => v.size_hint(),
+            None => T::FIXED_LEN.unwrap_or(0),
+        }
+    }
     fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
         match self {
             None => {
                 out.push(0);
+                out.resize(out.len() + T::FIXED_LEN.unwrap_or(0), 0);
                 Ok(())
             }
             Some(v) => {
@@ -137,19 +226,32 @@ impl<T: FieldCodec> FieldCodec for Option<T> {
     }
     fn decode(bytes: &[u8]) -> Result<Self> {
         match bytes.split_first() {
-            Some((0, [])) => Ok(None),
+            Some((0, rest)) => hidden_none(rest, T::FIXED_LEN).map(|()| None),
             Some((1, rest)) => T::decode(rest).map(Some),
-            Some((0, _)) => Err(Error::codec(
-                "Option",
-                "trailing bytes after the NULL marker",
-            )),
             Some((b, _)) => Err(Error::codec("Option", format!("invalid marker 0x{b:02x}"))),
             None => Err(Error::codec("Option", "empty value has no NULL marker")),
         }
     }
 }
 
+/// Check what follows the `0x00` marker of a `None`: nothing (how 0.1 wrote
+/// every `None`), or exactly `fixed_len` zero bytes for a fixed-width type.
+pub(crate) fn hidden_none(rest: &[u8], fixed_len: Option<usize>) -> Result<()> {
+    if rest.is_empty() || (Some(rest.len()) == fixed_len && rest.iter().all(|&b| b == 0)) {
+        Ok(())
+    } else {
+        Err(Error::codec(
+            "Option",
+            "trailing bytes after the NULL marker",
+        ))
+    }
+}
+
 impl FieldCodec for serde_json::Value {
+    const CODEC: CodecId = CodecId::Json;
+    fn size_hint(&self) -> usize {
+        json_len(self)
+    }
     fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
         json_encode(self, out)
     }
@@ -178,6 +280,10 @@ impl<T> std::ops::DerefMut for Json<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> FieldCodec for Json<T> {
+    const CODEC: CodecId = CodecId::Json;
+    fn size_hint(&self) -> usize {
+        json_len(&self.0)
+    }
     fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
         json_encode(&self.0, out)
     }
@@ -195,6 +301,27 @@ pub fn json_encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Resul
             format!("JSON encoding failed: {}", e.classify_msg()),
         )
     })
+}
+
+/// The exact length of the compact JSON of `value` (0 if it cannot be
+/// serialised; encoding then reports the error), computed without buffering
+/// the text, so the plaintext buffer can be reserved once.
+pub fn json_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    match serde_json::to_writer(&mut c, value) {
+        Ok(()) => c.0,
+        Err(_) => 0,
+    }
 }
 
 /// The decoding of [`Json<T>`] and `#[encrypt(json)]`.
@@ -231,6 +358,7 @@ impl ClassifyMsg for serde_json::Error {
 
 #[cfg(feature = "uuid")]
 impl FieldCodec for uuid::Uuid {
+    const CODEC: CodecId = CodecId::Uuid;
     fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
         out.extend_from_slice(self.as_bytes());
         Ok(())
@@ -275,12 +403,13 @@ mod datetime {
 mod chrono_impls {
     use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Timelike, Utc};
 
-    use super::{FieldCodec, datetime, exact};
+    use super::{CodecId, FieldCodec, datetime, exact};
     use crate::error::{Error, Result};
 
     const EPOCH: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
 
     impl FieldCodec for NaiveDate {
+        const CODEC: CodecId = CodecId::Date;
         fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
             // chrono dates span about ±262,000 years: the day count fits an i32.
             let days = i32::try_from(self.signed_duration_since(EPOCH).num_days())
@@ -297,6 +426,7 @@ mod chrono_impls {
     }
 
     impl FieldCodec for NaiveTime {
+        const CODEC: CodecId = CodecId::Time;
         fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
             datetime::put_time(out, self.num_seconds_from_midnight(), self.nanosecond());
             Ok(())
@@ -309,6 +439,7 @@ mod chrono_impls {
     }
 
     impl FieldCodec for DateTime<Utc> {
+        const CODEC: CodecId = CodecId::DateTime;
         fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
             datetime::put_instant(out, self.timestamp(), self.timestamp_subsec_nanos());
             Ok(())
@@ -321,6 +452,7 @@ mod chrono_impls {
     }
 
     impl FieldCodec for NaiveDateTime {
+        const CODEC: CodecId = CodecId::DateTime;
         fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
             self.and_utc().encode(out)
         }
@@ -337,13 +469,14 @@ mod chrono_impls {
 mod time_impls {
     use time::{Date, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
-    use super::{FieldCodec, datetime, exact};
+    use super::{CodecId, FieldCodec, datetime, exact};
     use crate::error::{Error, Result};
 
     // Julian day number of 1970-01-01.
     const EPOCH_JULIAN: i32 = 2_440_588;
 
     impl FieldCodec for Date {
+        const CODEC: CodecId = CodecId::Date;
         fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
             let days = self.to_julian_day() - EPOCH_JULIAN;
             out.extend_from_slice(&days.to_be_bytes());
@@ -358,6 +491,7 @@ mod time_impls {
     }
 
     impl FieldCodec for Time {
+        const CODEC: CodecId = CodecId::Time;
         fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
             let (h, m, s, n) = self.as_hms_nano();
             datetime::put_time(
@@ -378,6 +512,7 @@ mod time_impls {
     }
 
     impl FieldCodec for PrimitiveDateTime {
+        const CODEC: CodecId = CodecId::DateTime;
         fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
             let utc = self.assume_utc();
             datetime::put_instant(out, utc.unix_timestamp(), utc.nanosecond());
@@ -391,6 +526,7 @@ mod time_impls {
     }
 
     impl FieldCodec for OffsetDateTime {
+        const CODEC: CodecId = CodecId::OffsetDateTime;
         fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
             datetime::put_instant(out, self.unix_timestamp(), self.nanosecond());
             out.extend_from_slice(&self.offset().whole_seconds().to_be_bytes());
@@ -453,8 +589,10 @@ mod tests {
         assert_eq!(enc(&1.5_f64), [0x3f, 0xf8, 0, 0, 0, 0, 0, 0]);
         assert_eq!(enc(&1.0_f32), [0x3f, 0x80, 0, 0]);
         assert_eq!(enc(&'A'), [0, 0, 0, 0x41]);
-        assert_eq!(enc(&None::<i16>), [0]);
+        assert_eq!(enc(&None::<i16>), [0, 0, 0]);
         assert_eq!(enc(&Some(7_i16)), [1, 0, 7]);
+        assert_eq!(enc(&None::<String>), [0]);
+        assert_eq!(enc(&Some(String::from("a"))), [1, b'a']);
         assert_eq!(
             enc(&serde_json::json!({"a": [1, null]})),
             br#"{"a":[1,null]}"#
@@ -511,11 +649,66 @@ mod tests {
         is_codec_err(char::decode(&[0, 0x11, 0, 0]));
         is_codec_err(Option::<i8>::decode(&[]));
         is_codec_err(Option::<i8>::decode(&[2, 0]));
-        is_codec_err(Option::<i8>::decode(&[0, 0]));
+        is_codec_err(Option::<i8>::decode(&[0, 1]));
+        is_codec_err(Option::<i8>::decode(&[0, 0, 0]));
+        is_codec_err(Option::<String>::decode(&[0, 0]));
         is_codec_err(Option::<i8>::decode(&[1]));
         is_codec_err(serde_json::Value::decode(b"{"));
         is_codec_err(Json::<Vec<u8>>::decode(br#"["x"]"#));
         is_codec_err(Json::<u8>::decode(b""));
+    }
+
+    #[test]
+    fn hidden_none_has_the_length_of_some_for_fixed_width_types() {
+        assert_eq!(<Option<i64>>::FIXED_LEN, Some(9));
+        assert_eq!(<Option<Option<u8>>>::FIXED_LEN, Some(3));
+        assert_eq!(<Option<String>>::FIXED_LEN, None);
+        assert_eq!(enc(&None::<i64>).len(), enc(&Some(i64::MAX)).len());
+        assert_eq!(enc(&None::<u128>).len(), 17);
+        // What 0.1 wrote for every `None`, and what it writes now.
+        assert_eq!(Option::<i64>::decode(&[0]).expect("legacy"), None);
+        assert_eq!(Option::<i64>::decode(&[0; 9]).expect("filled"), None);
+        assert_eq!(Option::<String>::decode(&[0]).expect("variable"), None);
+        round(None::<i64>);
+        round(Some(None::<i64>));
+    }
+
+    #[test]
+    fn size_hints_are_exact_for_built_in_types() {
+        fn exact<T: FieldCodec>(v: T) {
+            assert_eq!(
+                v.size_hint(),
+                enc(&v).len(),
+                "{}",
+                std::any::type_name::<T>()
+            );
+        }
+        exact(String::from("héllo"));
+        exact(vec![1u8, 2, 3]);
+        exact(7_i32);
+        exact(Some(String::from("x")));
+        exact(None::<String>);
+        exact(None::<u64>);
+        exact(Some(Some(3_u16)));
+        exact(serde_json::json!({"a": [1, "b"]}));
+        exact(Json(vec![String::from("x")]));
+    }
+
+    #[test]
+    fn owned_decoding_takes_the_buffer_over() {
+        let buf = Zeroizing::new(b"Ada".to_vec());
+        let ptr = buf.as_ptr();
+        let s = String::decode_owned(buf).expect("utf8");
+        assert_eq!((s.as_str(), s.as_ptr()), ("Ada", ptr), "no copy");
+        let buf = Zeroizing::new(vec![1u8, 2]);
+        let ptr = buf.as_ptr();
+        let v = Vec::<u8>::decode_owned(buf).expect("bytes");
+        assert_eq!(v.as_ptr(), ptr);
+        is_codec_err(String::decode_owned(Zeroizing::new(vec![b'a', 0xff])));
+        assert_eq!(
+            i16::decode_owned(Zeroizing::new(vec![0, 5])).expect("i16"),
+            5
+        );
     }
 
     #[test]

@@ -7,12 +7,22 @@
 //! implements `sqlx::FromRow`, and only [`Sealed`] implements sqlx `Encode` for
 //! encrypted columns, so plaintext cannot be written to or read from the database
 //! by accident: the only way from one type to the other is through the
-//! [`Envelope`] ([`Encrypted::seal`], [`SealedRow::open`], [`open_all`]).
+//! [`Envelope`].
+//!
+//! Most code never sees the sealed row. The derive also writes the model's
+//! table for every enabled driver ([`Table`]): `patient.insert(&envelope,
+//! &pool)`, `update`, `update_fields(&[PatientColumn::Phone])`,
+//! `Patient::fetch_by_key`; and any `query_as` on the sealed row opens its
+//! results in the same call ([`QueryAsExt::opened`]). Values are sealed and
+//! opened in batches: a row (or a batch of rows) makes one
+//! [`Envelope::seal_many`] call; a result set resolves each data key once and
+//! is opened across cores when it is large ([`open_all`], [`open_each`],
+//! [`open_stream`]).
 //!
 //! ```no_run
-//! use sqlx_envelope::{Encrypted, Envelope};
+//! use sqlx_envelope::{Encrypted, Envelope, QueryAsExt};
 //!
-//! #[derive(Encrypted)]
+//! #[derive(Encrypted, Debug)]
 //! #[envelope(table = "patients", id = "id")]
 //! struct Patient {
 //!     id: i64,
@@ -20,39 +30,59 @@
 //!     name: String,
 //! }
 //!
-//! # async fn demo(envelope: Envelope, patient: Patient) -> sqlx_envelope::Result<()> {
-//! let sealed: PatientSealed = patient.seal(&envelope).await?;
-//! let patient: Patient = sealed.open(&envelope).await?;
+//! # async fn demo(envelope: Envelope, pool: sqlx::SqlitePool, patient: Patient) -> sqlx_envelope::Result<()> {
+//! patient.insert(&envelope, &pool).await?;
+//! let again: Option<Patient> = Patient::fetch_by_key(&envelope, &pool, &patient.id).await?;
+//! let all: Vec<Patient> = sqlx::query_as::<_, PatientSealed>("SELECT * FROM patients")
+//!     .opened(&envelope)
+//!     .fetch_all(&pool)
+//!     .await?;
 //! # Ok(()) }
 //! ```
 //!
-//! See the README's "Encrypted models" section (also `docs/models.md`) for the attributes, the id patterns and the query
-//! patterns; [`codec`] for the plaintext encoding of each field type.
+//! See `docs/models.md` for the attributes, the id patterns and the query
+//! patterns; [`codec`] for the plaintext encoding of each field type and
+//! [`framing`] for `hide_null` and `pad`.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 
 use crate::context::{PkPart, RowId};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
-use crate::key::{DataKey, KeyId};
 use crate::sealed::Sealed;
 
+pub mod batch;
 pub mod codec;
+pub mod describe;
+pub mod framing;
 pub mod padding;
+pub mod plain;
+pub mod query;
+pub mod table;
 
+pub use batch::{open_all, open_each, open_stream};
 pub use codec::{FieldCodec, Json};
+pub use describe::{
+    EncryptedColumn, KeyColumn, ModelDescription, PkKind, TenantColumn, TenantKind,
+};
+pub use framing::{Framing, PlainBuf};
+pub use plain::{CodecId, PlainValue};
+pub use query::{Opened, QueryAsExt, SealedQuery};
+pub use table::{Dialect, Table};
 
-/// Data keys resolved for a batch, by id (what [`Envelope::resolve_keys`]
-/// returns).
-pub type KeyMap = HashMap<KeyId, Arc<DataKey>>;
+pub use crate::envelope::KeySet;
 
 /// A model with encrypted fields. Implemented by `#[derive(Encrypted)]`; see the
 /// [module documentation](self).
-pub trait Encrypted: Sized + Send + Sync {
+pub trait Encrypted: Sized + Send + Sync + 'static {
     /// The sealed row type generated for this model (`<Name>Sealed`).
     type Sealed: SealedRow<Model = Self>;
+    /// The primary key: the key field's type, or a tuple of the key fields'
+    /// types in key order (`id(region, number)`: `(String, i32)`).
+    type Key: Send + Sync;
+    /// The columns [`table::update_fields`] can write: the generated
+    /// `<Name>Column` enum (every column but the primary key and the tenant).
+    type Column: Column;
 
     /// The table the model is stored in.
     const TABLE: &'static str;
@@ -64,6 +94,9 @@ pub trait Encrypted: Sized + Send + Sync {
     const COLUMNS: &'static [&'static str];
     /// The encrypted columns, in field order.
     const ENCRYPTED_COLUMNS: &'static [&'static str];
+    /// The whole description: what jobs need to migrate, re-encrypt and verify
+    /// the model (see [`describe`]).
+    const DESCRIPTION: &'static ModelDescription;
 
     /// The row id the values are bound to, or `None` if a part of the primary
     /// key is not set yet (an `Option` id that is `None`).
@@ -72,22 +105,35 @@ pub trait Encrypted: Sized + Send + Sync {
     /// The tenant the values are bound to, if any.
     fn tenant(&self) -> Option<String>;
 
-    /// Encrypt every `#[encrypt]` field. Fails with [`Error::MissingRowId`] if the
-    /// primary key is not set.
-    fn seal(&self, envelope: &Envelope) -> impl Future<Output = Result<Self::Sealed>> + Send;
+    /// The framed plaintext of encrypted field `field` (an index into
+    /// `DESCRIPTION.encrypted`), or `None` for SQL NULL. Generated; used by
+    /// the batch sealer.
+    #[doc(hidden)]
+    fn __encode_field(&self, field: usize) -> Result<Option<PlainBuf>>;
 
-    /// Encrypt many models (values of one scope share the active data key).
+    /// The sealed row of this model, taking one value per encrypted field (in
+    /// field order) from `values`. Generated; used by the batch sealer.
+    #[doc(hidden)]
+    fn __assemble(&self, values: &mut std::vec::IntoIter<Option<Sealed>>) -> Result<Self::Sealed>;
+
+    /// Encrypt every `#[encrypt]` field (one [`Envelope::seal_many`] call).
+    /// Fails with [`Error::MissingRowId`] if the primary key is not set.
+    fn seal(&self, envelope: &Envelope) -> impl Future<Output = Result<Self::Sealed>> + Send {
+        async move {
+            batch::seal_all(envelope, std::slice::from_ref(self))
+                .await?
+                .pop()
+                .ok_or_else(|| Error::Config("sealing one model returned no row".into()))
+        }
+    }
+
+    /// Encrypt many models: every value of the batch in one
+    /// [`Envelope::seal_many`] call.
     fn seal_all(
         envelope: &Envelope,
         models: &[Self],
     ) -> impl Future<Output = Result<Vec<Self::Sealed>>> + Send {
-        async move {
-            let mut out = Vec::with_capacity(models.len());
-            for m in models {
-                out.push(m.seal(envelope).await?);
-            }
-            Ok(out)
-        }
+        batch::seal_all(envelope, models)
     }
 
     /// Decrypt a result set; see [`open_all`].
@@ -97,12 +143,29 @@ pub trait Encrypted: Sized + Send + Sync {
     ) -> impl Future<Output = Result<Vec<Self>>> + Send {
         open_all(envelope, rows)
     }
+
+    /// Decrypt a result set row by row; see [`open_each`].
+    fn open_each(
+        envelope: &Envelope,
+        rows: Vec<Self::Sealed>,
+    ) -> impl Future<Output = Vec<Result<Self>>> + Send {
+        open_each(envelope, rows)
+    }
+}
+
+/// A column of a model, as the generated `<Name>Column` enum names it: what
+/// [`table::update_fields`] writes.
+pub trait Column: Copy + Eq + std::fmt::Debug + Send + Sync + 'static {
+    /// The column's SQL name.
+    fn name(self) -> &'static str;
+    /// Its position in [`Encrypted::COLUMNS`].
+    fn index(self) -> usize;
 }
 
 /// The sealed row of a model: ciphertext for encrypted fields, everything else
 /// as is. Implemented by `#[derive(Encrypted)]` on the generated `<Name>Sealed`
 /// type, which also implements `sqlx::FromRow`.
-pub trait SealedRow: Sized + Send + Sync {
+pub trait SealedRow: Sized + Send + Sync + 'static {
     /// The plaintext model.
     type Model: Encrypted<Sealed = Self>;
 
@@ -112,36 +175,39 @@ pub trait SealedRow: Sized + Send + Sync {
     /// The tenant the values are bound to, if any.
     fn tenant(&self) -> Option<String>;
 
+    /// Call `f` with each stored value of the encrypted fields and its column
+    /// (NULLs skipped), in field order.
+    fn for_each_sealed<'a>(&'a self, f: &mut dyn FnMut(&'static str, &'a Sealed));
+
     /// The stored values of the encrypted fields (NULLs omitted).
-    fn sealed_values(&self) -> Vec<&Sealed>;
+    fn sealed_values(&self) -> Vec<&Sealed> {
+        let mut out = Vec::with_capacity(<Self::Model as Encrypted>::ENCRYPTED_COLUMNS.len());
+        self.for_each_sealed(&mut |_, s| out.push(s));
+        out
+    }
+
+    /// Decrypt each value in its own buffer, reporting which column failed.
+    /// Generated; [`SealedRow::open_with`] and the batch openers call it.
+    #[doc(hidden)]
+    fn __open(self, keys: &KeySet) -> std::result::Result<Self::Model, batch::OpenFailure>;
 
     /// Decrypt with data keys already resolved (see [`open_all`]). A value whose
-    /// key is not in `keys` fails with [`Error::UnknownKey`].
-    fn open_with(self, keys: &KeyMap) -> Result<Self::Model>;
+    /// key is not in `keys` fails with [`Error::UnknownKey`]. Each value is
+    /// decrypted in the buffer it was read into (no copy of the ciphertext),
+    /// and `String`/`Vec<u8>` fields take that buffer over.
+    fn open_with(self, keys: &KeySet) -> Result<Self::Model> {
+        self.__open(keys).map_err(|f| f.error)
+    }
 
     /// Decrypt this row.
     fn open(self, envelope: &Envelope) -> impl Future<Output = Result<Self::Model>> + Send {
         async move {
             let keys = envelope
-                .resolve_keys(self.sealed_values().into_iter().map(Sealed::as_bytes))
+                .keys_for(self.sealed_values().into_iter().map(Sealed::as_bytes))
                 .await?;
             self.open_with(&keys)
         }
     }
-}
-
-/// Decrypt a whole result set: each distinct data key is resolved once (all of
-/// them concurrently, through the envelope's cache), then every value is
-/// decrypted locally. Fails on the first value that does not open.
-pub async fn open_all<S: SealedRow>(envelope: &Envelope, rows: Vec<S>) -> Result<Vec<S::Model>> {
-    let keys = envelope
-        .resolve_keys(
-            rows.iter()
-                .flat_map(|r| r.sealed_values())
-                .map(Sealed::as_bytes),
-        )
-        .await?;
-    rows.into_iter().map(|r| r.open_with(&keys)).collect()
 }
 
 /// A field type that can be (part of) a primary key: its canonical [`PkPart`].
@@ -149,24 +215,31 @@ pub async fn open_all<S: SealedRow>(envelope: &Envelope, rows: Vec<S>) -> Result
 /// Integers up to 32 bits unsigned and 64 bits signed, `String`, `Vec<u8>` and
 /// `uuid::Uuid`; `Option<T>` of these is "not set yet" when `None`.
 pub trait PkField {
+    /// How the part is canonicalised.
+    const KIND: PkKind;
+
     /// The key part, or `None` when the key is not set.
     fn pk_part(&self) -> Option<PkPart>;
 }
 
 macro_rules! pk_field {
-    ($($t:ty),*) => {$(
+    ($kind:ident: $($t:ty),*) => {$(
         impl PkField for $t {
+            const KIND: PkKind = PkKind::$kind;
             fn pk_part(&self) -> Option<PkPart> {
                 Some(PkPart::from(self.clone()))
             }
         }
     )*};
 }
-pk_field!(i8, i16, i32, i64, u8, u16, u32, String, Vec<u8>);
+pk_field!(Int: i8, i16, i32, i64, u8, u16, u32);
+pk_field!(Text: String);
+pk_field!(Bytes: Vec<u8>);
 #[cfg(feature = "uuid")]
-pk_field!(uuid::Uuid);
+pk_field!(Uuid: uuid::Uuid);
 
 impl<T: PkField> PkField for Option<T> {
+    const KIND: PkKind = T::KIND;
     fn pk_part(&self) -> Option<PkPart> {
         self.as_ref().and_then(PkField::pk_part)
     }
@@ -178,11 +251,15 @@ impl<T: PkField> PkField for Option<T> {
 /// `String` as is; integers in decimal; `uuid::Uuid` hyphenated lower case;
 /// `Option<T>` of these is "no tenant" when `None`.
 pub trait TenantField {
+    /// How the value becomes the tenant string.
+    const KIND: TenantKind;
+
     /// The tenant, or `None` for a row without one.
     fn tenant(&self) -> Option<String>;
 }
 
 impl TenantField for String {
+    const KIND: TenantKind = TenantKind::Text;
     fn tenant(&self) -> Option<String> {
         Some(self.clone())
     }
@@ -191,6 +268,7 @@ impl TenantField for String {
 macro_rules! tenant_int {
     ($($t:ty),*) => {$(
         impl TenantField for $t {
+            const KIND: TenantKind = TenantKind::Int;
             fn tenant(&self) -> Option<String> {
                 Some(self.to_string())
             }
@@ -201,12 +279,14 @@ tenant_int!(i16, i32, i64, u16, u32, u64);
 
 #[cfg(feature = "uuid")]
 impl TenantField for uuid::Uuid {
+    const KIND: TenantKind = TenantKind::Uuid;
     fn tenant(&self) -> Option<String> {
         Some(self.hyphenated().to_string())
     }
 }
 
 impl<T: TenantField> TenantField for Option<T> {
+    const KIND: TenantKind = T::KIND;
     fn tenant(&self) -> Option<String> {
         self.as_ref().and_then(TenantField::tenant)
     }
@@ -229,50 +309,79 @@ pub mod __private {
     pub use sqlx;
     pub use zeroize::Zeroizing;
 
-    use super::KeyMap;
+    pub use super::batch::OpenFailure;
+    pub use super::describe::{EncryptedColumn, KeyColumn, ModelDescription, TenantColumn};
+    use super::{CodecId, FieldCodec, KeySet, PlainValue};
+    pub use super::{Framing, PkField, PlainBuf, TenantField};
     use crate::context::Context;
-    use crate::envelope::Envelope;
     use crate::error::{Error, Result};
-    pub use crate::model::codec::{json_decode, json_encode};
-    use crate::sealed::{Plaintext, Sealed};
+    pub use crate::model::codec::{json_decode, json_encode, json_len};
+    use crate::sealed::Sealed;
 
-    /// Seal encoded plaintext, padded to a multiple of `pad` bytes if `pad > 0`.
-    pub async fn seal_bytes(
-        envelope: &Envelope,
+    /// Open one stored value in its own buffer and remove its frame: the
+    /// encoded field value, or `None` for a hidden NULL.
+    pub fn open_field(
+        keys: &KeySet,
         ctx: &Context<'_>,
-        mut plaintext: Zeroizing<Vec<u8>>,
-        pad: usize,
-    ) -> Result<Sealed> {
-        if pad > 0 {
-            super::padding::pad(&mut plaintext, pad);
-        }
-        envelope.seal(ctx, &plaintext).await
+        value: Sealed,
+        framing: Framing,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let plain = keys.open_in_place(ctx, value.into_bytes())?;
+        framing.unframe(plain)
     }
 
-    /// Open a value with resolved keys, removing padding if `pad > 0`.
-    pub fn open_bytes(
-        keys: &KeyMap,
-        ctx: &Context<'_>,
-        value: &Sealed,
-        pad: usize,
-    ) -> Result<Plaintext> {
-        let id = value.key_id();
-        let key = keys.get(&id).ok_or(Error::UnknownKey(id))?;
-        let mut bytes = crate::format::open(key, ctx, value.as_bytes())?;
-        if pad > 0 {
-            let len = super::padding::unpad(&bytes)?.len();
-            bytes.truncate(len);
-        }
-        Ok(Plaintext::new(bytes))
+    /// The error for a stored value whose frame says NULL in a column whose
+    /// field cannot be `None`.
+    pub fn unexpected_null(column: &'static str) -> Error {
+        Error::codec(
+            "Option",
+            format!("column {column} holds a hidden NULL but its field is not an Option"),
+        )
     }
 
-    /// Split the hidden-NULL marker of a `hide_null` field.
-    pub fn split_marker(bytes: &[u8]) -> Result<Option<&[u8]>> {
-        match bytes.split_first() {
-            Some((0, [])) => Ok(None),
-            Some((1, rest)) => Ok(Some(rest)),
-            _ => Err(Error::codec("Option", "invalid NULL marker")),
-        }
+    /// The error for a batch sealer that handed a model fewer values than it
+    /// has encrypted fields (a bug, reported instead of a panic).
+    pub fn missing_value(column: &'static str) -> Error {
+        Error::Config(format!(
+            "internal error: no sealed value for column {column}"
+        ))
+    }
+
+    /// The model's own codec for a description: plaintext value → bytes.
+    pub fn encode_plain_with<T: FieldCodec>(
+        value: &PlainValue,
+        out: &mut Zeroizing<Vec<u8>>,
+    ) -> Result<()> {
+        let v = T::from_plain(value)?;
+        out.reserve_exact(v.size_hint());
+        v.encode(out)
+    }
+
+    /// The model's own codec for a description: bytes → plaintext value.
+    pub fn decode_plain_with<T: FieldCodec>(bytes: &[u8]) -> Result<PlainValue> {
+        T::decode(bytes)?.to_plain()
+    }
+
+    /// `#[encrypt(json)]` fields: plaintext value → compact JSON of `T`.
+    pub fn encode_plain_json<T: serde::Serialize + serde::de::DeserializeOwned>(
+        value: &PlainValue,
+        out: &mut Zeroizing<Vec<u8>>,
+    ) -> Result<()> {
+        let mut tmp = Zeroizing::new(Vec::with_capacity(value.size_hint()));
+        crate::model::plain::encode_plain(CodecId::Json, value, &mut tmp)?;
+        let v: T = json_decode(&tmp)?;
+        out.reserve_exact(json_len(&v));
+        json_encode(&v, out)
+    }
+
+    /// `#[encrypt(json)]` fields: compact JSON of `T` → plaintext value.
+    pub fn decode_plain_json<T: serde::Serialize + serde::de::DeserializeOwned>(
+        bytes: &[u8],
+    ) -> Result<PlainValue> {
+        let v: T = json_decode(bytes)?;
+        let mut tmp = Zeroizing::new(Vec::with_capacity(json_len(&v)));
+        json_encode(&v, &mut tmp)?;
+        crate::model::plain::decode_plain(CodecId::Json, &tmp)
     }
 
     /// Debug output of a sealed column: its length only.
@@ -311,26 +420,5 @@ mod tests {
             uuid::Uuid::nil().tenant().as_deref(),
             Some("00000000-0000-0000-0000-000000000000")
         );
-    }
-
-    #[test]
-    fn hidden_null_marker() {
-        assert_eq!(__private::split_marker(&[0]).expect("null"), None);
-        assert_eq!(
-            __private::split_marker(&[1, 9]).expect("some"),
-            Some(&[9u8][..])
-        );
-        assert!(matches!(
-            __private::split_marker(&[]),
-            Err(Error::Codec { .. })
-        ));
-        assert!(matches!(
-            __private::split_marker(&[0, 1]),
-            Err(Error::Codec { .. })
-        ));
-        assert!(matches!(
-            __private::split_marker(&[2]),
-            Err(Error::Codec { .. })
-        ));
     }
 }

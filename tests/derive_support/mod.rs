@@ -57,3 +57,32 @@ macro_rules! select_all {
 
 /// The text column type usable in a primary key on every database.
 pub const KEY_TEXT: &str = "VARCHAR(64)";
+
+/// A database of one kind where the model's own table names (`patients`) are
+/// free: [`support::Db::connect`] already gives every test a namespace of its
+/// own (schema, database or file), so this only names that guarantee.
+#[cfg(all(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub struct Isolated {
+    pub db: support::Db,
+}
+
+#[cfg(all(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+use crate::support;
+
+#[cfg(all(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+impl Isolated {
+    pub async fn new(kind: support::Kind) -> Isolated {
+        Isolated {
+            db: support::Db::connect(kind).await,
+        }
+    }
+
+    /// Close the pool (`scripts/test.sh` drops leftover namespaces).
+    pub async fn drop_all(self) {
+        match &self.db {
+            support::Db::Postgres(p) => p.close().await,
+            support::Db::MySql(p) => p.close().await,
+            support::Db::Sqlite(..) => {}
+        }
+    }
+}

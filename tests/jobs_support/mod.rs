@@ -11,7 +11,7 @@ use base64::Engine as _;
 use sqlx_envelope::jobs::JobPool;
 use sqlx_envelope::{Context, Envelope, KeyId, LocalKeyring, RowId};
 
-use crate::support::{Db, Kind, mysql_url, pg_url};
+use crate::support::{Db, Kind};
 
 /// The jobs API's pool over a test database.
 pub fn job_pool(db: &Db) -> JobPool {
@@ -24,11 +24,7 @@ pub fn job_pool(db: &Db) -> JobPool {
 
 /// A URL another process (the CLI) can open the same database with.
 pub fn db_url(db: &Db) -> String {
-    match db {
-        Db::Postgres(_) => pg_url(),
-        Db::MySql(_) => mysql_url(),
-        Db::Sqlite(_, dir) => format!("sqlite:{}", dir.path().join("test.db").display()),
-    }
+    db.url()
 }
 
 /// A local master key file in `dir` with the given `name -> key` entries.

@@ -45,31 +45,59 @@ pub enum Db {
 }
 
 impl Db {
-    /// Connect (failing loudly if the server is down) and migrate the key store.
+    /// Connect (failing loudly if the server is down) to a namespace of this
+    /// test's own and migrate the key store there: a fresh schema on
+    /// PostgreSQL, a fresh database on MariaDB, a fresh file on SQLite. Tests
+    /// never share key stores or tables, across threads or across runs
+    /// (`scripts/test.sh` drops what earlier runs left behind: `t_*`).
     pub async fn connect(kind: Kind) -> Db {
+        let name = unique("t");
         let db = match kind {
             Kind::Postgres => {
                 let url = pg_url();
-                let pool = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(8)
+                let admin = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect(&url)
                     .await
                     .unwrap_or_else(|e| {
                         panic!("PostgreSQL at {url} is required (run scripts/test.sh): {e}")
                     });
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+                    .execute(&admin)
+                    .await
+                    .expect("create schema");
+                admin.close().await;
+                let url = isolated_url(Kind::Postgres, &name);
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(&url)
+                    .await
+                    .expect("PostgreSQL");
                 Db::Postgres(pool)
             }
             Kind::MySql => {
                 let url = mysql_url();
-                let pool = sqlx::mysql::MySqlPoolOptions::new()
-                    .max_connections(8)
+                let admin = sqlx::mysql::MySqlPoolOptions::new()
+                    .max_connections(1)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect(&url)
                     .await
                     .unwrap_or_else(|e| {
                         panic!("MariaDB/MySQL at {url} is required (run scripts/test.sh): {e}")
                     });
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&admin)
+                    .await
+                    .expect("create database");
+                admin.close().await;
+                let pool = sqlx::mysql::MySqlPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(&isolated_url(Kind::MySql, &name))
+                    .await
+                    .expect("MariaDB");
                 Db::MySql(pool)
             }
             Kind::Sqlite => {
@@ -92,6 +120,25 @@ impl Db {
             .await
             .expect("key store migrations");
         db
+    }
+
+    /// The URL of this test's namespace (for a CLI run or a second process).
+    pub fn url(&self) -> String {
+        match self {
+            Db::Postgres(p) => {
+                let opts = p.connect_options();
+                let schema = opts
+                    .get_options()
+                    .and_then(|o| o.rsplit("search_path=").next())
+                    .expect("an isolated schema");
+                isolated_url(Kind::Postgres, schema)
+            }
+            Db::MySql(p) => isolated_url(
+                Kind::MySql,
+                p.connect_options().get_database().expect("a database"),
+            ),
+            Db::Sqlite(_, dir) => format!("sqlite:{}", dir.path().join("test.db").display()),
+        }
     }
 
     pub fn kind(&self) -> Kind {
@@ -243,6 +290,28 @@ impl Db {
 }
 
 /// A table name unique to this test run.
+/// The URL of the isolated namespace `name` (PostgreSQL: the base database
+/// with `search_path` set to the schema; MariaDB: the database).
+pub fn isolated_url(kind: Kind, name: &str) -> String {
+    match kind {
+        Kind::Postgres => {
+            let base = pg_url();
+            let sep = if base.contains('?') { '&' } else { '?' };
+            format!("{base}{sep}options=-c%20search_path%3D{name}")
+        }
+        Kind::MySql => {
+            let base = mysql_url();
+            let (head, query) = match base.split_once('?') {
+                Some((h, q)) => (h.to_owned(), format!("?{q}")),
+                None => (base.clone(), String::new()),
+            };
+            let root = head.rsplit_once('/').map(|(r, _)| r).unwrap_or(&head);
+            format!("{root}/{name}{query}")
+        }
+        Kind::Sqlite => unreachable!("SQLite tests use a file per test"),
+    }
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }

@@ -46,6 +46,12 @@ pub struct Global {
     #[arg(long, env = "SQLX_ENVELOPE_KMS_REGION", global = true)]
     pub kms_region: Option<String>,
 
+    /// JSON file mapping tenants to their own master keys (bring your own key):
+    /// `{"acme": {"kms_key_ids": ["arn:..."], "kms_region": "eu-west-1"},
+    /// "globex": {"local_keys_file": "globex.json"}}`.
+    #[arg(long, env = "SQLX_ENVELOPE_TENANT_KEYS", global = true)]
+    pub tenant_keys: Option<std::path::PathBuf>,
+
     /// Database connections to open at most.
     #[arg(long, default_value_t = 8, global = true)]
     pub max_connections: u32,
@@ -101,16 +107,89 @@ impl Global {
         }
     }
 
-    /// Pool, and an envelope over its key store and the keyring.
+    /// Pool, and an envelope over its key store, the keyring and the tenant
+    /// keyrings of `--tenant-keys`.
     pub async fn envelope(&self) -> Result<(JobPool, Envelope), Failure> {
         let pool = self.pool().await?;
         let keyring = self.keyring().await?;
-        let envelope = Envelope::builder()
+        let mut builder = Envelope::builder()
             .keyring_arc(keyring)
-            .store_arc(pool.key_store())
-            .build()?;
-        Ok((pool, envelope))
+            .store_arc(pool.key_store());
+        if let Some(path) = &self.tenant_keys {
+            for (tenant, keyring) in tenant_keyrings(path, self).await? {
+                builder = builder.tenant_keyring_arc(tenant, keyring);
+            }
+        }
+        Ok((pool, builder.build()?))
     }
+}
+
+/// One tenant's master keys in the `--tenant-keys` file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantKeys {
+    #[serde(default)]
+    kms_key_ids: Vec<String>,
+    #[serde(default)]
+    kms_unwrap_only_key_ids: Vec<String>,
+    kms_region: Option<String>,
+    kms_endpoint: Option<String>,
+    local_keys_file: Option<std::path::PathBuf>,
+}
+
+async fn tenant_keyrings(
+    path: &std::path::Path,
+    g: &Global,
+) -> Result<Vec<(String, Arc<dyn Keyring>)>, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::Error(format!(
+            "cannot read tenant keys file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let map: std::collections::BTreeMap<String, TenantKeys> = serde_json::from_str(&text)
+        .map_err(|e| {
+            Failure::Error(format!(
+                "tenant keys file {} is not a JSON object of tenant -> {{kms_key_ids, kms_unwrap_only_key_ids, kms_region, kms_endpoint, local_keys_file}}: {e}",
+                path.display()
+            ))
+        })?;
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    let mut out = Vec::new();
+    for (tenant, t) in map {
+        let mut members: Vec<Arc<dyn Keyring>> = Vec::new();
+        if !t.kms_key_ids.is_empty() {
+            let mut b = KmsKeyring::builder();
+            for k in &t.kms_key_ids {
+                b = b.key(k.trim());
+            }
+            for k in &t.kms_unwrap_only_key_ids {
+                b = b.unwrap_only_key(k.trim());
+            }
+            if let Some(e) = t.kms_endpoint.as_ref().or(g.kms_endpoint.as_ref()) {
+                b = b.endpoint_url(e);
+            }
+            if let Some(r) = t.kms_region.as_ref().or(g.kms_region.as_ref()) {
+                b = b.region(r);
+            }
+            members.push(Arc::new(b.build().await?));
+        }
+        if let Some(f) = &t.local_keys_file {
+            members.push(Arc::new(LocalKeyring::from_file(base.join(f))?));
+        }
+        let keyring: Arc<dyn Keyring> = match members.len() {
+            0 => {
+                return Err(Failure::Error(format!(
+                    "tenant {tenant:?} in {} names no master key: give kms_key_ids or local_keys_file",
+                    path.display()
+                )));
+            }
+            1 => members.pop().expect("one member"),
+            _ => Arc::new(MultiKeyring::new(members)?),
+        };
+        out.push((tenant, keyring));
+    }
+    Ok(out)
 }
 
 /// Parse `table.column[:pk]` (pk defaults to `id`).

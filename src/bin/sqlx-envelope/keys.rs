@@ -1,8 +1,9 @@
-//! `keys list | rewrap (rotate) | retire | destroy`.
+//! `keys list | rewrap (rotate) | retire | suspend | reactivate | destroy |
+//! shred-tenant | cleanup-pending | create-local-file`.
 
 use clap::{Args, Subcommand};
 use sqlx_envelope::jobs::rewrap::{RewrapOptions, rewrap_keys};
-use sqlx_envelope::jobs::{Progress, Target, destroy_key};
+use sqlx_envelope::jobs::{DestroyOptions, Progress, Target, destroy_key};
 use sqlx_envelope::{KeyId, KeyState, MasterKeyId};
 
 use crate::config::{Global, parse_column};
@@ -11,15 +12,53 @@ use crate::{CmdResult, Failure};
 /// Key commands.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// List data keys: id, state, scope, tenant, master keys wrapping it.
+    /// List keys (data, branch, index): id, kind, state, scope, tenant, what wraps it.
     List,
     /// Master-key rotation: re-wrap every data key under a new master key (no data row changes).
     #[command(visible_alias = "rotate")]
     Rewrap(RewrapArgs),
     /// Stop sealing new values with these data keys (state decrypt_only); their rows still open.
     Retire(IdsArgs),
-    /// Destroy data keys (crypto-shredding), refused (exit 3) while any row references them.
+    /// Emergency stop: keys refuse to seal and to open (state retired) until reactivated.
+    Suspend(IdsArgs),
+    /// Undo a suspend: retired keys open again (state decrypt_only; nothing returns to active).
+    Reactivate(IdsArgs),
+    /// Destroy data keys (crypto-shredding): waits for the seal horizon (exit 4), refused (exit 3) while any row references them.
     Destroy(DestroyArgs),
+    /// Crypto-shred a tenant: destroy its branch, data and index keys (every value of the tenant stops opening).
+    ShredTenant(ShredArgs),
+    /// Delete pending key reservations that never got material (processes killed mid-mint).
+    CleanupPending(CleanupArgs),
+    /// Create a local master key file with one fresh random key (mode 0600; refuses to overwrite).
+    CreateLocalFile(CreateLocalArgs),
+}
+
+/// `keys shred-tenant`.
+#[derive(Debug, Args)]
+pub struct ShredArgs {
+    /// The tenant.
+    pub tenant: String,
+    /// Required: this cannot be undone.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// `keys cleanup-pending`.
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Only reservations older than this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub older_than_secs: u64,
+}
+
+/// `keys create-local-file`.
+#[derive(Debug, Args)]
+pub struct CreateLocalArgs {
+    /// Where to write the key file.
+    pub path: std::path::PathBuf,
+    /// The master key's name (`local:<name>` in `keys list`).
+    #[arg(long, default_value = "app/1")]
+    pub name: String,
 }
 
 /// `keys rewrap`.
@@ -62,6 +101,15 @@ pub struct DestroyArgs {
     /// Also check this column (TABLE.COLUMN[:PK]); registered columns are always checked.
     #[arg(long = "column", value_parser = parse_column)]
     pub columns: Vec<Target>,
+    /// Seconds to wait past the key's seal horizon for values sealed just
+    /// before it to be written.
+    #[arg(long, default_value_t = 60)]
+    pub settle_secs: u64,
+    /// Do not wait for the key's seal horizon. Only when every process that
+    /// could still seal under the key is known to be stopped: values such a
+    /// process seals are lost with the key.
+    #[arg(long)]
+    pub unsafe_skip_seal_horizon: bool,
 }
 
 fn parse_id(s: &str) -> Result<KeyId, String> {
@@ -78,20 +126,32 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
     match cmd {
         KeysCommand::List => {
             let pool = g.pool().await?;
-            let keys = pool.key_store().list().await?;
+            let keys = pool
+                .key_store()
+                .list(&sqlx_envelope::store::KeyFilter::all())
+                .await?;
             println!(
-                "{:>8}  {:<12}  {:<24}  {:<12}  master keys",
-                "id", "state", "scope", "tenant"
+                "{:>8}  {:<6}  {:<12}  {:<24}  {:<12}  wrapped by",
+                "id", "kind", "state", "scope", "tenant"
             );
             for k in keys {
-                let masters: Vec<&str> = k.wrapped.iter().map(|w| w.master_key.as_str()).collect();
+                let by = match &k.parent {
+                    Some(p) => format!("branch key {}", p.parent),
+                    None => k
+                        .wrapped
+                        .iter()
+                        .map(|w| w.master_key.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                };
                 println!(
-                    "{:>8}  {:<12}  {:<24}  {:<12}  {}",
+                    "{:>8}  {:<6}  {:<12}  {:<24}  {:<12}  {}",
                     k.id.get(),
+                    k.kind.as_str(),
                     k.state.as_str(),
                     k.scope,
                     k.tenant.as_deref().unwrap_or("-"),
-                    masters.join(",")
+                    if by.is_empty() { "-".to_owned() } else { by }
                 );
             }
             Ok(())
@@ -117,15 +177,22 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
             let _ = bar.await;
             let r = report?;
             println!(
-                "rewrap{}: keys={} rewrapped={} already={} deleted_old={} rewrap_calls={} verify_calls={}",
+                "rewrap{}: keys={} rewrapped={} already={} deleted_old={} rewrap_calls={} verify_calls={} skipped_no_blob={} skipped_destroyed={}",
                 if a.dry_run { " (dry run)" } else { "" },
                 r.keys,
                 r.rewrapped,
                 r.already,
                 r.deleted,
                 r.rewrap_calls,
-                r.verify_calls
+                r.verify_calls,
+                r.skipped_no_blob,
+                r.skipped_destroyed
             );
+            if !a.dry_run {
+                println!(
+                    "next: run `sqlx-envelope verify --open` with the configuration your applications will use (new master key only) before retiring the old master key"
+                );
+            }
             Ok(())
         }
         KeysCommand::Retire(a) => {
@@ -148,14 +215,91 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
             );
             Ok(())
         }
+        KeysCommand::Suspend(a) => {
+            let (_pool, envelope) = g.envelope().await?;
+            for id in a.ids {
+                envelope.set_key_state(id, KeyState::Retired).await?;
+                println!("data key {id}: suspended (retired: refuses to seal and to open)");
+            }
+            println!(
+                "note: running applications refuse the key when their cached copy expires (decrypt TTL)"
+            );
+            Ok(())
+        }
+        KeysCommand::Reactivate(a) => {
+            let (_pool, envelope) = g.envelope().await?;
+            for id in a.ids {
+                envelope.set_key_state(id, KeyState::DecryptOnly).await?;
+                println!("data key {id}: retired -> decrypt_only (opens again, never seals)");
+            }
+            Ok(())
+        }
+        KeysCommand::ShredTenant(a) => {
+            if !a.yes {
+                return Err(Failure::Error(format!(
+                    "shredding tenant {:?} destroys every key of it and cannot be undone: pass --yes",
+                    a.tenant
+                )));
+            }
+            let (_pool, envelope) = g.envelope().await?;
+            let r = envelope.shred_tenant(&a.tenant).await?;
+            println!(
+                "tenant {}: destroyed data_keys={} branch_keys={} index_keys={} already_destroyed={}",
+                r.tenant, r.data_keys, r.branch_keys, r.index_keys, r.already_destroyed
+            );
+            println!(
+                "live database and replicas: every value of this tenant now fails as destroyed (other processes: once their cached keys expire)."
+            );
+            println!(
+                "backups taken earlier still hold its wrapped keys: they stay readable by whoever can restore them and use the master key(s) {}.",
+                if r.master_keys.is_empty() {
+                    "that wrapped them".to_owned()
+                } else {
+                    r.master_keys.join(", ")
+                }
+            );
+            println!(
+                "if those master keys serve this tenant alone (its own KMS key), schedule their deletion in KMS to make the backups unreadable too; a shared master key cannot be deleted for one tenant."
+            );
+            Ok(())
+        }
+        KeysCommand::CleanupPending(a) => {
+            let pool = g.pool().await?;
+            let n = pool
+                .key_store()
+                .cleanup_pending(std::time::Duration::from_secs(a.older_than_secs))
+                .await?;
+            println!(
+                "deleted {n} pending reservation(s) older than {}s",
+                a.older_than_secs
+            );
+            Ok(())
+        }
+        KeysCommand::CreateLocalFile(a) => {
+            let k = sqlx_envelope::LocalKeyring::create_file(&a.path, &a.name)?;
+            println!(
+                "created {} with master key {} (keep it secret and backed up: without it nothing opens)",
+                a.path.display(),
+                sqlx_envelope::Keyring::master_keys(&k)[0]
+            );
+            Ok(())
+        }
         KeysCommand::Destroy(a) => {
             let (pool, envelope) = g.envelope().await?;
+            let mut opts =
+                DestroyOptions::new().settle(std::time::Duration::from_secs(a.settle_secs));
+            for c in a.columns {
+                opts = opts.column(c);
+            }
+            if a.unsafe_skip_seal_horizon {
+                opts = opts.unsafe_skip_seal_horizon();
+            }
             for id in a.ids {
                 let bar = crate::progress::spinner(
                     &format!("counting rows on data key {id}"),
                     g.no_progress,
                 );
-                let done = destroy_key(&envelope, &pool, &a.columns, id).await;
+                let done = destroy_key(&envelope, &pool, &opts, id).await;
                 bar.finish_and_clear();
                 done?;
                 println!("data key {id}: destroyed");

@@ -26,6 +26,8 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_ERROR: u8 = 1;
 /// Exit code: verification found rows remaining / destructive step refused.
 pub const EXIT_ROWS_REMAIN: u8 = 3;
+/// Exit code: not yet (`keys destroy` before the key's seal horizon): retry later.
+pub const EXIT_NOT_YET: u8 = 4;
 /// Exit code: interrupted.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -85,6 +87,8 @@ pub enum Failure {
     Error(String),
     /// Exit 3.
     RowsRemain(String),
+    /// Exit 4.
+    NotYet(String),
     /// Exit 130.
     Interrupted,
 }
@@ -94,6 +98,7 @@ impl From<JobError> for Failure {
         match e {
             JobError::RowsRemain { .. } => Failure::RowsRemain(e.to_string()),
             JobError::Cancelled => Failure::Interrupted,
+            JobError::SealHorizon { .. } => Failure::NotYet(e.to_string()),
             other => Failure::Error(other.to_string()),
         }
     }
@@ -137,6 +142,10 @@ fn main() -> ExitCode {
         Err(Failure::RowsRemain(m)) => {
             eprintln!("rows remain: {m}");
             ExitCode::from(EXIT_ROWS_REMAIN)
+        }
+        Err(Failure::NotYet(m)) => {
+            eprintln!("not yet: {m}");
+            ExitCode::from(EXIT_NOT_YET)
         }
         Err(Failure::Interrupted) => {
             eprintln!(

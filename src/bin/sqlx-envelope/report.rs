@@ -2,7 +2,9 @@
 
 use clap::Args;
 use sqlx_envelope::jobs::transition::{transition_counts, verify_encrypted};
-use sqlx_envelope::jobs::{ColumnStatus, JobPool, PlainKind, Target, registered_columns};
+use sqlx_envelope::jobs::{
+    ColumnStatus, JobPool, PlainKind, Target, registered_columns, verify_keys_open,
+};
 use sqlx_envelope::{Envelope, KeyId};
 
 use crate::config::{Global, parse_column};
@@ -32,6 +34,11 @@ pub struct VerifyArgs {
     /// The plaintext column is binary (default: text).
     #[arg(long)]
     pub bytes: bool,
+    /// Also prove the configured keyring opens what is stored: unwrap every data
+    /// key referenced by a value (one unwrap per key, not per row); exit 3
+    /// naming the keys that do not open.
+    #[arg(long)]
+    pub open: bool,
 }
 
 async fn columns(pool: &JobPool, given: Vec<Target>) -> Result<Vec<Target>, Failure> {
@@ -72,7 +79,10 @@ fn print_status(s: &ColumnStatus, states: &[(KeyId, String)]) {
 /// `status`.
 pub async fn status(g: &Global, a: StatusArgs) -> CmdResult {
     let pool = g.pool().await?;
-    let keys = pool.key_store().list().await?;
+    let keys = pool
+        .key_store()
+        .list(&sqlx_envelope::store::KeyFilter::all())
+        .await?;
     let states: Vec<(KeyId, String)> = keys.iter().map(|k| (k.id, k.state.to_string())).collect();
     for t in columns(&pool, a.columns).await? {
         let bar = crate::progress::spinner(&format!("scanning {t}"), g.no_progress);
@@ -119,11 +129,14 @@ pub async fn verify(g: &Global, a: VerifyArgs) -> CmdResult {
         }
         return Ok(());
     }
-    let keys = pool.key_store().list().await?;
+    let keys = pool
+        .key_store()
+        .list(&sqlx_envelope::store::KeyFilter::all())
+        .await?;
     let states: Vec<(KeyId, String)> = keys.iter().map(|k| (k.id, k.state.to_string())).collect();
     let watch: Vec<KeyId> = a.keys.iter().map(|k| KeyId::new(*k)).collect();
     let mut problems = Vec::new();
-    for t in columns(&pool, a.columns).await? {
+    for t in columns(&pool, a.columns.clone()).await? {
         let bar = crate::progress::spinner(&format!("scanning {t}"), g.no_progress);
         let s = ColumnStatus::compute(&pool, &t, &keys).await;
         bar.finish_and_clear();
@@ -143,6 +156,35 @@ pub async fn verify(g: &Global, a: VerifyArgs) -> CmdResult {
             problems.push(format!(
                 "{t}: {} row(s) not in the sealed format",
                 s.counts.unrecognized
+            ));
+        }
+    }
+    if a.open {
+        let (_, envelope) = g.envelope().await?;
+        let targets = columns(&pool, Vec::new()).await.unwrap_or_default();
+        let targets = if a.columns.is_empty() {
+            targets
+        } else {
+            a.columns.clone()
+        };
+        let bar = crate::progress::spinner("opening every referenced data key", g.no_progress);
+        let r = verify_keys_open(&envelope, &pool, &targets).await;
+        bar.finish_and_clear();
+        let r = r?;
+        println!(
+            "keys: {} referenced, {} open, {} do not open",
+            r.keys,
+            r.opened,
+            r.failed.len()
+        );
+        for (id, why) in &r.failed {
+            println!("  data key {id} does not open: {why}");
+        }
+        if !r.is_clean() {
+            let ids: Vec<String> = r.failed.iter().map(|(id, _)| id.to_string()).collect();
+            problems.push(format!(
+                "data key(s) {} do not open with this configuration (check the master keys given)",
+                ids.join(", ")
             ));
         }
     }

@@ -1,7 +1,6 @@
 //! Compile errors of `#[derive(Encrypted)]`: one error per mistake, at the span
 //! of the mistake. Snapshots in `tests/ui/*.stderr`; regenerate with
-//! `TRYBUILD=overwrite cargo test --all-features --test ui` and review the diff.
-#![cfg(feature = "derive")]
+//! `TRYBUILD=overwrite cargo test -p sqlx-envelope-ui --test ui` and review the diff.
 
 #[test]
 fn ui() {

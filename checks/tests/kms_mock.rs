@@ -1,7 +1,6 @@
 //! KMS error paths moto cannot produce (disabled key, pending deletion,
 //! throttling, multi-region keys), through the real SDK client with
 //! aws-smithy-mocks answering instead of the network.
-#![cfg(feature = "aws-kms")]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +32,7 @@ const EU_KEY: &str = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-
 
 fn ctx() -> KeyContext {
     KeyContext {
+        kind: sqlx_envelope::key::KeyKind::Data,
         scope: "users".into(),
         tenant: Some("acme".into()),
         key_id: KeyId::new(7),

@@ -25,6 +25,7 @@ pub mod public {
 
     /// A patient.
     #[derive(Encrypted)]
+    #[envelope(id_not_secret)]
     pub struct Patient {
         /// Id.
         pub id: uuid::Uuid,
@@ -35,6 +36,9 @@ pub mod public {
         #[encrypt]
         pub notes: Option<Json<serde_json::Value>>,
         pub(crate) r#type: i32,
+        /// Weight, hidden when unknown (fixed width: no padding needed).
+        #[encrypt(hide_null)]
+        pub weight: Option<f64>,
     }
 }
 

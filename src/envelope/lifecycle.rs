@@ -1,0 +1,196 @@
+//! Key states from the application's side: operator transitions, revocation
+//! of this process's cached copies, and crypto-shredding a tenant.
+
+use std::sync::atomic::Ordering;
+
+use moka::ops::compute::Op;
+
+use super::Envelope;
+use crate::error::{Error, KeyOperation, Result};
+use crate::key::{KeyId, KeyKind, KeyState};
+use crate::store::{KeyFilter, KeyRecord};
+
+/// What [`Envelope::shred_tenant`] destroyed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShredReport {
+    /// The tenant.
+    pub tenant: String,
+    /// Data keys destroyed by this call.
+    pub data_keys: u64,
+    /// Branch keys destroyed by this call.
+    pub branch_keys: u64,
+    /// Index keys destroyed by this call.
+    pub index_keys: u64,
+    /// Keys that were already destroyed.
+    pub already_destroyed: u64,
+    /// Master keys that wrapped the tenant's branch and index keys (schedule
+    /// their deletion to make backups unreadable too, if they serve this tenant
+    /// alone).
+    pub master_keys: Vec<String>,
+}
+
+impl Envelope {
+    /// Every data key in the store.
+    pub async fn keys(&self) -> Result<Vec<KeyRecord>> {
+        self.inner
+            .store
+            .list(&KeyFilter::all().kind(KeyKind::Data))
+            .await
+    }
+
+    /// Move a key from the state it is in now to `state` (compare-and-set in the
+    /// store, see [`KeyState::may_become`]), and drop it from this process's
+    /// caches. `Destroyed` is final and deletes the wrapped key material. Other
+    /// processes see the change when their cache entries expire (max age,
+    /// decrypt TTL). Fails with [`Error::StateConflict`] when another process or
+    /// operator changed the key between the read and the write.
+    pub async fn set_key_state(&self, id: KeyId, state: KeyState) -> Result<()> {
+        let record = self
+            .inner
+            .store
+            .get(id)
+            .await?
+            .ok_or(Error::UnknownKey(id))?;
+        if record.state == state {
+            return Ok(());
+        }
+        if !record.state.may_become(state) {
+            return Err(Error::KeyNotUsable {
+                id,
+                state: record.state,
+                operation: KeyOperation::ChangeState(state),
+            });
+        }
+        self.inner.store.transition(id, record.state, state).await?;
+        self.forget_key(id).await;
+        Ok(())
+    }
+
+    /// Drop a key from this process's caches and fronts. The removal is
+    /// ordered with loads of the same key (both run in the key's single-flight
+    /// compute), so a load that started before this call cannot publish the
+    /// key afterwards; once the last user of the key lets go, its material is
+    /// zeroized.
+    pub async fn forget_key(&self, id: KeyId) {
+        let inner = &*self.inner;
+        inner.revocations.fetch_add(1, Ordering::AcqRel);
+        let front = inner.cache.open_front.clone();
+        inner
+            .cache
+            .unwrapped
+            .entry(id)
+            .and_compute_with(|cur| async move {
+                if let Some(e) = cur {
+                    e.value().revoke();
+                }
+                front.remove(id);
+                Op::Remove
+            })
+            .await;
+        inner
+            .cache
+            .branches
+            .entry(id)
+            .and_compute_with(|_| async { Op::Remove })
+            .await;
+        // Let moka drop what it removed now, not at its next maintenance.
+        inner.cache.unwrapped.run_pending_tasks().await;
+        inner.cache.branches.run_pending_tasks().await;
+        for (scope, a) in inner.cache.active.iter() {
+            if a.key.id() == id {
+                a.revoke();
+                inner.cache.active.invalidate(&*scope).await;
+            }
+        }
+        inner.cache.seal_front.remove_key(id);
+        inner.cache.active.run_pending_tasks().await;
+        for (slot, k) in inner.index_keys.iter() {
+            if k.id() == id {
+                inner.index_keys.invalidate(&*slot).await;
+            }
+        }
+    }
+
+    /// Drop every active key, so the next seal in each scope mints a new one.
+    pub async fn rotate_active_keys(&self) {
+        for (_, a) in self.inner.cache.active.iter() {
+            a.revoke();
+        }
+        self.inner.cache.seal_front.clear();
+        self.inner.cache.active.invalidate_all();
+        self.inner.cache.active.run_pending_tasks().await;
+    }
+
+    /// Crypto-shred a tenant: destroy every data, branch and index key of
+    /// `tenant` (compare-and-set, retried when another process changes a key
+    /// meanwhile), deleting their wrapped material, and drop them from this
+    /// process's caches. Afterwards every value of the tenant fails to open with
+    /// [`Error::KeyNotUsable`] (state `destroyed`) in this process at once and
+    /// in other processes when their cached copies expire (decrypt TTL); other
+    /// tenants are not touched. Stop the tenant's writes first: a process that
+    /// still holds one of its data keys as active seals under it until its max
+    /// age, and such values are lost with the key.
+    ///
+    /// This removes the keys from the live database and, through replication,
+    /// from replicas. Backups taken before still hold the wrapped keys: only
+    /// when the tenant's branch keys are wrapped by a master key of its own
+    /// ([`super::EnvelopeBuilder::tenant_keyring`]) does scheduling that master
+    /// key's deletion in KMS make those backups unreadable too.
+    pub async fn shred_tenant(&self, tenant: &str) -> Result<ShredReport> {
+        let mut keys = self
+            .inner
+            .store
+            .list(&KeyFilter::all().tenant(Some(tenant)))
+            .await?;
+        // Data and index keys first, branch keys last.
+        keys.sort_by_key(|r| (r.kind == KeyKind::Branch, r.id));
+        let mut report = ShredReport {
+            tenant: tenant.to_owned(),
+            ..ShredReport::default()
+        };
+        for r in &keys {
+            for w in &r.wrapped {
+                let m = w.master_key.to_string();
+                if !report.master_keys.contains(&m) {
+                    report.master_keys.push(m);
+                }
+            }
+        }
+        for r in keys {
+            let mut state = r.state;
+            loop {
+                match state {
+                    KeyState::Destroyed => {
+                        report.already_destroyed += 1;
+                        break;
+                    }
+                    // Never activated, no material; an in-flight activation of
+                    // a data key would be wrapped by a destroyed branch key.
+                    KeyState::Pending => break,
+                    from => match self
+                        .inner
+                        .store
+                        .transition(r.id, from, KeyState::Destroyed)
+                        .await
+                    {
+                        Ok(()) => {
+                            match r.kind {
+                                KeyKind::Data => report.data_keys += 1,
+                                KeyKind::Branch => report.branch_keys += 1,
+                                KeyKind::Index => report.index_keys += 1,
+                            }
+                            break;
+                        }
+                        Err(Error::StateConflict { current, .. }) => state = current,
+                        Err(e) => return Err(e),
+                    },
+                }
+            }
+            self.forget_key(r.id).await;
+        }
+        report.master_keys.sort();
+        tracing::warn!(target: "sqlx_envelope::keys", tenant, data_keys = report.data_keys, branch_keys = report.branch_keys, index_keys = report.index_keys, "tenant crypto-shredded");
+        Ok(report)
+    }
+}

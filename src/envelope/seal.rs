@@ -1,0 +1,276 @@
+//! Sealing: the warm path, batches, and the active data keys behind them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Envelope, check_row};
+use crate::cache::front::PlaceRef;
+use crate::cache::{ActiveKey, Limit, ScopeKey, bump};
+use crate::context::{Context, RowId};
+use crate::error::{Error, Result};
+use crate::format;
+use crate::model::ModelDescription;
+use crate::sealed::Sealed;
+use crate::store::{ColumnRecord, ColumnSource};
+
+/// Front entries (columns × tenants) kept before revoked ones are pruned.
+const FRONT_PRUNE: usize = 4_096;
+
+impl Envelope {
+    /// Encrypt `plaintext` for the value at `ctx`.
+    pub async fn seal(&self, ctx: &Context<'_>, plaintext: &[u8]) -> Result<Sealed> {
+        if let Some(done) = self.seal_if_cached(ctx, plaintext) {
+            return done;
+        }
+        check_row(ctx)?;
+        self.register_column(ctx).await?;
+        let len = plaintext.len() as u64;
+        let active = self.active_key(ctx, 1, len).await?;
+        let sealed = Sealed::from_trusted(format::seal(&active.key, ctx, plaintext));
+        if len <= self.inner.cache.limits.max_bytes {
+            self.front_put(ctx, &active);
+        }
+        Ok(sealed)
+    }
+
+    /// The warm path of [`Envelope::seal`]: `None` when the active key of the
+    /// value's column is not cached (or cannot take one more value), so that
+    /// the caller falls back to the async path. Synchronous: no lock, no await,
+    /// no precise clock read.
+    #[inline]
+    pub fn seal_if_cached(&self, ctx: &Context<'_>, plaintext: &[u8]) -> Option<Result<Sealed>> {
+        if ctx.row.is_empty() {
+            return None;
+        }
+        let inner = &*self.inner;
+        let l = &inner.cache.limits;
+        let len = plaintext.len() as u64;
+        let now = inner.clock.coarse();
+        let slack = inner.clock.coarse_resolution();
+        let sealed =
+            inner
+                .cache
+                .seal_front
+                .with(PlaceRef(ctx.table, ctx.column, ctx.tenant), |a| {
+                    a.reserve(1, len, now, slack, l.max_age, l)
+                        .ok()
+                        .map(|()| format::seal(&a.key, ctx, plaintext))
+                })??;
+        bump(&inner.counters.encrypt_hits);
+        Some(Ok(Sealed::from_trusted(sealed)))
+    }
+
+    /// Encrypt many values. Values that share an active data key reserve their
+    /// uses and bytes in one step (a whole row, or a whole batch of rows of one
+    /// table and tenant), within the cache limits.
+    pub async fn seal_many(&self, items: &[(Context<'_>, &[u8])]) -> Result<Vec<Sealed>> {
+        let limits = &self.inner.cache.limits;
+        for (ctx, _) in items {
+            check_row(ctx)?;
+        }
+        // Group by (scope, tenant): the values of one group share an active key.
+        let mut groups: Vec<(std::borrow::Cow<'_, str>, Option<&str>, Vec<usize>)> = Vec::new();
+        for (i, (ctx, _)) in items.iter().enumerate() {
+            let scope = self.inner.scope.scope_of(ctx);
+            match groups
+                .iter_mut()
+                .find(|(s, t, _)| *s == scope && *t == ctx.tenant)
+            {
+                Some(g) => g.2.push(i),
+                None => groups.push((scope, ctx.tenant, vec![i])),
+            }
+        }
+        let mut out: Vec<Option<Sealed>> = vec![None; items.len()];
+        for (_, _, members) in groups {
+            let count = members.len() as u64;
+            let bytes: u64 = members.iter().map(|&i| items[i].1.len() as u64).sum();
+            if count > limits.max_uses || bytes > limits.max_bytes {
+                // More than one key can take: value by value.
+                for &i in &members {
+                    out[i] = Some(self.seal(&items[i].0, items[i].1).await?);
+                }
+                continue;
+            }
+            for &i in &members {
+                let ctx = &items[i].0;
+                let registered = self
+                    .inner
+                    .cache
+                    .seal_front
+                    .with(PlaceRef(ctx.table, ctx.column, ctx.tenant), |_| ())
+                    .is_some();
+                if !registered {
+                    self.register_column(ctx).await?;
+                }
+            }
+            let first = &items[members[0]].0;
+            let active = self.active_key(first, count, bytes).await?;
+            let nonces = format::random_nonces(members.len());
+            for (&i, nonce) in members.iter().zip(nonces) {
+                let (ctx, pt) = &items[i];
+                out[i] = Some(Sealed::from_trusted(format::seal_with_nonce(
+                    &active.key,
+                    ctx,
+                    nonce,
+                    pt,
+                )));
+                self.front_put(ctx, &active);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|s| s.expect("every value sealed"))
+            .collect())
+    }
+
+    fn front_put(&self, ctx: &Context<'_>, active: &Arc<ActiveKey>) {
+        let place = PlaceRef(ctx.table, ctx.column, ctx.tenant);
+        let same = self
+            .inner
+            .cache
+            .seal_front
+            .with(place, |a| Arc::ptr_eq(a, active))
+            .unwrap_or(false);
+        if same {
+            return;
+        }
+        self.inner.cache.seal_front.put(
+            PlaceRef(ctx.table, ctx.column, ctx.tenant),
+            active,
+            FRONT_PRUNE,
+        );
+    }
+
+    /// Record in the key store that values are sealed into `ctx`'s column (once
+    /// per process and column), so destroy and verify know every column a key's
+    /// values may be in.
+    pub(crate) async fn register_column(&self, ctx: &Context<'_>) -> Result<()> {
+        let scope = self.inner.scope.scope_of(ctx);
+        let name = format!("c\0{scope}\0{}\0{}", ctx.table, ctx.column);
+        if self.inner.registered.contains_key(&name) {
+            return Ok(());
+        }
+        self.inner
+            .store
+            .register_columns(&[ColumnRecord::sealed(&scope, ctx.table, ctx.column)])
+            .await?;
+        self.inner.registered.insert(name, ()).await;
+        Ok(())
+    }
+
+    /// Record a model's encrypted columns, with its description, in the key
+    /// store's column registry (once per process and model). The derive calls it
+    /// on a model's first seal; the operator's tools then know every encrypted
+    /// column of the model without running a job first.
+    pub async fn register_model(&self, model: &'static ModelDescription) -> Result<()> {
+        let name = format!("m\0{}\0{}", model.table, model.name);
+        if self.inner.registered.contains_key(&name) {
+            return Ok(());
+        }
+        let json = model.to_json();
+        let no_row = RowId::composite([]);
+        let cols: Vec<ColumnRecord> = model
+            .encrypted
+            .iter()
+            .map(|c| {
+                let ctx = Context::new(model.table, c.column, &no_row);
+                let scope = self.inner.scope.scope_of(&ctx);
+                ColumnRecord::sealed(&scope, model.table, c.column)
+                    .with_sql(model.table, c.column, ColumnSource::Model)
+                    .with_model(json.clone())
+            })
+            .collect();
+        self.inner.store.register_columns(&cols).await?;
+        self.inner.registered.insert(name, ()).await;
+        Ok(())
+    }
+
+    /// The active data key of `ctx`'s scope and tenant, with `n` uses of `len`
+    /// bytes in total reserved on it: the cached one if it can take them, else
+    /// a new one (single-flight per scope). A single value larger than a whole
+    /// key's byte budget gets a key of its own, demoted at once.
+    pub(crate) async fn active_key(
+        &self,
+        ctx: &Context<'_>,
+        n: u64,
+        len: u64,
+    ) -> Result<Arc<ActiveKey>> {
+        let inner = &*self.inner;
+        let limits = &inner.cache.limits;
+        let scope_name = inner.scope.scope_of(ctx);
+        if scope_name.contains('\0') || ctx.tenant.is_some_and(|t| t.contains('\0')) {
+            return Err(Error::Config(
+                "a scope (table name) or tenant cannot contain NUL".into(),
+            ));
+        }
+        if len > limits.max_bytes {
+            // Its horizon is its activation: no other value is sealed under it.
+            let one_off = self
+                .mint_data_key(&scope_name, ctx.tenant, Duration::ZERO)
+                .await?;
+            self.demote(one_off.key.id()).await;
+            return Ok(one_off);
+        }
+        let scope: ScopeKey = match ctx.tenant {
+            Some(t) => format!("{scope_name}\0{t}").into(),
+            None => (*scope_name).into(),
+        };
+        let slack = inner.clock.coarse_resolution();
+        let mut current = inner.cache.active.get(&scope).await;
+        loop {
+            let now = inner.clock.coarse();
+            let stale = match current {
+                Some(active) => match active.reserve(n, len, now, slack, limits.max_age, limits) {
+                    Ok(()) => {
+                        bump(&inner.counters.encrypt_hits);
+                        return Ok(active);
+                    }
+                    Err(limit) => Some((active, limit)),
+                },
+                None => None,
+            };
+            bump(&inner.counters.encrypt_misses);
+            let refreshed = inner
+                .cache
+                .refresh_active(&scope, stale.as_ref().map(|(a, _)| a), || async {
+                    let fresh = self
+                        .mint_data_key(&scope_name, ctx.tenant, limits.seal_window())
+                        .await?;
+                    if let Some((old, limit)) = &stale {
+                        let counter = match limit {
+                            Limit::Age => Some(&inner.counters.evicted_age),
+                            Limit::Uses => Some(&inner.counters.evicted_uses),
+                            Limit::Bytes => Some(&inner.counters.evicted_bytes),
+                            Limit::Revoked => None,
+                        };
+                        old.revoke();
+                        if let Some(c) = counter {
+                            bump(c);
+                            self.demote(old.key.id()).await;
+                        }
+                    }
+                    Ok(fresh)
+                })
+                .await;
+            match refreshed {
+                Ok(active) => current = Some(active),
+                Err(e) if e.is_retryable() => {
+                    // Outage: an entry past max age only may serve within grace.
+                    if let Some((old, Limit::Age)) = &stale {
+                        let grace_age = limits.seal_window();
+                        if old
+                            .reserve(n, len, inner.clock.coarse(), slack, grace_age, limits)
+                            .is_ok()
+                        {
+                            bump(&inner.counters.served_in_grace);
+                            tracing::warn!(target: "sqlx_envelope::cache", key_id = old.key.id().get(), error = %e, "keyring unavailable; sealing under an aged data key within outage grace");
+                            return Ok(old.clone());
+                        }
+                    }
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

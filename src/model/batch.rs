@@ -1,0 +1,338 @@
+//! Many rows at once: sealing a batch in one call, opening a result set with
+//! one key lookup per data key, across cores, and as rows stream in.
+//!
+//! Sealing builds the framed plaintext of every value of every row first, then
+//! makes one [`Envelope::seal_many`] call, so a batch reserves its uses of the
+//! active data key in one step instead of one per value.
+//!
+//! Opening resolves the data keys of the whole batch before any value is
+//! decrypted ([`Envelope::keys_for`]: each distinct key once); the rest is
+//! synchronous CPU work that needs no database, so a large batch is split
+//! across cores ([`OFFLOAD_MIN_ROWS`]) while a small one stays on the calling
+//! task, where moving it would cost more than it saves. A stream opens rows
+//! in chunks as they arrive, so decryption overlaps with fetching.
+//!
+//! When a data key cannot be resolved, the batch is not lost: each distinct
+//! key is then resolved on its own, and only the rows that need a failed key
+//! fail. Every error names the row's position in the batch and the column
+//! ([`Error::Row`]); [`open_each`] returns one result per row, so one corrupt
+//! row does not blank a page.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use futures_util::stream::{self, BoxStream, Stream, StreamExt};
+
+use super::{Encrypted, SealedRow};
+use crate::context::{Context, RowId};
+use crate::envelope::{Envelope, KeySet};
+use crate::error::{Error, Result};
+use crate::key::KeyId;
+use crate::sealed::Sealed;
+
+/// Below this many rows a batch is opened on the calling task; at and above
+/// it, in chunks of at least this many rows on the blocking pool, one per
+/// core. Chosen so that a chunk's decryption time clearly exceeds the cost of
+/// a hand-off to another thread (tens of microseconds).
+pub const OFFLOAD_MIN_ROWS: usize = 512;
+
+/// The most rows a stream collects before it opens them.
+pub const STREAM_CHUNK_ROWS: usize = 1024;
+
+/// Why one row did not open: the column, the row id if it was known, the
+/// error. Produced by the generated `SealedRow::__open`.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct OpenFailure {
+    /// The column whose value failed (the first encrypted column when the
+    /// row id itself is missing).
+    pub column: &'static str,
+    /// The row id, when it could be built.
+    pub row: Option<RowId>,
+    /// What went wrong.
+    pub error: Error,
+}
+
+/// Seal encrypted fields `fields` (indices into `DESCRIPTION.encrypted`) of
+/// every model in one [`Envelope::seal_many`] call. The result has
+/// `models.len() * fields.len()` entries, row by row; `None` is SQL NULL.
+pub async fn seal_fields<M: Encrypted>(
+    envelope: &Envelope,
+    models: &[M],
+    fields: &[usize],
+) -> Result<Vec<Option<Sealed>>> {
+    let desc = M::DESCRIPTION;
+    if fields.is_empty() || models.is_empty() {
+        return Ok(Vec::new());
+    }
+    envelope.register_model(desc).await?;
+    let first_column = desc.encrypted[fields[0]].column;
+    let mut rows = Vec::with_capacity(models.len());
+    let mut tenants = Vec::with_capacity(models.len());
+    for m in models {
+        rows.push(
+            m.row_id()
+                .ok_or_else(|| super::missing_row_id(M::TABLE, first_column))?,
+        );
+        tenants.push(m.tenant());
+    }
+    let mut plains = Vec::with_capacity(models.len() * fields.len());
+    for m in models {
+        for &f in fields {
+            let plain = m.__encode_field(f)?;
+            if plain.as_ref().is_some_and(|p| p.reallocated()) {
+                tracing::warn!(
+                    target: "sqlx_envelope::model",
+                    model = desc.name,
+                    column = desc.encrypted[f].column,
+                    "a plaintext buffer grew while encoding (the field type's FieldCodec::size_hint is too small): a copy was freed without being zeroized"
+                );
+            }
+            plains.push(plain);
+        }
+    }
+    let mut items = Vec::with_capacity(plains.len());
+    for (i, plain) in plains.iter().enumerate() {
+        if let Some(plain) = plain {
+            let r = i / fields.len();
+            let ctx = Context {
+                table: M::TABLE,
+                column: desc.encrypted[fields[i % fields.len()]].column,
+                row: &rows[r],
+                tenant: tenants[r].as_deref(),
+            };
+            items.push((ctx, plain.bytes()));
+        }
+    }
+    let mut sealed = envelope.seal_many(&items).await?.into_iter();
+    drop(items);
+    Ok(plains
+        .iter()
+        .map(|p| p.as_ref().and_then(|_| sealed.next()))
+        .collect())
+}
+
+/// Seal every model of a batch: one [`Envelope::seal_many`] call for all of
+/// their values.
+pub async fn seal_all<M: Encrypted>(envelope: &Envelope, models: &[M]) -> Result<Vec<M::Sealed>> {
+    let fields: Vec<usize> = (0..M::DESCRIPTION.encrypted.len()).collect();
+    let mut values = seal_fields(envelope, models, &fields).await?.into_iter();
+    models.iter().map(|m| m.__assemble(&mut values)).collect()
+}
+
+/// The data keys of a batch: those that resolved, and the error of each that
+/// did not.
+#[derive(Clone)]
+struct Resolved {
+    keys: KeySet,
+    failed: Arc<HashMap<KeyId, Arc<Error>>>,
+}
+
+/// Resolve the data keys of `rows` at once; a key that cannot be resolved
+/// fails only its own rows.
+async fn resolve<S: SealedRow>(envelope: &Envelope, rows: &[S]) -> Resolved {
+    let mut values: Vec<&Sealed> = Vec::with_capacity(rows.len());
+    for row in rows {
+        row.for_each_sealed(&mut |_, s| values.push(s));
+    }
+    match envelope
+        .keys_for_partial(values.iter().map(|s| s.as_bytes()))
+        .await
+    {
+        Ok((keys, failed)) => Resolved {
+            keys,
+            failed: Arc::new(
+                failed
+                    .into_iter()
+                    .map(|(id, e)| (id, Arc::new(e)))
+                    .collect(),
+            ),
+        },
+        // Nothing resolved (the key store is unreachable): every row shares
+        // the error.
+        Err(e) => {
+            let e = Arc::new(e);
+            Resolved {
+                keys: KeySet::default(),
+                failed: Arc::new(values.iter().map(|s| (s.key_id(), e.clone())).collect()),
+            }
+        }
+    }
+}
+
+/// Open rows synchronously. Positions start at `offset`. With `stop`, the
+/// first error ends the batch (it is the last entry).
+fn open_rows<S: SealedRow>(
+    rows: Vec<S>,
+    offset: usize,
+    resolved: &Resolved,
+    stop: bool,
+) -> Vec<Result<S::Model>> {
+    let desc = <S::Model as Encrypted>::DESCRIPTION;
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, row) in rows.into_iter().enumerate() {
+        let position = offset + i;
+        let result = match unusable_key(&row, &resolved.failed) {
+            Some((column, source)) => Err(Error::Row {
+                position,
+                column,
+                key: row.row_id().and_then(|r| desc.key_in_errors(&r)),
+                source,
+            }),
+            None => row.__open(&resolved.keys).map_err(|f| Error::Row {
+                position,
+                column: f.column,
+                key: f.row.and_then(|r| desc.key_in_errors(&r)),
+                source: Arc::new(f.error),
+            }),
+        };
+        let failed = result.is_err();
+        out.push(result);
+        if stop && failed {
+            break;
+        }
+    }
+    out
+}
+
+/// The first value of `row` whose data key did not resolve, with the reason.
+fn unusable_key<S: SealedRow>(
+    row: &S,
+    failed: &HashMap<KeyId, Arc<Error>>,
+) -> Option<(&'static str, Arc<Error>)> {
+    if failed.is_empty() {
+        return None;
+    }
+    let mut found = None;
+    row.for_each_sealed(&mut |column, s| {
+        if found.is_none()
+            && let Some(e) = failed.get(&s.key_id())
+        {
+            found = Some((column, e.clone()));
+        }
+    });
+    found
+}
+
+/// Open rows on the calling task when they are few, else split across cores
+/// on the blocking pool (in order; a panic in a chunk is resumed here).
+async fn open_spread<S: SealedRow>(
+    mut rows: Vec<S>,
+    offset: usize,
+    resolved: Resolved,
+    stop: bool,
+) -> Vec<Result<S::Model>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunks = (rows.len() / OFFLOAD_MIN_ROWS).min(cores);
+    if chunks == 0 || tokio::runtime::Handle::try_current().is_err() {
+        return open_rows(rows, offset, &resolved, stop);
+    }
+    let per_chunk = rows.len().div_ceil(chunks);
+    let mut tasks = Vec::with_capacity(chunks);
+    while !rows.is_empty() {
+        let start = rows.len().saturating_sub(per_chunk);
+        let chunk = rows.split_off(start);
+        let resolved = resolved.clone();
+        tasks.push(tokio::task::spawn_blocking(move || {
+            open_rows(chunk, offset + start, &resolved, stop)
+        }));
+    }
+    // Chunks were cut from the end: the last task holds the first rows.
+    let mut out = Vec::new();
+    for task in join_all(tasks).await.into_iter().rev() {
+        match task {
+            Ok(opened) => {
+                let failed = stop && opened.last().is_some_and(Result::is_err);
+                out.extend(opened);
+                if failed {
+                    break;
+                }
+            }
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => {
+                    out.push(Err(Error::Config(format!(
+                        "a decryption task was cancelled: {e}"
+                    ))));
+                    break;
+                }
+            },
+        }
+    }
+    out
+}
+
+/// Decrypt a whole result set: each distinct data key is resolved once (all
+/// of them concurrently, through the envelope's cache), then every value is
+/// decrypted locally, across cores for a large batch. Fails on the first row
+/// that does not open, with [`Error::Row`] naming its position and column.
+pub async fn open_all<S: SealedRow>(envelope: &Envelope, rows: Vec<S>) -> Result<Vec<S::Model>> {
+    let resolved = resolve(envelope, &rows).await;
+    open_spread(rows, 0, resolved, true)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Decrypt a result set row by row: one result per row, in order, so a row
+/// that does not open (tampered, copied from another row, under a destroyed
+/// key) fails alone with [`Error::Row`] and the others open. Keys are
+/// resolved as in [`open_all`].
+pub async fn open_each<S: SealedRow>(envelope: &Envelope, rows: Vec<S>) -> Vec<Result<S::Model>> {
+    let resolved = resolve(envelope, &rows).await;
+    open_spread(rows, 0, resolved, false).await
+}
+
+/// Open sealed rows as they arrive (for example from sqlx's `fetch`): rows
+/// that are ready are taken in chunks of up to [`STREAM_CHUNK_ROWS`], their
+/// keys resolved, and opened (large chunks off the task) while the next chunk
+/// is fetched. One item per row, as [`open_each`]; a database error is an
+/// [`Error::Query`] item.
+pub fn open_stream<'a, S, St>(envelope: &'a Envelope, rows: St) -> BoxStream<'a, Result<S::Model>>
+where
+    S: SealedRow,
+    St: Stream<Item = std::result::Result<S, sqlx::Error>> + Send + 'a,
+{
+    let mut next_position = 0;
+    rows.ready_chunks(STREAM_CHUNK_ROWS)
+        .map(move |chunk| {
+            let offset = next_position;
+            next_position += chunk.len();
+            open_chunk(envelope, chunk, offset)
+        })
+        .buffered(2)
+        .flat_map(stream::iter)
+        .boxed()
+}
+
+/// Open one chunk of a stream; database errors keep their place.
+async fn open_chunk<S: SealedRow>(
+    envelope: &Envelope,
+    chunk: Vec<std::result::Result<S, sqlx::Error>>,
+    offset: usize,
+) -> Vec<Result<S::Model>> {
+    let model = <S::Model as Encrypted>::DESCRIPTION.name;
+    let mut out = Vec::with_capacity(chunk.len());
+    let mut run: Vec<S> = Vec::new();
+    let mut run_start = offset;
+    for (i, item) in chunk.into_iter().enumerate() {
+        match item {
+            Ok(row) => run.push(row),
+            Err(source) => {
+                if !run.is_empty() {
+                    let rows = std::mem::take(&mut run);
+                    let resolved = resolve(envelope, &rows).await;
+                    out.extend(open_spread(rows, run_start, resolved, false).await);
+                }
+                out.push(Err(Error::Query { model, source }));
+                run_start = offset + i + 1;
+            }
+        }
+    }
+    if !run.is_empty() {
+        let resolved = resolve(envelope, &run).await;
+        out.extend(open_spread(run, run_start, resolved, false).await);
+    }
+    out
+}

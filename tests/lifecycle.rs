@@ -1,0 +1,714 @@
+//! The key lifecycle with several application processes and an operator acting
+//! at once, on PostgreSQL, MariaDB and SQLite: every process is an `Envelope`
+//! with its own caches over one key store, and time is a `ManualClock` shared by
+//! the envelopes and the store (no sleeps).
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx_envelope::keyring::GeneratedKey;
+use sqlx_envelope::store::{
+    KeyFilter, KeyStore, MySqlKeyStore, NewKey, PgKeyStore, Reserved, SqliteKeyStore,
+};
+use sqlx_envelope::{
+    CacheLimits, Context, Envelope, Error, KeyContext, KeyKind, KeyMaterial, KeyOperation,
+    KeyState, Keyring, LocalKeyring, ManualClock, MasterKeyId, RowId, WrappedKey,
+};
+use support::{ALL, Db, local_keyring, unique};
+
+/// One key store, its clock, and a master keyring shared by the processes.
+struct World {
+    db: Db,
+    clock: ManualClock,
+    store: Arc<dyn KeyStore>,
+    keyring: Arc<LocalKeyring>,
+}
+
+impl World {
+    async fn new(db: Db) -> World {
+        let clock = ManualClock::new();
+        let store: Arc<dyn KeyStore> = match &db {
+            Db::Postgres(p) => Arc::new(PgKeyStore::new(p.clone()).with_clock(clock.clone())),
+            Db::MySql(p) => Arc::new(MySqlKeyStore::new(p.clone()).with_clock(clock.clone())),
+            Db::Sqlite(p, _) => Arc::new(SqliteKeyStore::new(p.clone()).with_clock(clock.clone())),
+        };
+        World {
+            db,
+            clock,
+            store,
+            keyring: Arc::new(local_keyring()),
+        }
+    }
+
+    /// An application process (or the operator's tool).
+    fn process(&self, limits: CacheLimits) -> Envelope {
+        Envelope::builder()
+            .keyring_arc(self.keyring.clone())
+            .store_arc(self.store.clone())
+            .limits(limits)
+            .clock(self.clock.clone())
+            .build()
+            .unwrap()
+    }
+
+    async fn state(&self, id: sqlx_envelope::KeyId) -> KeyState {
+        self.store.get(id).await.unwrap().unwrap().state
+    }
+}
+
+#[tokio::test]
+async fn processes_never_undo_an_operator_retire_or_destroy() {
+    for kind in ALL {
+        let w = World::new(Db::connect(kind).await).await;
+        let app = w.process(CacheLimits::default().max_uses(2));
+        let operator = w.process(CacheLimits::default());
+        let t = unique("lc_states");
+        let row = RowId::from(1_i64);
+        let ctx = Context::new(&t, "v", &row);
+
+        let k1 = app.seal(&ctx, b"1").await.unwrap().key_id();
+        // Emergency stop by the operator while the app still caches k1 as active.
+        operator.set_key_state(k1, KeyState::Retired).await.unwrap();
+        assert_eq!(app.seal(&ctx, b"2").await.unwrap().key_id(), k1);
+        // The app's k1 reaches max uses: it demotes with a compare-and-set on
+        // `active`, which must not turn the operator's `retired` back into
+        // `decrypt_only`.
+        let k2 = app.seal(&ctx, b"3").await.unwrap().key_id();
+        assert_ne!(k2, k1);
+        assert_eq!(w.state(k1).await, KeyState::Retired, "{kind:?}");
+
+        // Same for destroyed: absorbing.
+        operator
+            .set_key_state(k2, KeyState::Destroyed)
+            .await
+            .unwrap();
+        app.seal(&ctx, b"4").await.unwrap();
+        let k3 = app.seal(&ctx, b"5").await.unwrap().key_id();
+        assert_ne!(k3, k2);
+        assert_eq!(w.state(k2).await, KeyState::Destroyed, "{kind:?}");
+
+        // The store refuses what the state machine forbids, and a lost race is
+        // its own typed error.
+        match w
+            .store
+            .transition(k1, KeyState::Active, KeyState::DecryptOnly)
+            .await
+        {
+            Err(Error::StateConflict {
+                current: KeyState::Retired,
+                expected: KeyState::Active,
+                ..
+            }) => {}
+            other => panic!("{kind:?}: expected a state conflict, got {other:?}"),
+        }
+        for to in [KeyState::DecryptOnly, KeyState::Retired, KeyState::Active] {
+            assert!(
+                w.store
+                    .transition(k2, KeyState::Destroyed, to)
+                    .await
+                    .is_err(),
+                "{kind:?}: destroyed -> {to}"
+            );
+            match operator.set_key_state(k2, to).await {
+                Err(Error::KeyNotUsable {
+                    state: KeyState::Destroyed,
+                    operation: KeyOperation::ChangeState(_),
+                    ..
+                }) => {}
+                other => panic!("{kind:?}: expected a refusal, got {other:?}"),
+            }
+        }
+        // Retired is left only by an explicit operator action.
+        operator
+            .set_key_state(k1, KeyState::DecryptOnly)
+            .await
+            .unwrap();
+        assert_eq!(w.state(k1).await, KeyState::DecryptOnly);
+        assert!(
+            operator.set_key_state(k1, KeyState::Active).await.is_err(),
+            "{kind:?}: nothing returns to active"
+        );
+    }
+}
+
+#[tokio::test]
+async fn blob_writes_lose_to_destroy() {
+    for kind in ALL {
+        let w = World::new(Db::connect(kind).await).await;
+        let env = w.process(CacheLimits::default());
+        let t = unique("lc_blobs");
+        // Index keys are wrapped by the master key (like branch keys): each one
+        // is a key a master-key rotation re-wraps.
+        let mut ids = Vec::new();
+        for i in 0..12 {
+            ids.push(
+                env.index_key(&t, &format!("i{i}"), None, 1)
+                    .await
+                    .unwrap()
+                    .id(),
+            );
+        }
+        let blob = WrappedKey {
+            master_key: MasterKeyId::new("local:rotated/2"),
+            blob: vec![1; 61],
+        };
+        // Destroy first: a later blob write is refused and writes nothing.
+        w.store
+            .transition(ids[0], KeyState::Active, KeyState::Destroyed)
+            .await
+            .unwrap();
+        match w.store.put_wrapped(ids[0], &blob).await {
+            Err(Error::KeyNotUsable {
+                state: KeyState::Destroyed,
+                operation: KeyOperation::Rewrap,
+                ..
+            }) => {}
+            other => panic!("{kind:?}: expected a refusal, got {other:?}"),
+        }
+        assert!(
+            w.store
+                .get(ids[0])
+                .await
+                .unwrap()
+                .unwrap()
+                .wrapped
+                .is_empty()
+        );
+
+        // A rotation racing a destroy: whichever commits first, a destroyed
+        // key never ends up with wrapped material.
+        for &id in &ids[1..] {
+            let (s1, s2) = (w.store.clone(), w.store.clone());
+            let b = blob.clone();
+            let put = tokio::spawn(async move { s1.put_wrapped(id, &b).await });
+            let destroy = tokio::spawn(async move {
+                s2.transition(id, KeyState::Active, KeyState::Destroyed)
+                    .await
+            });
+            let (_, destroyed) = (put.await.unwrap(), destroy.await.unwrap());
+            destroyed.unwrap();
+            let rec = w.store.get(id).await.unwrap().unwrap();
+            assert_eq!(rec.state, KeyState::Destroyed);
+            assert!(rec.wrapped.is_empty(), "{kind:?}: key {id} kept a blob");
+        }
+        drop(w.db);
+    }
+}
+
+/// A keyring whose unwraps wait at a gate, to hold a load in flight.
+#[derive(Debug)]
+struct Gated {
+    inner: LocalKeyring,
+    entered: tokio::sync::Notify,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait]
+impl Keyring for Gated {
+    fn master_keys(&self) -> Vec<MasterKeyId> {
+        self.inner.master_keys()
+    }
+    fn can_unwrap(&self, m: &MasterKeyId) -> bool {
+        self.inner.can_unwrap(m)
+    }
+    async fn generate(&self, ctx: &KeyContext) -> sqlx_envelope::Result<GeneratedKey> {
+        self.inner.generate(ctx).await
+    }
+    async fn wrap(
+        &self,
+        ctx: &KeyContext,
+        m: &KeyMaterial,
+    ) -> sqlx_envelope::Result<Vec<WrappedKey>> {
+        self.inner.wrap(ctx, m).await
+    }
+    async fn unwrap(
+        &self,
+        ctx: &KeyContext,
+        w: &[WrappedKey],
+    ) -> sqlx_envelope::Result<KeyMaterial> {
+        self.entered.notify_one();
+        let _pass = self.gate.acquire().await.expect("gate open");
+        self.inner.unwrap(ctx, w).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_in_flight_cannot_outlive_a_retire() {
+    for kind in ALL {
+        let db = Db::connect(kind).await;
+        let material = KeyMaterial::generate();
+        let plain = LocalKeyring::new("test/1", material.clone()).unwrap();
+        let writer = Envelope::builder()
+            .keyring(plain)
+            .store_arc(db.key_store())
+            .build()
+            .unwrap();
+        let t = unique("lc_inflight");
+        let row = RowId::from(1_i64);
+        let ctx = Context::new(&t, "v", &row);
+        let v = writer.seal(&ctx, b"in flight").await.unwrap();
+        let id = v.key_id();
+
+        let gated = Arc::new(Gated {
+            inner: LocalKeyring::new("test/1", material).unwrap(),
+            entered: tokio::sync::Notify::new(),
+            gate: tokio::sync::Semaphore::new(0),
+        });
+        let reader = Envelope::builder()
+            .keyring_arc(gated.clone())
+            .store_arc(db.key_store())
+            .build()
+            .unwrap();
+        // A cold open starts and waits inside the keyring (the branch key).
+        let load = {
+            let (r, v, t) = (reader.clone(), v.clone(), t.clone());
+            tokio::spawn(async move {
+                let row = RowId::from(1_i64);
+                r.open(&Context::new(&t, "v", &row), &v).await.map(|_| ())
+            })
+        };
+        gated.entered.notified().await;
+        // Meanwhile this process retires the key.
+        let retire = {
+            let r = reader.clone();
+            tokio::spawn(async move { r.set_key_state(id, KeyState::Retired).await })
+        };
+        while db.key_store().get(id).await.unwrap().unwrap().state != KeyState::Retired {
+            tokio::task::yield_now().await;
+        }
+        gated.gate.add_permits(1_000);
+        let _ = load.await.unwrap();
+        retire.await.unwrap().unwrap();
+        // Whatever the in-flight load did, the retire wins from now on.
+        match reader.open(&ctx, &v).await {
+            Err(Error::KeyNotUsable {
+                state: KeyState::Retired,
+                ..
+            }) => {}
+            other => panic!("{kind:?}: a retired key opened: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn destroyed_and_dropped_keys_leave_no_reachable_material() {
+    for kind in ALL {
+        let w = World::new(Db::connect(kind).await).await;
+        let env = w.process(CacheLimits::default());
+        let t = unique("lc_weak");
+        let row = RowId::from(1_i64);
+        let ctx = Context::new(&t, "v", &row);
+        // Warm both paths: the key sits in the active cache, the decrypt
+        // cache and both fronts.
+        let v = env.seal(&ctx, b"x").await.unwrap();
+        env.seal(&ctx, b"y").await.unwrap();
+        env.open(&ctx, &v).await.unwrap();
+        env.open(&ctx, &v).await.unwrap();
+        let weak = {
+            let set = env.keys_for([v.as_bytes()]).await.unwrap();
+            Arc::downgrade(&set.get_arc(v.key_id()).unwrap())
+        };
+        assert!(weak.upgrade().is_some());
+        env.set_key_state(v.key_id(), KeyState::Destroyed)
+            .await
+            .unwrap();
+        assert!(
+            weak.upgrade().is_none(),
+            "{kind:?}: a destroyed key is still reachable"
+        );
+
+        // Dropping the envelope releases everything it cached.
+        let v2 = env.seal(&ctx, b"z").await.unwrap();
+        env.open(&ctx, &v2).await.unwrap();
+        let weak = {
+            let set = env.keys_for([v2.as_bytes()]).await.unwrap();
+            Arc::downgrade(&set.get_arc(v2.key_id()).unwrap())
+        };
+        drop(env);
+        assert!(
+            weak.upgrade().is_none(),
+            "{kind:?}: a dropped envelope left its key reachable"
+        );
+    }
+}
+
+/// Counts keyring calls in flight.
+#[derive(Debug)]
+struct InFlight {
+    inner: Arc<LocalKeyring>,
+    now: AtomicU64,
+    max: AtomicU64,
+    calls: AtomicU64,
+}
+
+#[async_trait]
+impl Keyring for InFlight {
+    fn master_keys(&self) -> Vec<MasterKeyId> {
+        self.inner.master_keys()
+    }
+    fn can_unwrap(&self, m: &MasterKeyId) -> bool {
+        self.inner.can_unwrap(m)
+    }
+    async fn generate(&self, ctx: &KeyContext) -> sqlx_envelope::Result<GeneratedKey> {
+        self.inner.generate(ctx).await
+    }
+    async fn wrap(
+        &self,
+        ctx: &KeyContext,
+        m: &KeyMaterial,
+    ) -> sqlx_envelope::Result<Vec<WrappedKey>> {
+        self.inner.wrap(ctx, m).await
+    }
+    async fn unwrap(
+        &self,
+        ctx: &KeyContext,
+        w: &[WrappedKey],
+    ) -> sqlx_envelope::Result<KeyMaterial> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(n, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        self.inner.unwrap(ctx, w).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyring_fan_out_is_bounded() {
+    for kind in ALL {
+        let w = World::new(Db::connect(kind).await).await;
+        let writer = w.process(CacheLimits::default());
+        let t = unique("lc_fanout");
+        // 40 tenants: 40 branch keys, so a cold read needs 40 keyring calls.
+        let rows: Vec<RowId> = (0..40_i64).map(RowId::from).collect();
+        let tenants: Vec<String> = (0..40).map(|i| format!("{t}-tenant-{i}")).collect();
+        let mut values = Vec::new();
+        for (r, tn) in rows.iter().zip(&tenants) {
+            let ctx = Context::new(&t, "v", r).with_tenant(tn);
+            values.push(writer.seal(&ctx, b"v").await.unwrap());
+        }
+        for bound in [4_usize, 16] {
+            let counting = Arc::new(InFlight {
+                inner: w.keyring.clone(),
+                now: AtomicU64::new(0),
+                max: AtomicU64::new(0),
+                calls: AtomicU64::new(0),
+            });
+            let reader = Envelope::builder()
+                .keyring_arc(counting.clone())
+                .store_arc(w.store.clone())
+                .keyring_concurrency(bound)
+                .build()
+                .unwrap();
+            let items: Vec<_> = rows
+                .iter()
+                .zip(&tenants)
+                .zip(&values)
+                .map(|((r, tn), v)| (Context::new(&t, "v", r).with_tenant(tn), v.as_bytes()))
+                .collect();
+            assert_eq!(reader.open_many(&items).await.unwrap().len(), 40);
+            let max = counting.max.load(Ordering::SeqCst);
+            assert_eq!(counting.calls.load(Ordering::SeqCst), 40, "{kind:?}");
+            assert!(
+                max <= bound as u64,
+                "{kind:?}: {max} calls in flight, bound {bound}"
+            );
+            assert!(max >= 2, "{kind:?}: the calls did not overlap at all");
+        }
+    }
+}
+
+/// A keyring that is down.
+#[derive(Debug)]
+struct Down;
+
+#[async_trait]
+impl Keyring for Down {
+    fn master_keys(&self) -> Vec<MasterKeyId> {
+        vec![MasterKeyId::new("local:down/1")]
+    }
+    fn can_unwrap(&self, _: &MasterKeyId) -> bool {
+        true
+    }
+    async fn generate(&self, _: &KeyContext) -> sqlx_envelope::Result<GeneratedKey> {
+        Err(Error::KeyringUnavailable {
+            master_key: "local:down/1".into(),
+            message: "down for the test".into(),
+            source: None,
+        })
+    }
+    async fn wrap(
+        &self,
+        _: &KeyContext,
+        _: &KeyMaterial,
+    ) -> sqlx_envelope::Result<Vec<WrappedKey>> {
+        self.generate(&KeyContext::data("x", None, sqlx_envelope::KeyId::new(1)))
+            .await
+            .map(|g| g.wrapped)
+    }
+    async fn unwrap(&self, _: &KeyContext, _: &[WrappedKey]) -> sqlx_envelope::Result<KeyMaterial> {
+        self.generate(&KeyContext::data("x", None, sqlx_envelope::KeyId::new(1)))
+            .await
+            .map(|g| g.material)
+    }
+}
+
+#[tokio::test]
+async fn an_outage_leaves_no_rows_and_stale_reservations_are_cleaned_up() {
+    for kind in ALL {
+        let w = World::new(Db::connect(kind).await).await;
+        let env = Envelope::builder()
+            .keyring(Down)
+            .store_arc(w.store.clone())
+            .clock(w.clock.clone())
+            .build()
+            .unwrap();
+        let t = unique("lc_outage");
+        let row = RowId::from(1_i64);
+        for _ in 0..50 {
+            let e = env
+                .seal(&Context::new(&t, "v", &row), b"x")
+                .await
+                .unwrap_err();
+            assert!(e.is_retryable(), "{kind:?}: {e:?}");
+        }
+        let left = w.store.list(&KeyFilter::all().scope(&t)).await.unwrap();
+        assert!(left.is_empty(), "{kind:?}: a failed seal left {left:?}");
+
+        // A process that died between reserving and activating leaves a pending
+        // row; cleanup removes it once it is older than asked, never an active
+        // key.
+        let Reserved::Mine(dead) = w
+            .store
+            .reserve(&NewKey {
+                kind: KeyKind::Data,
+                scope: &t,
+                tenant: None,
+                slot: None,
+                owner: "dead-process",
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("no slot, no conflict")
+        };
+        let live = w.process(CacheLimits::default());
+        let v = live.seal(&Context::new(&t, "w", &row), b"y").await.unwrap();
+        assert_eq!(
+            w.store
+                .cleanup_pending(Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            0
+        );
+        w.clock.advance(Duration::from_secs(3601));
+        assert!(
+            w.store
+                .cleanup_pending(Duration::from_secs(3600))
+                .await
+                .unwrap()
+                >= 1
+        );
+        assert!(w.store.get(dead).await.unwrap().is_none(), "{kind:?}");
+        assert_eq!(w.state(v.key_id()).await, KeyState::Active);
+        assert_eq!(
+            &live.open(&Context::new(&t, "w", &row), &v).await.unwrap()[..],
+            b"y"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_horizon_bounds_every_process_seal_by_the_store_clock() {
+    for kind in ALL {
+        let w = World::new(Db::connect(kind).await).await;
+        let limits = CacheLimits::default()
+            .max_age(Duration::from_secs(60))
+            .outage_grace(Duration::from_secs(30));
+        let app = w.process(limits);
+        let t = unique("lc_horizon");
+        let row = RowId::from(1_i64);
+        let ctx = Context::new(&t, "v", &row);
+        let k = app.seal(&ctx, b"a").await.unwrap().key_id();
+        let rec = w.store.get(k).await.unwrap().unwrap();
+        let activated = rec.state_ms.unwrap();
+        assert_eq!(rec.horizon_ms, Some(activated + 90_000), "{kind:?}");
+        // The app seals under k as long as it may, each time checking against
+        // the store's clock: never past the horizon.
+        let mut last_under_k = None;
+        for _ in 0..200 {
+            let v = app.seal(&ctx, b"b").await.unwrap();
+            if v.key_id() != k {
+                break;
+            }
+            last_under_k = Some(w.store.now_ms().await.unwrap());
+            w.clock.advance(Duration::from_millis(500));
+        }
+        let last = last_under_k.expect("sealed under k at least once");
+        assert!(
+            last <= rec.horizon_ms.unwrap(),
+            "{kind:?}: sealed past the horizon"
+        );
+        assert!(last >= activated + 59_000, "{kind:?}: stopped too early");
+    }
+}
+
+#[tokio::test]
+async fn shredding_a_tenant_destroys_its_key_tree_and_nothing_else() {
+    for kind in ALL {
+        let w = World::new(Db::connect(kind).await).await;
+        let limits = CacheLimits::default()
+            .max_uses(2)
+            .decrypt_ttl(Duration::from_secs(60));
+        let app = w.process(limits.clone());
+        let other = w.process(limits);
+        let (t1, t2) = (unique("lc_shred_a"), unique("lc_shred_b"));
+        let (gone, kept) = (unique("acme"), unique("globex"));
+        let rows: Vec<RowId> = (0..6_i64).map(RowId::from).collect();
+        let mut values = Vec::new();
+        for r in &rows {
+            for t in [&t1, &t2] {
+                for tenant in [&gone, &kept] {
+                    let ctx = Context::new(t, "v", r).with_tenant(tenant);
+                    values.push((
+                        t.clone(),
+                        r.clone(),
+                        tenant.clone(),
+                        app.seal(&ctx, b"v").await.unwrap(),
+                    ));
+                }
+            }
+        }
+        app.index_key(&t1, "email", Some(&gone), 1).await.unwrap();
+        // Another process has the tenant's keys cached.
+        for (t, r, tenant, v) in &values {
+            other
+                .open(&Context::new(t, "v", r).with_tenant(tenant), v)
+                .await
+                .unwrap();
+        }
+
+        let report = app.shred_tenant(&gone).await.unwrap();
+        assert!(report.data_keys >= 6, "{kind:?}: {report:?}");
+        assert_eq!(report.branch_keys, 1, "{kind:?}: one branch key per tenant");
+        assert_eq!(report.index_keys, 1);
+        assert_eq!(report.master_keys, vec![w.keyring.primary().to_string()]);
+
+        let tenant_keys = w
+            .store
+            .list(&KeyFilter::all().tenant(Some(&gone)))
+            .await
+            .unwrap();
+        assert!(!tenant_keys.is_empty());
+        for k in &tenant_keys {
+            assert_eq!(k.state, KeyState::Destroyed, "{kind:?}");
+            assert!(
+                k.wrapped.is_empty() && k.parent.is_none(),
+                "{kind:?}: material left for {k:?}"
+            );
+        }
+        // The shredding process at once; the other one when its cache entries
+        // expire; the other tenant never.
+        w.clock.advance(Duration::from_secs(61));
+        for (t, r, tenant, v) in &values {
+            let ctx = Context::new(t, "v", r).with_tenant(tenant);
+            for env in [&app, &other] {
+                let opened = env.open(&ctx, v).await;
+                if *tenant == gone {
+                    match opened {
+                        Err(Error::KeyNotUsable {
+                            state: KeyState::Destroyed,
+                            ..
+                        }) => {}
+                        other => panic!("{kind:?}: a shredded value: {other:?}"),
+                    }
+                } else {
+                    assert_eq!(&opened.unwrap()[..], b"v", "{kind:?}");
+                }
+            }
+        }
+        // New writes for the other tenant go on as before.
+        let r = RowId::from(99_i64);
+        let ctx = Context::new(&t1, "v", &r).with_tenant(&kept);
+        let v = app.seal(&ctx, b"after").await.unwrap();
+        assert_eq!(&other.open(&ctx, &v).await.unwrap()[..], b"after");
+    }
+}
+
+/// Defect 1 of the lifecycle issue: `retire && reencrypt && destroy` in one go
+/// while another process still holds the key as its active key. Destroy waits
+/// for the key's seal horizon (recorded in the store, read by the operator's
+/// tool without knowing the application's configuration), then counts rows.
+#[tokio::test]
+async fn destroy_waits_for_the_seal_horizon_of_every_process() {
+    use sqlx_envelope::jobs::{DestroyOptions, JobError, JobPool, destroy_key};
+    for kind in ALL {
+        let w = World::new(Db::connect(kind).await).await;
+        let limits = CacheLimits::default().max_age(Duration::from_secs(300));
+        let app = w.process(limits.clone());
+        let operator = w.process(CacheLimits::default());
+        let jobs = match &w.db {
+            Db::Postgres(p) => JobPool::from(p.clone()),
+            Db::MySql(p) => JobPool::from(p.clone()),
+            Db::Sqlite(p, _) => JobPool::from(p.clone()),
+        };
+        let t = unique("lc_destroy");
+        w.db.create_blob_table(&t, &["v"]).await;
+        let (row1, row2) = (RowId::from(1_i64), RowId::from(2_i64));
+        let ctx1 = Context::new(&t, "v", &row1);
+        let v1 = app.seal(&ctx1, b"one").await.unwrap();
+        let k = v1.key_id();
+        w.db.put_sealed(&t, "v", 1, &v1).await;
+
+        // The operator retires k and finds no rows to re-encrypt yet... but
+        // the app still holds k as its active key.
+        operator
+            .set_key_state(k, KeyState::DecryptOnly)
+            .await
+            .unwrap();
+        let horizon = w.store.get(k).await.unwrap().unwrap().horizon_ms.unwrap();
+        match destroy_key(&operator, &jobs, &DestroyOptions::new(), k).await {
+            Err(JobError::SealHorizon { key, wait }) => {
+                assert_eq!(key, k);
+                let now = w.store.now_ms().await.unwrap();
+                assert_eq!(wait.as_millis() as i64, horizon + 60_000 - now, "{kind:?}");
+            }
+            other => panic!("{kind:?}: destroy before the horizon must wait, got {other:?}"),
+        }
+        assert_eq!(w.state(k).await, KeyState::DecryptOnly, "{kind:?}");
+        // Which is right: the app seals another row under k meanwhile.
+        let ctx2 = Context::new(&t, "v", &row2);
+        let v2 = app.seal(&ctx2, b"two").await.unwrap();
+        assert_eq!(v2.key_id(), k, "{kind:?}: the app's cached key still seals");
+        w.db.put_sealed(&t, "v", 2, &v2).await;
+
+        // Past the horizon and the settle time, nobody seals under k any more
+        // and destroy counts the rows: both remain, so it refuses.
+        w.clock.advance(Duration::from_millis(
+            (horizon + 60_001 - w.store.now_ms().await.unwrap()) as u64,
+        ));
+        let v3 = app.seal(&ctx2, b"three").await.unwrap();
+        assert_ne!(v3.key_id(), k, "{kind:?}");
+        match destroy_key(&operator, &jobs, &DestroyOptions::new(), k).await {
+            Err(JobError::RowsRemain { rows, .. }) => assert_eq!(rows, 2, "{kind:?}"),
+            other => panic!("{kind:?}: rows remain, got {other:?}"),
+        }
+        assert_eq!(w.state(k).await, KeyState::DecryptOnly, "{kind:?}");
+        // Re-encrypt both rows (what `reencrypt` does), then destroy succeeds
+        // and nothing sealed under k was lost.
+        for (row, ctx, v) in [(1, &ctx1, &v1), (2, &ctx2, &v2)] {
+            let pt = app.open(ctx, v).await.unwrap();
+            let fresh = app.seal(ctx, &pt).await.unwrap();
+            assert_ne!(fresh.key_id(), k);
+            w.db.put_sealed(&t, "v", row, &fresh).await;
+        }
+        destroy_key(&operator, &jobs, &DestroyOptions::new(), k)
+            .await
+            .unwrap();
+        assert_eq!(w.state(k).await, KeyState::Destroyed, "{kind:?}");
+    }
+}

@@ -1,0 +1,1 @@
+//! Nothing here: the snapshots are in `tests/ui/`.
