@@ -122,6 +122,17 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         })
 }
 
+/// Lower- or upper-case hex to bytes; `None` on odd length or a non-hex digit.
+pub(crate) fn unhex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Write the associated data of a value under `key_id` in `ctx` into `out`
 /// (cleared first). Public so that other implementations can check their AAD
 /// against this one.

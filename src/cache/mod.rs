@@ -19,7 +19,7 @@
 //! eviction drops the cache's reference and the round keys are wiped only when
 //! the last task using the key lets go.
 //!
-//! The warm path reads [`front`]s instead of moka, and a coarse clock instead of
+//! The warm path reads per-thread fronts instead of moka, and a coarse clock instead of
 //! the precise one (see [`crate::clock`]): no lock, no await, no clock read.
 //!
 //! During a keyring outage an optional *grace* period lets an expired entry

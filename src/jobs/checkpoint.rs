@@ -1,7 +1,8 @@
 //! Checkpoints and leases in `sqlx_envelope_jobs`.
 //!
 //! A job is one header row (`chunk = 0`, holding its kind and a description) and
-//! one row per primary-key range `(lo, hi]` ("chunk"), planned once by the first
+//! one row per primary-key range `(lo, hi]` ("chunk", bounds stored as the
+//! canonical form of the key, so any key shape works), planned once by the first
 //! worker (inside the transaction that inserts the header, so concurrent
 //! starters agree on one plan). A worker claims a chunk with a compare-and-swap
 //! `UPDATE` (pending, or running under an expired lease, or its own lease after
@@ -12,15 +13,29 @@
 use sqlx::Row as _;
 
 use super::db::{Dialect, now_ms};
+use super::rowkey::{self, bind_arg};
 use super::{JobError, JobPool, JobResult, Target, on_pool};
+use crate::context::RowId;
 
 /// A claimed primary-key range.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Chunk {
     pub chunk: i64,
-    pub hi: Option<i64>,
+    pub hi: Option<RowId>,
     /// Last primary key done (`lo` when none yet). `None`: from the start.
-    pub after: Option<i64>,
+    pub after: Option<RowId>,
+}
+
+/// A stored bound or cursor back to a key.
+fn stored_key(job: &str, v: Option<String>) -> JobResult<Option<RowId>> {
+    v.map(|hex| {
+        RowId::from_canonical_hex(&hex).ok_or_else(|| {
+            JobError::Invalid(format!(
+                "job {job:?} has a checkpoint that is not a primary key; reset the job (reset_job / `sqlx-envelope reset`) and run it again"
+            ))
+        })
+    })
+    .transpose()
 }
 
 /// The statements on the jobs table, per dialect.
@@ -63,12 +78,12 @@ impl JobSql {
                 claimable(6, 7)
             ),
             load: format!(
-                "SELECT lo, hi, cursor_pk FROM sqlx_envelope_jobs WHERE job = {} AND chunk = {}",
+                "SELECT lo_key, hi_key, cursor_key FROM sqlx_envelope_jobs WHERE job = {} AND chunk = {}",
                 p(1),
                 p(2)
             ),
             progress: format!(
-                "UPDATE sqlx_envelope_jobs SET cursor_pk = {}, lease_until = {}, updated_ms = {}, \
+                "UPDATE sqlx_envelope_jobs SET cursor_key = {}, lease_until = {}, updated_ms = {}, \
                  scanned = scanned + {}, written = written + {}, conflicts = conflicts + {}, failed = failed + {} \
                  WHERE job = {} AND chunk = {} AND owner = {} AND state = 'running'",
                 p(1),
@@ -127,7 +142,7 @@ pub(crate) async fn plan(
         p(1)
     );
     let insert_chunk = format!(
-        "INSERT INTO sqlx_envelope_jobs (job, chunk, kind, lo, hi, state, updated_ms) VALUES ({}, {}, {}, {}, {}, 'pending', {})",
+        "INSERT INTO sqlx_envelope_jobs (job, chunk, kind, lo_key, hi_key, state, updated_ms) VALUES ({}, {}, {}, {}, {}, 'pending', {})",
         p(1),
         p(2),
         p(3),
@@ -135,12 +150,17 @@ pub(crate) async fn plan(
         p(5),
         p(6)
     );
-    let (t, pk) = (d.quote(&target.table), d.quote(&target.pk));
+    let t = d.quote(&target.table);
+    let key = &target.key;
+    let (select, order) = (
+        rowkey::select_key(d, key).join(", "),
+        rowkey::key_list(d, key),
+    );
     let offset = chunk_rows.max(1) - 1;
-    let first = format!("SELECT {pk} FROM {t} ORDER BY {pk} LIMIT 1 OFFSET {offset}");
+    let first = format!("SELECT {select} FROM {t} ORDER BY {order} LIMIT 1 OFFSET {offset}");
     let next = format!(
-        "SELECT {pk} FROM {t} WHERE {pk} > {} ORDER BY {pk} LIMIT 1 OFFSET {offset}",
-        p(1)
+        "SELECT {select} FROM {t} WHERE {} ORDER BY {order} LIMIT 1 OFFSET {offset}",
+        rowkey::compare(d, key, ">", 1)
     );
     let now = now_ms();
     on_pool!(pool, p => {
@@ -167,31 +187,39 @@ pub(crate) async fn plan(
             }
             return Ok(false);
         }
-        let mut bounds: Vec<i64> = Vec::new();
+        let mut bounds: Vec<RowId> = Vec::new();
         loop {
-            let b: Option<i64> = match bounds.last() {
-                None => sqlx::query_scalar(sqlx::AssertSqlSafe(first.clone()))
+            let row = match bounds.last() {
+                None => sqlx::query(sqlx::AssertSqlSafe(first.clone()))
                     .fetch_optional(&mut *tx)
                     .await?,
-                Some(last) => sqlx::query_scalar(sqlx::AssertSqlSafe(next.clone()))
-                    .bind(*last)
-                    .fetch_optional(&mut *tx)
-                    .await?,
+                Some(last) => {
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(next.clone()));
+                    for a in &rowkey::key_args(d, last) {
+                        q = bind_arg!(q, a);
+                    }
+                    q.fetch_optional(&mut *tx).await?
+                }
             };
-            match b {
-                Some(b) => bounds.push(b),
+            match row {
+                Some(r) => bounds.push(rowkey::read_key(&r, 0, key)?),
                 None => break,
             }
         }
         // Chunks (lo, hi]: (-inf, b1], (b1, b2], ..., (bk, +inf).
-        let mut lo: Option<i64> = None;
-        for (i, hi) in bounds.iter().map(|b| Some(*b)).chain([None]).enumerate() {
+        let mut lo: Option<String> = None;
+        for (i, hi) in bounds
+            .iter()
+            .map(|b| Some(b.to_canonical_hex()))
+            .chain([None])
+            .enumerate()
+        {
             sqlx::query(sqlx::AssertSqlSafe(insert_chunk.clone()))
                 .bind(job)
                 .bind(i as i64 + 1)
                 .bind(kind)
-                .bind(lo)
-                .bind(hi)
+                .bind(lo.clone())
+                .bind(hi.clone())
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
@@ -236,7 +264,7 @@ pub(crate) async fn claim(
             .await?
             .rows_affected());
         if got == 1 {
-            let (lo, hi, cursor): (Option<i64>, Option<i64>, Option<i64>) = on_pool!(pool, p => {
+            let (lo, hi, cursor): (Option<String>, Option<String>, Option<String>) = on_pool!(pool, p => {
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql.load.clone()))
                     .bind(job)
                     .bind(chunk)
@@ -246,8 +274,8 @@ pub(crate) async fn claim(
             });
             return Ok(Some(Chunk {
                 chunk,
-                hi,
-                after: cursor.or(lo),
+                hi: stored_key(job, hi)?,
+                after: stored_key(job, cursor.or(lo))?,
             }));
         }
         // Lost the race for this chunk: look again.

@@ -22,20 +22,28 @@
 //! ([`transition::drop_plaintext`]) follow the phases described in
 //! `docs/jobs.md`; [`Job::decrypt_column`] is the way back out.
 //!
-//! Limits: the table must have a single integer primary key (keyset pagination
-//! and leases are by its value); values are bound to a context without tenant.
+//! Any primary key a model can have works: integer, UUID, text or binary,
+//! one column or several ([`Target::key`]); keyset pagination and the chunks
+//! workers lease are by the whole key, and checkpoints store it in canonical
+//! form. With a tenant column ([`Target::tenant`]) each row's tenant is bound
+//! into its values and new values go under that tenant's keys;
+//! [`JobOptions::tenant`] limits a job to one tenant.
 //! Nothing here logs or reports plaintext or key material: progress carries
 //! counts, errors carry key ids and primary keys at most.
 
 mod checkpoint;
 mod db;
+mod plaintext;
 pub mod rewrap;
+mod rowkey;
 mod run;
 pub mod transition;
 pub mod verify;
 
 pub use checkpoint::{JobStatus, job_status, reset_job};
 pub use db::{Dialect, Ident, JobPool};
+pub use plaintext::ValueCodec;
+pub use rowkey::{PkColumn, TenantBinding, parse_pk_spec, parse_tenant_spec};
 pub use run::{Job, JobKind, JobOptions, JobReport, PlainKind};
 pub use verify::{
     ColumnStatus, DEFAULT_DESTROY_SETTLE, DestroyOptions, KeyCounts, KeysOpenReport,
@@ -93,35 +101,129 @@ pub enum JobError {
 /// Result of a job operation.
 pub type JobResult<T> = std::result::Result<T, JobError>;
 
-/// The encrypted column a job works on: table, single integer primary key and
-/// column, plus the names bound into each value's context (by default the SQL
-/// names; override them when the application's [`crate::Context`] uses other
-/// names, e.g. before renaming `email_enc` to `email`).
+/// The encrypted column a job works on: table, primary key (one column or
+/// several, of any kind a model key can have), optional tenant column, and the
+/// encrypted column, plus the names bound into each value's context (by
+/// default the SQL names; override them when the application's
+/// [`crate::Context`] uses other names, e.g. before renaming `email_enc` to
+/// `email`). Build it from a model with [`Target::for_model`] so that the job
+/// binds and encodes values exactly as the model does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// The table.
     pub table: Ident,
-    /// Its primary key column (a single integer column).
-    pub pk: Ident,
+    /// Its primary-key columns, in key order.
+    pub key: Vec<PkColumn>,
+    /// The tenant column, if rows are tenant-bound.
+    pub tenant: Option<TenantBinding>,
     /// The encrypted column (a binary column: `BYTEA`, `BLOB`, `VARBINARY`).
     pub column: Ident,
     /// The table name in each value's context.
     pub context_table: String,
     /// The column name in each value's context.
     pub context_column: String,
+    /// How plaintext values are encoded before sealing (backfill) and after
+    /// opening (decrypt-out, verify): raw by default, the model's own codec
+    /// with [`Target::for_model`].
+    pub codec: ValueCodec,
 }
 
 impl Target {
-    /// A target whose context names are its SQL names. Fails on an identifier
-    /// that is not `[A-Za-z_][A-Za-z0-9_]*`.
+    /// A target with a single integer primary key column `pk` and no tenant,
+    /// whose context names are its SQL names (see [`Target::key`] and
+    /// [`Target::tenant`] for other shapes). Fails on an identifier that is not
+    /// `[A-Za-z_][A-Za-z0-9_]*`.
     pub fn new(table: &str, pk: &str, column: &str) -> JobResult<Self> {
         Ok(Target {
             table: Ident::new(table)?,
-            pk: Ident::new(pk)?,
+            key: vec![PkColumn {
+                name: Ident::new(pk)?,
+                kind: crate::model::PkKind::Int,
+            }],
+            tenant: None,
             column: Ident::new(column)?,
             context_table: table.to_owned(),
             context_column: column.to_owned(),
+            codec: ValueCodec::Raw,
         })
+    }
+
+    /// The target for encrypted column `column` of model `M`: its table, key
+    /// columns and kinds, tenant column and context names, exactly as the
+    /// derive describes them, so values the job writes open through the model
+    /// and the other way round.
+    pub fn for_model<M: crate::model::Encrypted>(column: &str) -> JobResult<Self> {
+        Self::from_description(M::DESCRIPTION, column)
+    }
+
+    /// [`Target::for_model`] from a model's description.
+    pub fn from_description(
+        model: &'static crate::model::ModelDescription,
+        column: &str,
+    ) -> JobResult<Self> {
+        let col = model.encrypted_column(column).ok_or_else(|| {
+            JobError::Invalid(format!(
+                "model {} has no encrypted column {column:?} (encrypted: {})",
+                model.name,
+                model
+                    .encrypted
+                    .iter()
+                    .map(|c| c.column)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        Ok(Target {
+            table: Ident::new(model.table)?,
+            key: model
+                .key
+                .iter()
+                .map(|k| {
+                    Ok(PkColumn {
+                        name: Ident::new(k.name)?,
+                        kind: k.kind,
+                    })
+                })
+                .collect::<JobResult<_>>()?,
+            tenant: model
+                .tenant
+                .map(|t| {
+                    Ok::<_, JobError>(TenantBinding {
+                        column: Ident::new(t.name)?,
+                        kind: t.kind,
+                    })
+                })
+                .transpose()?,
+            column: Ident::new(col.column)?,
+            context_table: model.table.to_owned(),
+            context_column: col.column.to_owned(),
+            codec: ValueCodec::Model(col),
+        })
+    }
+
+    /// Use these primary-key columns, e.g. from
+    /// [`parse_pk_spec`]`("tenant_id:int,id:uuid")`.
+    pub fn key(mut self, key: Vec<PkColumn>) -> JobResult<Self> {
+        if key.is_empty() {
+            return Err(JobError::Invalid("empty primary key".into()));
+        }
+        self.key = key;
+        Ok(self)
+    }
+
+    /// Bind each row's tenant from this column (e.g. from
+    /// [`parse_tenant_spec`]`("clinic:text")`).
+    pub fn tenant(mut self, tenant: TenantBinding) -> Self {
+        self.tenant = Some(tenant);
+        self
+    }
+
+    /// Encode plaintext values with `codec` (e.g.
+    /// [`ValueCodec::builtin`]`("date", 0)`), as a model field of that type
+    /// stores them.
+    pub fn codec(mut self, codec: ValueCodec) -> Self {
+        self.codec = codec;
+        self
     }
 
     /// Use `name` as the column name in each value's context.
@@ -134,6 +236,15 @@ impl Target {
     pub fn context_table(mut self, name: &str) -> Self {
         self.context_table = name.to_owned();
         self
+    }
+
+    /// The key as `--pk` spells it (`tenant_id:int,id:uuid`).
+    pub fn key_spec(&self) -> String {
+        self.key
+            .iter()
+            .map(|k| format!("{}:{}", k.name, k.kind.name()))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 

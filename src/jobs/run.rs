@@ -8,17 +8,23 @@ use tokio::sync::watch;
 
 use super::checkpoint::{self, Chunk, JobSql, JobStatus};
 use super::db::{Dialect, Ident, is_transient, key_id_bytes, now_ms};
+use super::plaintext::{self, Rendered};
+use super::rowkey::{self, Arg, bind_arg};
 use super::{
     CancelToken, JobError, JobPool, JobResult, Progress, Target, Throttle, on_pool, verify,
 };
 use crate::context::{Context, RowId};
 use crate::envelope::Envelope;
 use crate::key::{KeyId, KeyState};
+use crate::model::PlainValue;
 
-/// How a plaintext column is typed in the database.
+/// How a job reads and writes a plaintext column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlainKind {
-    /// A text column (`TEXT`, `VARCHAR`): values are UTF-8 strings.
+    /// A text column (`TEXT`, `VARCHAR`): values are UTF-8 strings. With a
+    /// typed [`super::ValueCodec`] (a model's date, number, UUID, JSON ...
+    /// field), any column of that type, read and written through its text
+    /// form.
     Text,
     /// A binary column (`BYTEA`, `BLOB`, `VARBINARY`).
     Bytes,
@@ -79,13 +85,17 @@ pub struct JobOptions {
     /// `<hostname>-<pid>`.
     pub worker_id: String,
     /// The job's name in `sqlx_envelope_jobs`. Default derived from the kind,
-    /// table, columns and keys, so every worker of one job agrees on it.
+    /// table, columns, keys and tenant, so every worker of one job agrees on it.
     pub job_name: Option<String>,
     /// Read and decrypt, write nothing (not even checkpoints).
     pub dry_run: bool,
     /// Count the rows to do before starting (one scan), for progress totals.
     /// Default true.
     pub count_total: bool,
+    /// Only rows of this tenant (as the model renders it: text as is, integers
+    /// in decimal, UUIDs hyphenated). The target needs a tenant column.
+    /// Default: every tenant.
+    pub tenant: Option<String>,
 }
 
 impl Default for JobOptions {
@@ -101,6 +111,7 @@ impl Default for JobOptions {
             job_name: None,
             dry_run: false,
             count_total: true,
+            tenant: None,
         }
     }
 }
@@ -141,6 +152,9 @@ pub struct Job {
     opts: JobOptions,
     progress: watch::Sender<Progress>,
     cancel: CancelToken,
+    /// PostgreSQL: the SQL type of a typed plaintext column decrypt-out
+    /// writes (cast from text), looked up once.
+    plain_sql_type: std::sync::OnceLock<String>,
 }
 
 enum Val {
@@ -196,7 +210,66 @@ fn pg_type(kind: PlainKind) -> &'static str {
 }
 
 /// One row write: (primary key, new value, old value for the compare-and-swap).
-type Write = (i64, Val, Val);
+type Write = (RowId, Val, Val);
+
+/// One row read: its key, tenant and the column the job reads.
+struct JobRow {
+    key: RowId,
+    tenant: Option<String>,
+    val: Val,
+}
+
+/// The PostgreSQL array type of a key part's values as bound (UUIDs as text,
+/// cast back in the join).
+fn pg_key_type(kind: crate::model::PkKind) -> &'static str {
+    match kind {
+        crate::model::PkKind::Int => "int8",
+        crate::model::PkKind::Uuid | crate::model::PkKind::Text => "text",
+        crate::model::PkKind::Bytes => "bytea",
+    }
+}
+
+/// Part `i` of every key of a batch, as one PostgreSQL array.
+#[cfg(feature = "postgres")]
+enum KeyColumn {
+    I64(Vec<i64>),
+    Text(Vec<String>),
+    Bytes(Vec<Vec<u8>>),
+}
+
+#[cfg(feature = "postgres")]
+fn pg_key_column(writes: &[Write], i: usize) -> KeyColumn {
+    let mut args = writes
+        .iter()
+        .map(|w| rowkey::key_args(Dialect::Postgres, &w.0).swap_remove(i));
+    match args.next() {
+        None | Some(Arg::I64(_)) => KeyColumn::I64(
+            writes
+                .iter()
+                .map(|w| match &w.0.parts()[i] {
+                    crate::context::PkPart::Int(v) => *v,
+                    _ => unreachable!("every key of a batch has the same shape"),
+                })
+                .collect(),
+        ),
+        Some(Arg::Text(first)) => KeyColumn::Text(
+            std::iter::once(first)
+                .chain(args.map(|a| match a {
+                    Arg::Text(s) => s,
+                    _ => unreachable!("every key of a batch has the same shape"),
+                }))
+                .collect(),
+        ),
+        Some(Arg::Bytes(first)) => KeyColumn::Bytes(
+            std::iter::once(first)
+                .chain(args.map(|a| match a {
+                    Arg::Bytes(b) => b,
+                    _ => unreachable!("every key of a batch has the same shape"),
+                }))
+                .collect(),
+        ),
+    }
+}
 
 impl Job {
     fn new(envelope: Envelope, pool: JobPool, target: Target, kind: JobKind) -> Self {
@@ -208,6 +281,7 @@ impl Job {
             opts: JobOptions::default(),
             progress: watch::channel(Progress::default()).0,
             cancel: CancelToken::new(),
+            plain_sql_type: std::sync::OnceLock::new(),
         }
     }
 
@@ -276,7 +350,7 @@ impl Job {
             return n.clone();
         }
         let t = &self.target;
-        match &self.kind {
+        let name = match &self.kind {
             JobKind::Reencrypt { from } => {
                 let mut ids: Vec<u64> = from.iter().map(|k| k.get()).collect();
                 ids.sort_unstable();
@@ -289,6 +363,10 @@ impl Job {
             JobKind::Decrypt { plain, .. } => {
                 format!("decrypt:{}.{}->{}", t.table, t.column, plain)
             }
+        };
+        match &self.opts.tenant {
+            Some(tenant) => format!("{name}@tenant={tenant}"),
+            None => name,
         }
     }
 
@@ -305,9 +383,27 @@ impl Job {
     fn spec(&self) -> String {
         let t = &self.target;
         let mut v = serde_json::json!({
-            "table": t.table.as_str(), "pk": t.pk.as_str(), "column": t.column.as_str(),
+            "table": t.table.as_str(), "column": t.column.as_str(),
             "context_table": t.context_table, "context_column": t.context_column,
         });
+        // A single integer key without tenants keeps the description of
+        // earlier releases, so their checkpointed jobs resume.
+        if t.key.len() == 1 && t.key[0].kind == crate::model::PkKind::Int {
+            v["pk"] = serde_json::json!(t.key[0].name.as_str());
+        } else {
+            v["key"] = serde_json::json!(t.key_spec());
+        }
+        if let Some(tb) = &t.tenant {
+            v["tenant_column"] = serde_json::json!(format!("{}:{}", tb.column, tb.kind.name()));
+        }
+        if let Some(only) = &self.opts.tenant {
+            v["only_tenant"] = serde_json::json!(only);
+        }
+        if let (JobKind::Encrypt { .. } | JobKind::Decrypt { .. }, Some(codec)) =
+            (&self.kind, t.codec.describe())
+        {
+            v["codec"] = serde_json::json!(codec);
+        }
         match &self.kind {
             JobKind::Reencrypt { from } => {
                 let mut ids: Vec<u64> = from.iter().map(|k| k.get()).collect();
@@ -321,22 +417,23 @@ impl Job {
         v.to_string()
     }
 
-    /// `(column read, WHERE filter selecting rows still to do, its binds)`.
-    fn filter(&self, d: Dialect, first_ph: usize) -> (String, String, Vec<Vec<u8>>) {
+    /// `(column read, WHERE filter selecting rows still to do, its binds)`;
+    /// placeholders from `first_ph`.
+    fn filter(&self, d: Dialect, first_ph: usize) -> JobResult<(String, String, Vec<Arg>)> {
         let col = d.quote(&self.target.column);
-        match &self.kind {
+        let (read, mut filter, mut args) = match &self.kind {
             JobKind::Reencrypt { from } => {
                 let phs: Vec<String> = (0..from.len()).map(|i| d.ph(first_ph + i)).collect();
                 (
                     col.clone(),
                     format!("{} IN ({})", d.key_id_expr(&col), phs.join(", ")),
-                    from.iter().map(|k| key_id_bytes(*k)).collect(),
+                    from.iter().map(|k| Arg::Bytes(key_id_bytes(*k))).collect(),
                 )
             }
             JobKind::Encrypt { plain, .. } => {
                 let plain = d.quote(plain);
                 (
-                    plain.clone(),
+                    plaintext::read_expr(d, &self.target.codec, &plain),
                     format!("{col} IS NULL AND {plain} IS NOT NULL"),
                     vec![],
                 )
@@ -349,25 +446,44 @@ impl Job {
                     vec![],
                 )
             }
+        };
+        if let Some(only) = &self.opts.tenant {
+            let tb = self.tenant_binding()?;
+            filter = format!(
+                "{filter} AND {}",
+                rowkey::tenant_eq(d, tb, first_ph + args.len())
+            );
+            args.push(rowkey::tenant_arg(d, tb, only)?);
         }
+        Ok((read, filter, args))
     }
 
-    /// One compare-and-swap `UPDATE` of `n` rows, given as `(id, new, old)`
-    /// triples: PostgreSQL binds three arrays (`unnest`), MySQL/MariaDB and
-    /// SQLite bind `3 n` values (a derived table of `UNION ALL` rows / a
-    /// `VALUES` list). A row is written only if its column still holds `old`;
-    /// the affected-row count is the number written.
+    fn tenant_binding(&self) -> JobResult<&super::TenantBinding> {
+        self.target.tenant.as_ref().ok_or_else(|| {
+            JobError::Invalid(format!(
+                "{} has no tenant column: give the target one (Target::tenant, --tenant-column) to limit a job to one tenant",
+                self.target
+            ))
+        })
+    }
+
+    /// One compare-and-swap `UPDATE` of `n` rows, given as `(key, new, old)`:
+    /// PostgreSQL binds one array per key column plus two (`unnest`),
+    /// MySQL/MariaDB and SQLite bind `(parts + 2) n` values (a derived table of
+    /// `UNION ALL` rows / a `VALUES` list). A row is written only if its column
+    /// still holds `old`; the affected-row count is the number written.
     fn bulk_update_sql(&self, d: Dialect, n: usize) -> String {
         let t = d.quote(&self.target.table);
-        let pk = d.quote(&self.target.pk);
         let col = d.quote(&self.target.column);
+        let key = &self.target.key;
         let (set_col, cond, new_ty, old_ty) = match &self.kind {
             JobKind::Reencrypt { .. } => {
                 (col.clone(), format!("{t}.{col} = v.ov"), "bytea", "bytea")
             }
             JobKind::Encrypt { plain, kind } => {
                 let plain = d.quote(plain);
-                let eq = text_eq(d, *kind, &format!("{t}.{plain}"), "v.ov");
+                let read = plaintext::read_expr(d, &self.target.codec, &format!("{t}.{plain}"));
+                let eq = text_eq(d, *kind, &read, "v.ov");
                 (
                     col.clone(),
                     format!("{t}.{col} IS NULL AND {eq}"),
@@ -385,26 +501,74 @@ impl Job {
                 )
             }
         };
+        // PostgreSQL does not assign text to a typed column implicitly.
+        let new_val = match (d, self.plain_sql_type.get()) {
+            (Dialect::Postgres, Some(ty)) if matches!(self.kind, JobKind::Decrypt { .. }) => {
+                format!("CAST(v.nv AS {ty})")
+            }
+            _ => "v.nv".to_owned(),
+        };
+        let names: Vec<String> = (0..key.len()).map(|i| format!("k{i}")).collect();
+        let join = key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let c = format!("{t}.{}", d.quote(&k.name));
+                match (d, k.kind) {
+                    (Dialect::Postgres, crate::model::PkKind::Uuid) => {
+                        format!("{c} = CAST(v.k{i} AS uuid)")
+                    }
+                    _ => format!("{c} = v.k{i}"),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let width = key.len() + 2;
         match d {
-            Dialect::Postgres => format!(
-                "UPDATE {t} SET {set_col} = v.nv \
-                 FROM unnest($1::int8[], $2::{new_ty}[], $3::{old_ty}[]) AS v(id, nv, ov) \
-                 WHERE {t}.{pk} = v.id AND {cond}"
-            ),
-            Dialect::MySql => {
-                let rows: Vec<&str> = std::iter::once("SELECT ? AS id, ? AS nv, ? AS ov")
-                    .chain(std::iter::repeat_n("SELECT ?, ?, ?", n.saturating_sub(1)))
+            Dialect::Postgres => {
+                let arrays: Vec<String> = key
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| format!("${}::{}[]", i + 1, pg_key_type(k.kind)))
+                    .chain([
+                        format!("${}::{new_ty}[]", key.len() + 1),
+                        format!("${}::{old_ty}[]", key.len() + 2),
+                    ])
                     .collect();
                 format!(
-                    "UPDATE {t} JOIN ({}) AS v ON {t}.{pk} = v.id SET {t}.{set_col} = v.nv WHERE {cond}",
+                    "UPDATE {t} SET {set_col} = {new_val} \
+                     FROM unnest({}) AS v({}, nv, ov) \
+                     WHERE {join} AND {cond}",
+                    arrays.join(", "),
+                    names.join(", ")
+                )
+            }
+            Dialect::MySql => {
+                let first = names
+                    .iter()
+                    .map(|k| format!("? AS {k}"))
+                    .chain(["? AS nv".to_owned(), "? AS ov".to_owned()])
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let rest = vec!["?"; width].join(", ");
+                let rows: Vec<String> = std::iter::once(format!("SELECT {first}"))
+                    .chain(std::iter::repeat_n(
+                        format!("SELECT {rest}"),
+                        n.saturating_sub(1),
+                    ))
+                    .collect();
+                format!(
+                    "UPDATE {t} JOIN ({}) AS v ON {join} SET {t}.{set_col} = v.nv WHERE {cond}",
                     rows.join(" UNION ALL ")
                 )
             }
             Dialect::Sqlite => {
-                let rows = vec!["(?, ?, ?)"; n].join(", ");
+                let row = format!("({})", vec!["?"; width].join(", "));
+                let rows = vec![row.as_str(); n].join(", ");
                 format!(
-                    "WITH v(id, nv, ov) AS (VALUES {rows}) \
-                     UPDATE {t} SET {set_col} = v.nv FROM v WHERE {t}.{pk} = v.id AND {cond}"
+                    "WITH v({}, nv, ov) AS (VALUES {rows}) \
+                     UPDATE {t} SET {set_col} = v.nv FROM v WHERE {join} AND {cond}",
+                    names.join(", ")
                 )
             }
         }
@@ -421,15 +585,15 @@ impl Job {
     /// old keys). One scan of the table.
     pub async fn remaining(&self) -> JobResult<u64> {
         let d = self.pool.dialect();
-        let (_, filter, binds) = self.filter(d, 1);
+        let (_, filter, args) = self.filter(d, 1)?;
         let sql = format!(
             "SELECT COUNT(*) FROM {} WHERE {filter}",
             d.quote(&self.target.table)
         );
         let n: i64 = on_pool!(&self.pool, p => {
             let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
-            for b in binds {
-                q = q.bind(b);
+            for a in &args {
+                q = bind_arg!(q, a);
             }
             q.fetch_one(p).await?
         });
@@ -441,6 +605,12 @@ impl Job {
             return Err(JobError::Invalid(
                 "batch size and concurrency must be at least 1".into(),
             ));
+        }
+        if self.opts.tenant.is_some() {
+            self.tenant_binding()?;
+        }
+        if let JobKind::Encrypt { plain, kind } | JobKind::Decrypt { plain, kind } = &self.kind {
+            self.check_codec(plain, *kind).await?;
         }
         if let JobKind::Reencrypt { from } = &self.kind {
             if from.is_empty() {
@@ -465,6 +635,48 @@ impl Job {
                     )));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A typed codec reads text forms; PostgreSQL's decrypt-out needs the
+    /// column's type to cast into.
+    async fn check_codec(&self, plain: &Ident, kind: PlainKind) -> JobResult<()> {
+        let codec = &self.target.codec;
+        if codec.codec() == Some(crate::model::CodecId::Custom) {
+            return Err(JobError::Invalid(format!(
+                "{} is a field with its own FieldCodec: jobs re-encrypt it, but backfill and decrypt-out need a built-in type",
+                self.target
+            )));
+        }
+        if codec.reads_text_form() && kind == PlainKind::Bytes {
+            return Err(JobError::Invalid(format!(
+                "{} holds {} values, read through their text form: use PlainKind::Text (no --bytes)",
+                self.target,
+                codec.codec().map(|c| c.name()).unwrap_or("raw")
+            )));
+        }
+        if codec.reads_text_form()
+            && matches!(self.kind, JobKind::Decrypt { .. })
+            && self.pool.dialect() == Dialect::Postgres
+        {
+            let d = self.pool.dialect();
+            let sql = "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+                       WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped";
+            let ty: Option<String> = on_pool!(&self.pool, p => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(d.quote(&self.target.table))
+                    .bind(plain.as_str())
+                    .fetch_optional(p)
+                    .await?
+            });
+            let ty = ty.ok_or_else(|| {
+                JobError::Invalid(format!(
+                    "table {} has no column {plain}: create the plaintext column first",
+                    self.target.table
+                ))
+            })?;
+            let _ = self.plain_sql_type.set(ty);
         }
         Ok(())
     }
@@ -565,14 +777,15 @@ impl Job {
         throttle: &Throttle,
         counts: &Mutex<Progress>,
     ) -> JobResult<()> {
-        let mut after = chunk.after;
+        let hi = chunk.hi.clone();
+        let mut after = chunk.after.clone();
         loop {
             if self.cancel.is_cancelled() {
                 checkpoint::finish_chunk(&self.pool, &sql.release, job, chunk.chunk, owner).await?;
                 return Err(JobError::Cancelled);
             }
-            let rows = retry(|| self.fetch(after, chunk.hi)).await?;
-            let Some(last) = rows.last().map(|r| r.0) else {
+            let rows = retry(|| self.fetch(after.as_ref(), hi.as_ref())).await?;
+            let Some(last) = rows.last().map(|r| r.key.clone()) else {
                 checkpoint::finish_chunk(&self.pool, &sql.done, job, chunk.chunk, owner).await?;
                 let mut c = counts.lock().expect("progress lock");
                 c.chunks_done += 1;
@@ -581,9 +794,19 @@ impl Job {
             };
             let scanned = rows.len() as u64;
             let (writes, failed) = self.transform(rows, false).await?;
-            let outcome =
-                retry(|| self.commit(&writes, sql, job, chunk.chunk, owner, last, scanned, failed))
-                    .await?;
+            let outcome = retry(|| {
+                self.commit(
+                    &writes,
+                    sql,
+                    job,
+                    chunk.chunk,
+                    owner,
+                    &last,
+                    scanned,
+                    failed,
+                )
+            })
+            .await?;
             let Some((written, conflicts)) = outcome else {
                 tracing::warn!(target: "sqlx_envelope::jobs", job, chunk = chunk.chunk, owner, "lease lost (another worker took the chunk over); batch rolled back");
                 return Ok(());
@@ -611,46 +834,56 @@ impl Job {
         });
     }
 
-    /// Read the next batch after `after` (exclusive) up to `hi` (inclusive).
-    async fn fetch(&self, after: Option<i64>, hi: Option<i64>) -> JobResult<Vec<(i64, Val)>> {
+    /// Read the next batch after `after` (exclusive) up to `hi` (inclusive),
+    /// in key order.
+    async fn fetch(&self, after: Option<&RowId>, hi: Option<&RowId>) -> JobResult<Vec<JobRow>> {
         let d = self.pool.dialect();
-        let pk = d.quote(&self.target.pk);
+        let key = &self.target.key;
         let mut conds = Vec::new();
-        let mut n = 1;
-        if after.is_some() {
-            conds.push(format!("{pk} > {}", d.ph(n)));
-            n += 1;
+        let mut args: Vec<Arg> = Vec::new();
+        if let Some(a) = after {
+            conds.push(rowkey::compare(d, key, ">", args.len() + 1));
+            args.extend(rowkey::key_args(d, a));
         }
-        if hi.is_some() {
-            conds.push(format!("{pk} <= {}", d.ph(n)));
-            n += 1;
+        if let Some(h) = hi {
+            conds.push(rowkey::compare(d, key, "<=", args.len() + 1));
+            args.extend(rowkey::key_args(d, h));
         }
-        let (read, filter, binds) = self.filter(d, n);
+        let (read, filter, fargs) = self.filter(d, args.len() + 1)?;
         conds.push(filter);
+        args.extend(fargs);
+        let mut select = rowkey::select_key(d, key);
+        let tenant = self.target.tenant.as_ref().map(|t| {
+            select.push(rowkey::select_tenant(d, t));
+            (select.len() - 1, t)
+        });
+        select.push(read);
+        let val = select.len() - 1;
         let sql = format!(
-            "SELECT {pk}, {read} FROM {} WHERE {} ORDER BY {pk} LIMIT {}",
+            "SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT {}",
+            select.join(", "),
             d.quote(&self.target.table),
             conds.join(" AND "),
+            rowkey::key_list(d, key),
             self.opts.batch_size
         );
         let text = self.read_kind() == PlainKind::Text;
         Ok(on_pool!(&self.pool, p => {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            if let Some(a) = after {
-                q = q.bind(a);
-            }
-            if let Some(h) = hi {
-                q = q.bind(h);
-            }
-            for b in binds {
-                q = q.bind(b);
+            for a in &args {
+                q = bind_arg!(q, a);
             }
             let rows = q.fetch_all(p).await?;
             let mut out = Vec::with_capacity(rows.len());
             for r in rows {
-                let id: i64 = r.try_get(0)?;
-                let v = if text { Val::Text(r.try_get(1)?) } else { Val::Bytes(r.try_get(1)?) };
-                out.push((id, v));
+                out.push(JobRow {
+                    key: rowkey::read_key(&r, 0, key)?,
+                    tenant: match tenant {
+                        Some((i, t)) => rowkey::read_tenant(&r, i, t)?,
+                        None => None,
+                    },
+                    val: if text { Val::Text(r.try_get(val)?) } else { Val::Bytes(r.try_get(val)?) },
+                });
             }
             out
         }))
@@ -660,13 +893,20 @@ impl Job {
     /// counted as failed and left alone; a keyring outage fails the batch.
     /// A dry run (`dry`) only opens values: it seals nothing, so it mints no
     /// data key.
-    async fn transform(&self, rows: Vec<(i64, Val)>, dry: bool) -> JobResult<(Vec<Write>, u64)> {
+    async fn transform(&self, rows: Vec<JobRow>, dry: bool) -> JobResult<(Vec<Write>, u64)> {
         let t = &self.target;
         let mut writes = Vec::with_capacity(rows.len());
         let mut failed = 0;
-        for (id, old) in rows {
-            let row = RowId::from(id);
-            let ctx = Context::new(&t.context_table, &t.context_column, &row);
+        for JobRow {
+            key: row,
+            tenant,
+            val: old,
+        } in rows
+        {
+            let mut ctx = Context::new(&t.context_table, &t.context_column, &row);
+            if let Some(tenant) = &tenant {
+                ctx = ctx.with_tenant(tenant);
+            }
             let new = match (&self.kind, &old) {
                 (JobKind::Reencrypt { from }, Val::Bytes(v)) => {
                     match self.envelope.open_bytes(&ctx, v).await {
@@ -685,44 +925,85 @@ impl Job {
                         Err(e) => Err(e),
                     }
                 }
-                (JobKind::Encrypt { .. }, _) if dry => Ok(Val::Bytes(Vec::new())),
-                (JobKind::Encrypt { .. }, Val::Text(s)) => self
-                    .envelope
-                    .seal(&ctx, s.as_bytes())
-                    .await
-                    .map(|s| Val::Bytes(s.into_bytes())),
-                (JobKind::Encrypt { .. }, Val::Bytes(b)) => self
-                    .envelope
-                    .seal(&ctx, b)
-                    .await
-                    .map(|s| Val::Bytes(s.into_bytes())),
+                (JobKind::Encrypt { .. }, _) => match self.encode_plain(&old) {
+                    Ok(_) if dry => Ok(Val::Bytes(Vec::new())),
+                    Ok(bytes) => self
+                        .envelope
+                        .seal(&ctx, &bytes)
+                        .await
+                        .map(|s| Val::Bytes(s.into_bytes())),
+                    Err(e) => Err(e),
+                },
                 (JobKind::Decrypt { kind, .. }, Val::Bytes(v)) => {
                     match self.envelope.open_bytes(&ctx, v).await {
-                        Ok(pt) => match kind {
-                            PlainKind::Bytes => Ok(Val::Bytes(pt.into_vec())),
-                            PlainKind::Text => match String::from_utf8(pt.into_vec()) {
-                                Ok(s) => Ok(Val::Text(s)),
-                                Err(_) => Err(crate::Error::codec(
-                                    "String",
-                                    "decrypted value is not UTF-8",
-                                )),
-                            },
-                        },
+                        Ok(pt) => self.decode_plain(pt, *kind),
                         Err(e) => Err(e),
                     }
                 }
                 _ => Err(crate::Error::Config("unexpected column type".into())),
             };
             match new {
-                Ok(new) => writes.push((id, new, old)),
+                Ok(new) => writes.push((row, new, old)),
                 Err(e) if e.is_retryable() => return Err(e.into()),
                 Err(e) => {
                     failed += 1;
-                    tracing::warn!(target: "sqlx_envelope::jobs", table = %t.table, column = %t.column, pk = id, error = %e, "row left unchanged");
+                    tracing::warn!(target: "sqlx_envelope::jobs", table = %t.table, column = %t.column, row = ?row, error = %e, "row left unchanged");
                 }
             }
         }
         Ok((writes, failed))
+    }
+
+    /// The bytes a backfill seals for a plaintext value: raw, or framed by the
+    /// target's codec exactly as the model frames it.
+    fn encode_plain(&self, val: &Val) -> crate::Result<zeroize::Zeroizing<Vec<u8>>> {
+        let codec = &self.target.codec;
+        let Some(id) = codec.codec() else {
+            return Ok(zeroize::Zeroizing::new(match val {
+                Val::Text(s) => s.as_bytes().to_vec(),
+                Val::Bytes(b) => b.clone(),
+            }));
+        };
+        let value = match val {
+            Val::Text(s) if codec.reads_text_form() => plaintext::parse_text(id, s)?,
+            Val::Text(s) => PlainValue::Text(zeroize::Zeroizing::new(s.clone())),
+            Val::Bytes(b) => PlainValue::Bytes(zeroize::Zeroizing::new(b.clone())),
+        };
+        match codec.encode(&value)? {
+            Some(buf) => Ok(buf.into_inner()),
+            None => Err(crate::Error::codec(
+                "PlainValue",
+                "NULL is not backfilled (the row keeps SQL NULL)",
+            )),
+        }
+    }
+
+    /// What decrypt-out writes for an opened value.
+    fn decode_plain(&self, pt: crate::Plaintext, kind: PlainKind) -> crate::Result<Val> {
+        let not_utf8 = || crate::Error::codec("String", "decrypted value is not UTF-8");
+        if self.target.codec.codec().is_none() {
+            return match kind {
+                PlainKind::Bytes => Ok(Val::Bytes(pt.into_vec())),
+                PlainKind::Text => String::from_utf8(pt.into_vec())
+                    .map(Val::Text)
+                    .map_err(|_| not_utf8()),
+            };
+        }
+        let value = self.target.codec.decode(pt.into_zeroizing())?;
+        match plaintext::render(self.pool.dialect(), &value) {
+            None => Err(crate::Error::codec(
+                "PlainValue",
+                "a hidden NULL is not written back (the plaintext column stays NULL)",
+            )),
+            Some(r) => Ok(match (r, kind) {
+                (Rendered::Text(s), PlainKind::Text) => Val::Text(s.to_string()),
+                (Rendered::Text(s), PlainKind::Bytes) => Val::Bytes(s.as_bytes().to_vec()),
+                (Rendered::Bytes(b), PlainKind::Bytes) => Val::Bytes(b.to_vec()),
+                (Rendered::Bytes(b), PlainKind::Text) => {
+                    Val::Text(String::from_utf8(b.to_vec()).map_err(|_| not_utf8())?)
+                }
+            }),
+        }
     }
 
     /// Write one batch and its checkpoint in one transaction. `None` when the
@@ -735,7 +1016,7 @@ impl Job {
         job: &str,
         chunk: i64,
         owner: &str,
-        last: i64,
+        last: &RowId,
         scanned: u64,
         failed: u64,
     ) -> JobResult<Option<(u64, u64)>> {
@@ -755,7 +1036,7 @@ impl Job {
                 }
                 let conflicts = writes.len() as u64 - written;
                 let ok = sqlx::query(sqlx::AssertSqlSafe(sql.progress.clone()))
-                    .bind(last)
+                    .bind(last.to_canonical_hex())
                     .bind(lease_until)
                     .bind(now)
                     .bind(scanned as i64)
@@ -776,12 +1057,14 @@ impl Job {
                 Ok(Some((written, conflicts)))
             }};
         }
-        // MySQL/MariaDB and SQLite: (id, new, old) per row.
+        // MySQL/MariaDB and SQLite: (key parts..., new, old) per row.
         macro_rules! per_row {
             ($q:ident, $part:ident) => {{
                 let mut q = $q;
-                for (id, new, old) in $part {
-                    q = q.bind(*id);
+                for (row, new, old) in $part {
+                    for a in &rowkey::key_args(d, row) {
+                        q = bind_arg!(q, a);
+                    }
                     q = bind_val!(q, new);
                     q = bind_val!(q, old);
                 }
@@ -791,8 +1074,14 @@ impl Job {
         match &self.pool {
             #[cfg(feature = "postgres")]
             JobPool::Postgres(p) => batch_tx!(p, |q, part| {
-                let ids: Vec<i64> = part.iter().map(|w| w.0).collect();
-                let q = q.bind(ids);
+                let mut q = q;
+                for i in 0..self.target.key.len() {
+                    q = match pg_key_column(part, i) {
+                        KeyColumn::I64(v) => q.bind(v),
+                        KeyColumn::Text(v) => q.bind(v),
+                        KeyColumn::Bytes(v) => q.bind(v),
+                    };
+                }
                 let q = bind_column!(q, part.iter().map(|w| &w.1));
                 bind_column!(q, part.iter().map(|w| &w.2))
             }),
@@ -814,8 +1103,8 @@ impl Job {
             if self.cancel.is_cancelled() {
                 return Err(JobError::Cancelled);
             }
-            let rows = retry(|| self.fetch(after, None)).await?;
-            let Some(last) = rows.last().map(|r| r.0) else {
+            let rows = retry(|| self.fetch(after.as_ref(), None)).await?;
+            let Some(last) = rows.last().map(|r| r.key.clone()) else {
                 break;
             };
             report.scanned += rows.len() as u64;

@@ -16,6 +16,7 @@
 //! 6. **drop plaintext**: [`drop_plaintext`] counts plaintext-only rows and drops
 //!    the column under one table lock, refusing while any row would lose data.
 
+use super::rowkey::{self, bind_arg};
 use super::run::PlainKind;
 use super::{Ident, JobError, JobPool, JobResult, Target, on_pool};
 use crate::context::{Context, RowId};
@@ -105,11 +106,12 @@ impl VerifyReport {
     }
 }
 
-/// id, encrypted value, plaintext bytes.
-type VerifyRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+/// Key, tenant, encrypted value, plaintext bytes.
+type VerifyRow = (RowId, Option<String>, Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// Open every encrypted value of `target` and compare it with the plaintext
-/// column `plain` (keyset pagination by primary key, `batch` rows at a time).
+/// column `plain` (keyset pagination by the whole primary key, `batch` rows at
+/// a time; each value bound to its row's key and tenant).
 pub async fn verify_encrypted(
     envelope: &Envelope,
     pool: &JobPool,
@@ -119,44 +121,72 @@ pub async fn verify_encrypted(
     batch: usize,
 ) -> JobResult<VerifyReport> {
     let d = pool.dialect();
-    let plain_q = d.quote(&Ident::new(plain)?);
-    let (t, pk, col) = (
-        d.quote(&target.table),
-        d.quote(&target.pk),
-        d.quote(&target.column),
+    let plain_q = super::plaintext::read_expr(d, &target.codec, &d.quote(&Ident::new(plain)?));
+    let (t, col) = (d.quote(&target.table), d.quote(&target.column));
+    let key = &target.key;
+    let mut select = rowkey::select_key(d, key);
+    let tenant = target.tenant.as_ref().map(|tb| {
+        select.push(rowkey::select_tenant(d, tb));
+        (select.len() - 1, tb)
+    });
+    let first_val = select.len();
+    select.push(col);
+    select.push(plain_q);
+    let select = select.join(", ");
+    let order = rowkey::key_list(d, key);
+    let sql_first = format!(
+        "SELECT {select} FROM {t} ORDER BY {order} LIMIT {}",
+        batch.max(1)
     );
-    let sql = format!(
-        "SELECT {pk}, {col}, {plain_q} FROM {t} WHERE {pk} > {} ORDER BY {pk} LIMIT {}",
-        d.ph(1),
+    let sql_next = format!(
+        "SELECT {select} FROM {t} WHERE {} ORDER BY {order} LIMIT {}",
+        rowkey::compare(d, key, ">", 1),
         batch.max(1)
     );
     let mut report = VerifyReport::default();
-    let mut after = i64::MIN;
+    let mut after: Option<RowId> = None;
     loop {
         let rows: Vec<VerifyRow> = on_pool!(pool, p => {
             use sqlx::Row as _;
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(after).fetch_all(p).await?;
+            let rows = match &after {
+                None => sqlx::query(sqlx::AssertSqlSafe(sql_first.clone())).fetch_all(p).await?,
+                Some(a) => {
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql_next.clone()));
+                    for arg in &rowkey::key_args(d, a) {
+                        q = bind_arg!(q, arg);
+                    }
+                    q.fetch_all(p).await?
+                }
+            };
             let mut out = Vec::with_capacity(rows.len());
             for r in rows {
                 let plain: Option<Vec<u8>> = match kind {
-                    PlainKind::Text => r.try_get::<Option<String>, _>(2)?.map(String::into_bytes),
-                    PlainKind::Bytes => r.try_get(2)?,
+                    PlainKind::Text => r.try_get::<Option<String>, _>(first_val + 1)?.map(String::into_bytes),
+                    PlainKind::Bytes => r.try_get(first_val + 1)?,
                 };
-                out.push((r.try_get(0)?, r.try_get(1)?, plain));
+                let tenant = match tenant {
+                    Some((i, tb)) => rowkey::read_tenant(&r, i, tb)?,
+                    None => None,
+                };
+                out.push((rowkey::read_key(&r, 0, key)?, tenant, r.try_get(first_val)?, plain));
             }
             out
         });
-        let Some(last) = rows.last().map(|r| r.0) else {
+        let Some(last) = rows.last().map(|r| r.0.clone()) else {
             break;
         };
-        for (id, enc, plain) in rows {
-            let row = RowId::from(id);
-            let ctx = Context::new(&target.context_table, &target.context_column, &row);
+        for (row, tenant, enc, plain) in rows {
+            let mut ctx = Context::new(&target.context_table, &target.context_column, &row);
+            if let Some(tenant) = &tenant {
+                ctx = ctx.with_tenant(tenant);
+            }
             match (enc, plain) {
                 (Some(v), p) => match envelope.open_bytes(&ctx, &v).await {
                     Ok(pt) => {
                         report.checked += 1;
-                        if p.is_some_and(|p| p != *pt) {
+                        if let Some(p) = p
+                            && !same_value(target, kind, &p, pt)
+                        {
                             report.mismatched += 1;
                         }
                     }
@@ -167,9 +197,32 @@ pub async fn verify_encrypted(
                 (None, None) => {}
             }
         }
-        after = last;
+        after = Some(last);
     }
     Ok(report)
+}
+
+/// Whether opened value `pt` is plaintext column value `plain`: the same
+/// bytes for a raw codec, the same typed value otherwise (a value that does
+/// not parse or decode is a mismatch).
+fn same_value(target: &Target, kind: PlainKind, plain: &[u8], pt: Plaintext) -> bool {
+    let codec = &target.codec;
+    let Some(id) = codec.codec() else {
+        return plain == &*pt;
+    };
+    let Ok(opened) = codec.decode(pt.into_zeroizing()) else {
+        return false;
+    };
+    let stored = match (kind, std::str::from_utf8(plain)) {
+        (PlainKind::Text, Ok(s)) if codec.reads_text_form() => super::plaintext::parse_text(id, s),
+        (PlainKind::Text, Ok(s)) if id == crate::model::CodecId::Text => Ok(
+            crate::model::PlainValue::Text(zeroize::Zeroizing::new(s.to_owned())),
+        ),
+        _ => Ok(crate::model::PlainValue::Bytes(zeroize::Zeroizing::new(
+            plain.to_vec(),
+        ))),
+    };
+    stored.is_ok_and(|v| v == opened)
 }
 
 /// Drop the plaintext column `plain` of `target.table`, only if no row has a

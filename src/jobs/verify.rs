@@ -110,13 +110,51 @@ pub async fn register_column(pool: &JobPool, target: &Target) -> JobResult<()> {
     Ok(())
 }
 
-/// Every column recorded in the key store's column registry.
+/// The key and tenant columns of a model's registered description.
+#[derive(serde::Deserialize)]
+struct ModelKeys {
+    key: Vec<NamedKind<crate::model::PkKind>>,
+    tenant: Option<NamedKind<crate::model::TenantKind>>,
+}
+
+#[derive(serde::Deserialize)]
+struct NamedKind<K> {
+    name: String,
+    kind: K,
+}
+
+/// Every column recorded in the key store's column registry (with its key and
+/// tenant columns when a model registered it; otherwise an integer `id`).
 pub async fn registered_columns(pool: &JobPool) -> JobResult<Vec<Target>> {
     let mut out: Vec<Target> = Vec::new();
     for c in pool.key_store().columns().await? {
-        let t = Target::new(c.table(), "id", c.column())?
+        let mut t = Target::new(c.table(), "id", c.column())?
             .context_table(&c.context_table)
             .context_column(&c.context_column);
+        // A model's description names its key and tenant columns.
+        if let Some(m) = c
+            .model
+            .as_deref()
+            .and_then(|m| serde_json::from_str::<ModelKeys>(m).ok())
+        {
+            t = t.key(
+                m.key
+                    .into_iter()
+                    .map(|k| {
+                        Ok(super::PkColumn {
+                            name: super::Ident::new(&k.name)?,
+                            kind: k.kind,
+                        })
+                    })
+                    .collect::<JobResult<_>>()?,
+            )?;
+            if let Some(tn) = m.tenant {
+                t = t.tenant(super::TenantBinding {
+                    column: super::Ident::new(&tn.name)?,
+                    kind: tn.kind,
+                });
+            }
+        }
         if !out
             .iter()
             .any(|o| o.table == t.table && o.column == t.column)

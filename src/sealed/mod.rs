@@ -102,6 +102,11 @@ impl Plaintext {
     pub fn into_vec(mut self) -> Vec<u8> {
         std::mem::take(&mut *self.0)
     }
+
+    /// The bytes, still zeroizing.
+    pub(crate) fn into_zeroizing(self) -> Zeroizing<Vec<u8>> {
+        self.0
+    }
 }
 
 impl std::ops::Deref for Plaintext {

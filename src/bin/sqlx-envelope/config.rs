@@ -192,11 +192,15 @@ async fn tenant_keyrings(
     Ok(out)
 }
 
-/// Parse `table.column[:pk]` (pk defaults to `id`).
+/// Parse `table.column[:pk]` (pk as for `--pk`, e.g. `id:uuid` or
+/// `tenant_id:int,id:uuid`; default `id`).
 pub fn parse_column(spec: &str) -> Result<Target, String> {
     let (tc, pk) = spec.split_once(':').unwrap_or((spec, "id"));
     let (t, c) = tc
         .split_once('.')
         .ok_or_else(|| format!("{spec:?}: expected TABLE.COLUMN or TABLE.COLUMN:PK"))?;
-    Target::new(t, pk, c).map_err(|e| e.to_string())
+    let key = sqlx_envelope::jobs::parse_pk_spec(pk).map_err(|e| e.to_string())?;
+    Target::new(t, "id", c)
+        .and_then(|t| t.key(key))
+        .map_err(|e| e.to_string())
 }

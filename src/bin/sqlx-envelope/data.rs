@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use clap::Args;
 use sqlx_envelope::jobs::transition::{drop_plaintext as drop_column, transition_counts};
-use sqlx_envelope::jobs::{Job, JobOptions, JobReport, PlainKind, Target, reset_job};
+use sqlx_envelope::jobs::{
+    Job, JobOptions, JobReport, PlainKind, Target, ValueCodec, parse_pk_spec, parse_tenant_spec,
+    reset_job,
+};
 use sqlx_envelope::{KeyId, KeyState};
 
 use crate::config::Global;
@@ -40,6 +43,9 @@ pub struct JobArgs {
     /// Forget the job's checkpoints and start over.
     #[arg(long)]
     pub restart: bool,
+    /// Only rows of this tenant (needs --tenant-column).
+    #[arg(long)]
+    pub tenant: Option<String>,
 }
 
 impl JobArgs {
@@ -55,6 +61,7 @@ impl JobArgs {
         }
         o.job_name = self.job_name.clone();
         o.dry_run = self.dry_run;
+        o.tenant = self.tenant.clone();
         o
     }
 }
@@ -65,9 +72,12 @@ pub struct BackfillArgs {
     /// The table.
     #[arg(long)]
     pub table: String,
-    /// Its integer primary key column.
+    /// Its primary key: COLUMN[:KIND][,COLUMN[:KIND]...] in key order; KIND is int (default), uuid, text or bytes.
     #[arg(long, default_value = "id")]
     pub pk: String,
+    /// The tenant column, COLUMN[:KIND] (KIND text (default), int or uuid): each row's tenant is bound into its values.
+    #[arg(long)]
+    pub tenant_column: Option<String>,
     /// The plaintext column.
     #[arg(long)]
     pub plaintext_column: String,
@@ -77,6 +87,14 @@ pub struct BackfillArgs {
     /// The plaintext column is binary (default: text).
     #[arg(long)]
     pub bytes: bool,
+    /// The plaintext column's type, encoded as a model field of that type stores it
+    /// (text, bytes, bool, i16, i32, i64, f32, f64, uuid, date, time, datetime,
+    /// offset_datetime, json, ...; default: the raw text or bytes).
+    #[arg(long)]
+    pub plaintext_type: Option<String>,
+    /// The model field's `pad = N` (with --plaintext-type).
+    #[arg(long, default_value_t = 0, requires = "plaintext_type")]
+    pub pad: usize,
     /// Column name bound into each value's context, if the application uses another name
     /// (e.g. the name the encrypted column will have after a rename).
     #[arg(long)]
@@ -91,7 +109,7 @@ pub struct DropArgs {
     /// The table.
     #[arg(long)]
     pub table: String,
-    /// Its integer primary key column.
+    /// Its primary key: COLUMN[:KIND][,COLUMN[:KIND]...] in key order; KIND is int (default), uuid, text or bytes.
     #[arg(long, default_value = "id")]
     pub pk: String,
     /// The plaintext column to drop.
@@ -108,9 +126,12 @@ pub struct ReencryptArgs {
     /// The table.
     #[arg(long)]
     pub table: String,
-    /// Its integer primary key column.
+    /// Its primary key: COLUMN[:KIND][,COLUMN[:KIND]...] in key order; KIND is int (default), uuid, text or bytes.
     #[arg(long, default_value = "id")]
     pub pk: String,
+    /// The tenant column, COLUMN[:KIND] (KIND text (default), int or uuid): each row's tenant is bound into its values.
+    #[arg(long)]
+    pub tenant_column: Option<String>,
     /// The encrypted column.
     #[arg(long)]
     pub column: String,
@@ -124,8 +145,17 @@ pub struct ReencryptArgs {
     pub job: JobArgs,
 }
 
-fn target(table: &str, pk: &str, column: &str, ctx: &Option<String>) -> Result<Target, Failure> {
-    let t = Target::new(table, pk, column)?;
+fn target(
+    table: &str,
+    pk: &str,
+    tenant: &Option<String>,
+    column: &str,
+    ctx: &Option<String>,
+) -> Result<Target, Failure> {
+    let mut t = Target::new(table, "id", column)?.key(parse_pk_spec(pk)?)?;
+    if let Some(tenant) = tenant {
+        t = t.tenant(parse_tenant_spec(tenant)?);
+    }
     Ok(match ctx {
         Some(c) => t.context_column(c),
         None => t,
@@ -171,7 +201,17 @@ async fn run_job(g: &Global, job: Job, restart: bool, label: &str) -> Result<Job
 /// `backfill` (`reverse = false`) and `decrypt` (`reverse = true`).
 pub async fn backfill(g: &Global, a: BackfillArgs, reverse: bool) -> CmdResult {
     let (pool, envelope) = g.envelope().await?;
-    let t = target(&a.table, &a.pk, &a.encrypted_column, &a.context_column)?;
+    let t = target(
+        &a.table,
+        &a.pk,
+        &a.tenant_column,
+        &a.encrypted_column,
+        &a.context_column,
+    )?;
+    let t = match &a.plaintext_type {
+        Some(ty) => t.codec(ValueCodec::builtin(ty, a.pad)?),
+        None => t,
+    };
     let kind = if a.bytes {
         PlainKind::Bytes
     } else {
@@ -214,7 +254,7 @@ pub async fn backfill(g: &Global, a: BackfillArgs, reverse: bool) -> CmdResult {
 /// `drop-plaintext`.
 pub async fn drop_plaintext(g: &Global, a: DropArgs) -> CmdResult {
     let pool = g.pool().await?;
-    let t = Target::new(&a.table, &a.pk, &a.encrypted_column)?;
+    let t = target(&a.table, &a.pk, &None, &a.encrypted_column, &None)?;
     drop_column(&pool, &t, &a.plaintext_column).await?;
     println!("{}.{} dropped", a.table, a.plaintext_column);
     Ok(())
@@ -223,7 +263,13 @@ pub async fn drop_plaintext(g: &Global, a: DropArgs) -> CmdResult {
 /// `reencrypt`.
 pub async fn reencrypt(g: &Global, a: ReencryptArgs) -> CmdResult {
     let (pool, envelope) = g.envelope().await?;
-    let t = target(&a.table, &a.pk, &a.column, &a.context_column)?;
+    let t = target(
+        &a.table,
+        &a.pk,
+        &a.tenant_column,
+        &a.column,
+        &a.context_column,
+    )?;
     let keys: Vec<KeyId> = if a.keys.is_empty() {
         envelope
             .keys()

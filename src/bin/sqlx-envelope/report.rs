@@ -13,7 +13,7 @@ use crate::{CmdResult, Failure};
 /// `status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Column to report (TABLE.COLUMN[:PK], repeatable). Default: every registered column.
+    /// Column to report (TABLE.COLUMN[:PK], PK as for --pk, repeatable). Default: every registered column.
     #[arg(long = "column", value_parser = parse_column)]
     pub columns: Vec<Target>,
 }
@@ -21,7 +21,7 @@ pub struct StatusArgs {
 /// `verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Column to check (TABLE.COLUMN[:PK], repeatable). Default: every registered column.
+    /// Column to check (TABLE.COLUMN[:PK], PK as for --pk, e.g. patients.note_enc:tenant_id:int,id:uuid; repeatable). Default: every registered column.
     #[arg(long = "column", value_parser = parse_column)]
     pub columns: Vec<Target>,
     /// Fail (exit 3) if any row still references one of these data keys.
@@ -34,6 +34,17 @@ pub struct VerifyArgs {
     /// The plaintext column is binary (default: text).
     #[arg(long)]
     pub bytes: bool,
+    /// The plaintext column's type, as for `backfill --plaintext-type`: values are compared as
+    /// typed values.
+    #[arg(long, requires = "plaintext_column")]
+    pub plaintext_type: Option<String>,
+    /// The model field's `pad = N` (with --plaintext-type).
+    #[arg(long, default_value_t = 0, requires = "plaintext_type")]
+    pub pad: usize,
+    /// The tenant column of the --column(s), COLUMN[:KIND] (KIND text (default), int or uuid),
+    /// for values bound to their row's tenant.
+    #[arg(long, requires = "columns")]
+    pub tenant_column: Option<String>,
     /// Also prove the configured keyring opens what is stored: unwrap every data
     /// key referenced by a value (one unwrap per key, not per row); exit 3
     /// naming the keys that do not open.
@@ -56,9 +67,9 @@ async fn columns(pool: &JobPool, given: Vec<Target>) -> Result<Vec<Target>, Fail
 
 fn print_status(s: &ColumnStatus, states: &[(KeyId, String)]) {
     println!(
-        "{} (pk {}): {} encrypted, {} null, {} unrecognized, {} undecryptable",
+        "{} (key {}): {} encrypted, {} null, {} unrecognized, {} undecryptable",
         s.target,
-        s.target.pk,
+        s.target.key_spec(),
         s.counts.encrypted(),
         s.counts.null,
         s.counts.unrecognized,
@@ -94,8 +105,20 @@ pub async fn status(g: &Global, a: StatusArgs) -> CmdResult {
 }
 
 /// `verify`.
-pub async fn verify(g: &Global, a: VerifyArgs) -> CmdResult {
+pub async fn verify(g: &Global, mut a: VerifyArgs) -> CmdResult {
     let pool = g.pool().await?;
+    if let Some(spec) = &a.tenant_column {
+        let tenant = sqlx_envelope::jobs::parse_tenant_spec(spec)?;
+        for t in &mut a.columns {
+            *t = t.clone().tenant(tenant.clone());
+        }
+    }
+    if let Some(ty) = &a.plaintext_type {
+        let codec = sqlx_envelope::jobs::ValueCodec::builtin(ty, a.pad)?;
+        for t in &mut a.columns {
+            *t = t.clone().codec(codec);
+        }
+    }
     if let Some(plain) = &a.plaintext_column {
         let [t] = a.columns.as_slice() else {
             return Err(Failure::Error(

@@ -1,0 +1,393 @@
+//! The jobs on the README's own model (`Patient`: UUID key, tenant, text,
+//! date, JSON, nullable text) and on a model with a composite key whose first
+//! part is the tenant, on PostgreSQL, MariaDB and SQLite: a backfill built from
+//! the model (from text, DATE, JSON and padded nullable columns) writes values
+//! that open through the model, verified as typed values; re-encryption of one
+//! tenant, then of the rest by two workers sharing the job (every row written
+//! exactly once), moves every encrypted column off the retired keys while each
+//! value keeps opening through the model; destroy then succeeds; decrypt-out
+//! writes the model's plaintext back into text, DATE and JSON columns.
+#![cfg(all(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlite",
+    feature = "uuid",
+    feature = "chrono",
+    feature = "json"
+))]
+
+mod jobs_support;
+mod support;
+#[macro_use]
+mod derive_support;
+
+use derive_support::Isolated;
+use support::Kind;
+
+macro_rules! scenario {
+    () => {
+        use sqlx_envelope::jobs::transition::verify_encrypted;
+        use sqlx_envelope::jobs::{
+            DestroyOptions, Job, JobOptions, JobPool, PlainKind, Target, count_rows_on,
+            destroy_key,
+        };
+        use sqlx_envelope::{CacheLimits, KeyId, KeyKind, KeyState};
+
+        /// A visit: composite key `(clinic_id, id)` whose first part is the
+        /// tenant, as multi-tenant schemas often do.
+        #[derive(Encrypted, Debug, Clone, PartialEq)]
+        #[envelope(table = "visits", id(clinic_id, id), tenant = "clinic_id")]
+        pub struct Visit {
+            pub clinic_id: i64,
+            pub id: Uuid,
+            #[encrypt]
+            pub reason: String,
+        }
+
+        fn opts(worker: &str, chunk_rows: u64, tenant: Option<&str>) -> JobOptions {
+            let mut o = JobOptions::default();
+            o.worker_id = worker.into();
+            o.chunk_rows = chunk_rows;
+            o.batch_size = 4;
+            o.tenant = tenant.map(str::to_owned);
+            o
+        }
+
+        /// Retire every active data key (an operator's rotation).
+        async fn retire_all(envelope: &Envelope) -> Vec<KeyId> {
+            let mut old = Vec::new();
+            for k in envelope.keys().await.expect("keys") {
+                if k.kind == KeyKind::Data && k.state == KeyState::Active {
+                    envelope
+                        .set_key_state(k.id, KeyState::DecryptOnly)
+                        .await
+                        .expect("retire");
+                    old.push(k.id);
+                }
+            }
+            assert!(!old.is_empty());
+            old
+        }
+
+        /// Re-encrypt `target` off `old`: tenant `first` alone, then the rest
+        /// by two workers sharing one job. Returns the rows written.
+        async fn reencrypt(
+            envelope: &Envelope,
+            jp: &JobPool,
+            target: &Target,
+            old: &[KeyId],
+            first: &str,
+            expect_first: u64,
+            expect_total: u64,
+        ) {
+            let before = count_rows_on(jp, target, old).await.expect("count");
+            assert_eq!(before, expect_total, "{target}: rows on the retired keys");
+            let one = Job::reencrypt(envelope.clone(), jp.clone(), target.clone(), old.to_vec())
+                .options(opts("solo", 5, Some(first)))
+                .run()
+                .await
+                .expect("one tenant");
+            assert_eq!(one.written, expect_first, "{target}: tenant {first} only");
+            assert_eq!(one.failed, 0);
+            let left = count_rows_on(jp, target, old).await.expect("count");
+            assert_eq!(left, expect_total - expect_first, "{target}: other tenants untouched");
+            let job = |w: &str| {
+                Job::reencrypt(envelope.clone(), jp.clone(), target.clone(), old.to_vec())
+                    .options(opts(w, 3, None))
+            };
+            let (a, b) = (job("w1"), job("w2"));
+            let (a, b) = tokio::join!(a.run(), b.run());
+            let (a, b) = (a.expect("worker 1"), b.expect("worker 2"));
+            assert_eq!(
+                a.written + b.written,
+                expect_total - expect_first,
+                "{target}: every row written exactly once"
+            );
+            assert_eq!(a.failed + b.failed + a.conflicts + b.conflicts, 0);
+            let status = a.status.expect("status");
+            assert!(status.is_done());
+            assert_eq!(status.written, expect_total - expect_first);
+            assert_eq!(count_rows_on(jp, target, old).await.expect("count"), 0, "{target}");
+        }
+
+        /// The text form of a JSON column, per database.
+        fn json_text(kind: super::support::Kind) -> &'static str {
+            match kind {
+                super::support::Kind::MySql => "CAST(notes_plain AS CHAR)",
+                _ => "CAST(notes_plain AS TEXT)",
+            }
+        }
+
+        pub async fn run(
+            db: &super::support::Db,
+            pool: &sqlx::Pool<Db>,
+            uuid: &str,
+            blob: &str,
+            json: &str,
+        ) {
+            let kind = db.kind();
+            let envelope = super::support::envelope(db, CacheLimits::default());
+            let jp = super::jobs_support::job_pool(db);
+            db.exec(&format!(
+                "CREATE TABLE patients (id {uuid} PRIMARY KEY, clinic VARCHAR(64) NOT NULL, \
+                 ward VARCHAR(64) NOT NULL, name {blob} NULL, date_of_birth {blob} NULL, \
+                 notes {blob} NULL, phone {blob} NULL, legacy_name VARCHAR(200) NULL, \
+                 dob_plain DATE NULL, notes_plain {json} NULL, phone_plain VARCHAR(40) NULL)"
+            ))
+            .await;
+            db.exec(&format!(
+                "CREATE TABLE visits (clinic_id BIGINT NOT NULL, id {uuid} NOT NULL, \
+                 reason {blob} NOT NULL, PRIMARY KEY (clinic_id, id))"
+            ))
+            .await;
+
+            // Sixty patients in two clinics (random UUIDs: key order is not
+            // insertion order), written by the model.
+            let mut patients = Vec::new();
+            for i in 0..60u32 {
+                let p = Patient {
+                    id: Uuid::new_v4(),
+                    clinic: if i % 3 == 0 { "south" } else { "north" }.into(),
+                    ward: "cardiology".into(),
+                    name: format!("Patient {i} Ñoño"),
+                    date_of_birth: NaiveDate::from_ymd_opt(1900 + i as i32, 1 + i % 12, 1 + i % 28)
+                        .expect("date"),
+                    notes: Notes {
+                        allergies: vec![format!("allergy {i}")],
+                        history: "stable".into(),
+                    },
+                    phone: (i % 4 != 0).then(|| format!("+1 555 {i:04}")),
+                };
+                p.insert(&envelope, pool).await.expect("insert");
+                patients.push(p);
+            }
+            let north = patients.iter().filter(|p| p.clinic == "north").count() as u64;
+            let with_phone = patients.iter().filter(|p| p.phone.is_some()).count() as u64;
+            let north_phone = patients
+                .iter()
+                .filter(|p| p.clinic == "north" && p.phone.is_some())
+                .count() as u64;
+
+            // Backfill: the names become a legacy plaintext column; a job
+            // built from the model encrypts them back.
+            for p in &patients {
+                let mut q = sqlx::QueryBuilder::<Db>::new("UPDATE patients SET name = NULL, legacy_name = ");
+                q.push_bind(p.name.clone()).push(" WHERE id = ").push_bind(p.id);
+                q.build().execute(pool).await.expect("to plaintext");
+            }
+            let name = Target::for_model::<Patient>("name").expect("target");
+            assert_eq!(name.key_spec(), "id:uuid");
+            let r = Job::encrypt_column(envelope.clone(), jp.clone(), name.clone(), "legacy_name", PlainKind::Text)
+                .expect("job")
+                .options(opts("backfill", 7, None))
+                .run()
+                .await
+                .expect("backfill");
+            assert_eq!((r.written, r.failed, r.remaining), (60, 0, 0), "{kind:?}");
+            let v = verify_encrypted(&envelope, &jp, &name, "legacy_name", PlainKind::Text, 16)
+                .await
+                .expect("verify");
+            assert_eq!(v.checked, 60);
+            assert!(v.is_clean(), "{v:?}");
+            for p in &patients {
+                let got = Patient::fetch_by_key(&envelope, pool, &p.id).await.expect("open").expect("row");
+                assert_eq!(&got, p, "{kind:?}: a backfilled value opens through the model");
+            }
+
+            // Typed backfill: a DATE, a JSON and a padded nullable text column,
+            // each sealed with the model's own codec and frame.
+            for p in &patients {
+                let mut q = sqlx::QueryBuilder::<Db>::new(
+                    "UPDATE patients SET date_of_birth = NULL, notes = NULL, phone = NULL, dob_plain = ",
+                );
+                q.push_bind(p.date_of_birth)
+                    .push(", notes_plain = ")
+                    .push_bind(sqlx::types::Json(p.notes.clone()))
+                    .push(", phone_plain = ")
+                    .push_bind(p.phone.clone())
+                    .push(" WHERE id = ")
+                    .push_bind(p.id);
+                q.build().execute(pool).await.expect("to typed plaintext");
+            }
+            for (column, plain, rows) in [
+                ("date_of_birth", "dob_plain", 60),
+                ("notes", "notes_plain", 60),
+                ("phone", "phone_plain", with_phone),
+            ] {
+                let target = Target::for_model::<Patient>(column).expect("target");
+                let r = Job::encrypt_column(envelope.clone(), jp.clone(), target.clone(), plain, PlainKind::Text)
+                    .expect("job")
+                    .options(opts("typed", 13, None))
+                    .run()
+                    .await
+                    .unwrap_or_else(|e| panic!("{kind:?}: backfill {column}: {e}"));
+                assert_eq!((r.written, r.failed, r.remaining), (rows, 0, 0), "{kind:?} {column}");
+                let v = verify_encrypted(&envelope, &jp, &target, plain, PlainKind::Text, 16)
+                    .await
+                    .expect("verify");
+                assert_eq!(v.checked, rows, "{kind:?} {column}");
+                assert!(v.is_clean(), "{kind:?} {column}: {v:?}");
+            }
+            for p in &patients {
+                let got = Patient::fetch_by_key(&envelope, pool, &p.id).await.expect("open").expect("row");
+                assert_eq!(&got, p, "{kind:?}: typed backfilled values open through the model");
+            }
+
+            // Re-encrypt every encrypted column of the model after a rotation.
+            let old = retire_all(&envelope).await;
+            for (column, first, total) in [
+                ("name", north, 60),
+                ("date_of_birth", north, 60),
+                ("notes", north, 60),
+                ("phone", north_phone, with_phone),
+            ] {
+                let target = Target::for_model::<Patient>(column).expect("target");
+                reencrypt(&envelope, &jp, &target, &old, "north", first, total).await;
+            }
+            for p in &patients {
+                let got = Patient::fetch_by_key(&envelope, pool, &p.id).await.expect("open").expect("row");
+                assert_eq!(&got, p, "{kind:?}: a re-encrypted value opens through the model");
+            }
+            // The retired keys are unreferenced in every column the model
+            // registered: destroy succeeds (this test's processes are the only
+            // ones that sealed, so the seal horizon is not waited for).
+            for id in &old {
+                destroy_key(&envelope, &jp, &DestroyOptions::new().unsafe_skip_seal_horizon(), *id)
+                    .await
+                    .expect("destroy");
+            }
+            for p in &patients {
+                let got = Patient::fetch_by_key(&envelope, pool, &p.id).await.expect("open").expect("row");
+                assert_eq!(&got, p);
+            }
+
+            // Decrypt-out: the model's plaintext back into the legacy column.
+            db.exec("UPDATE patients SET legacy_name = NULL").await;
+            let r = Job::decrypt_column(envelope.clone(), jp.clone(), name.clone(), "legacy_name", PlainKind::Text)
+                .expect("job")
+                .options(opts("out", 11, None))
+                .run()
+                .await
+                .expect("decrypt out");
+            assert_eq!((r.written, r.failed), (60, 0));
+            for p in &patients {
+                let mut q = sqlx::QueryBuilder::<Db>::new("SELECT legacy_name FROM patients WHERE id = ");
+                q.push_bind(p.id);
+                let plain: Option<String> = q.build_query_scalar().fetch_one(pool).await.expect("read");
+                assert_eq!(plain.as_deref(), Some(p.name.as_str()));
+            }
+
+            // Typed decrypt-out: a date and a JSON document back into typed columns.
+            db.exec("UPDATE patients SET dob_plain = NULL, notes_plain = NULL").await;
+            for (column, plain) in [("date_of_birth", "dob_plain"), ("notes", "notes_plain")] {
+                let target = Target::for_model::<Patient>(column).expect("target");
+                let r = Job::decrypt_column(envelope.clone(), jp.clone(), target, plain, PlainKind::Text)
+                    .expect("job")
+                    .options(opts("typed-out", 17, None))
+                    .run()
+                    .await
+                    .unwrap_or_else(|e| panic!("{kind:?}: decrypt {column}: {e}"));
+                assert_eq!((r.written, r.failed), (60, 0), "{kind:?} {column}");
+            }
+            for p in &patients {
+                let mut q = sqlx::QueryBuilder::<Db>::new("SELECT dob_plain FROM patients WHERE id = ");
+                q.push_bind(p.id);
+                let dob: NaiveDate = q.build_query_scalar().fetch_one(pool).await.expect("read date");
+                assert_eq!(dob, p.date_of_birth);
+                let mut q = sqlx::QueryBuilder::<Db>::new(format!(
+                    "SELECT {} FROM patients WHERE id = ",
+                    json_text(kind)
+                ));
+                q.push_bind(p.id);
+                let notes: String = q.build_query_scalar().fetch_one(pool).await.expect("read json");
+                let notes: Notes = serde_json::from_str(&notes).expect("json");
+                assert_eq!(notes, p.notes);
+            }
+
+            // A composite key (clinic_id, id) with the tenant as its first part.
+            let mut visits = Vec::new();
+            for i in 0..40i64 {
+                let v = Visit {
+                    clinic_id: 1 + i % 3,
+                    id: Uuid::new_v4(),
+                    reason: format!("visit {i}"),
+                };
+                v.insert(&envelope, pool).await.expect("insert visit");
+                visits.push(v);
+            }
+            let target = Target::for_model::<Visit>("reason").expect("target");
+            assert_eq!(target.key_spec(), "clinic_id:int,id:uuid");
+            let old = retire_all(&envelope).await;
+            let clinic_2 = visits.iter().filter(|v| v.clinic_id == 2).count() as u64;
+            reencrypt(&envelope, &jp, &target, &old, "2", clinic_2, 40).await;
+            for v in &visits {
+                let got = Visit::fetch_by_key(&envelope, pool, &(v.clinic_id, v.id))
+                    .await
+                    .expect("open")
+                    .expect("row");
+                assert_eq!(&got, v, "{kind:?}: composite key");
+            }
+            // A tenant that is not an integer is refused before anything runs.
+            let err = Job::reencrypt(envelope.clone(), jp.clone(), target.clone(), old.clone())
+                .options(opts("bad", 3, Some("north")))
+                .run()
+                .await
+                .expect_err("not an integer tenant");
+            assert!(err.to_string().contains("not an integer"), "{err}");
+        }
+    };
+}
+
+#[allow(dead_code)]
+mod postgres {
+    #[allow(dead_code)]
+    type Db = sqlx::Postgres;
+    include!("derive_support/flagship.rs");
+    scenario!();
+}
+
+#[allow(dead_code)]
+mod mariadb {
+    #[allow(dead_code)]
+    type Db = sqlx::MySql;
+    include!("derive_support/flagship.rs");
+    scenario!();
+}
+
+#[allow(dead_code)]
+mod sqlite {
+    #[allow(dead_code)]
+    type Db = sqlx::Sqlite;
+    include!("derive_support/flagship.rs");
+    scenario!();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn model_jobs_on_postgres() {
+    let iso = Isolated::new(Kind::Postgres).await;
+    let support::Db::Postgres(pool) = &iso.db else {
+        unreachable!()
+    };
+    postgres::run(&iso.db, pool, "UUID", "BYTEA", "JSONB").await;
+    iso.drop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn model_jobs_on_mariadb() {
+    let iso = Isolated::new(Kind::MySql).await;
+    let support::Db::MySql(pool) = &iso.db else {
+        unreachable!()
+    };
+    mariadb::run(&iso.db, pool, "BINARY(16)", "LONGBLOB", "JSON").await;
+    iso.drop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn model_jobs_on_sqlite() {
+    let iso = Isolated::new(Kind::Sqlite).await;
+    let support::Db::Sqlite(pool, _) = &iso.db else {
+        unreachable!()
+    };
+    sqlite::run(&iso.db, pool, "BLOB", "BLOB", "TEXT").await;
+    iso.drop_all().await;
+}
