@@ -22,6 +22,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,24 +73,33 @@ def expected_exit(text):
 def run(text):
     script = "set -euo pipefail\n" + text + "\n"
     started = time.monotonic()
-    proc = subprocess.Popen(
-        ["bash", "-c", script],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT)
-        code = proc.returncode
-    except subprocess.TimeoutExpired:
-        output, code = b"(timed out)", -1
-    finally:
+    # Output goes to a file, not a pipe: a block may leave a background process
+    # (moto_server) holding its stdout open, and the block is done when bash
+    # exits, not when every descendant closed the pipe.
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(
+            ["bash", "-c", script],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return code, output.decode(errors="replace"), time.monotonic() - started
+            code = proc.wait(timeout=TIMEOUT)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            code, timed_out = -1, True
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        out.seek(0)
+        output = out.read().decode(errors="replace")
+    if timed_out:
+        output += f"\n(timed out after {TIMEOUT}s)"
+    return code, output, time.monotonic() - started
 
 
 def main():

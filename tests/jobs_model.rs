@@ -28,8 +28,8 @@ macro_rules! scenario {
     () => {
         use sqlx_envelope::jobs::transition::verify_encrypted;
         use sqlx_envelope::jobs::{
-            DestroyOptions, Job, JobOptions, JobPool, PlainKind, Target, count_rows_on,
-            destroy_key,
+            ColumnStatus, DestroyOptions, Job, JobOptions, JobPool, PlainKind, Target,
+            count_rows_on, destroy_key,
         };
         use sqlx_envelope::{CacheLimits, KeyId, KeyKind, KeyState};
 
@@ -193,6 +193,14 @@ macro_rules! scenario {
                 let got = Patient::fetch_by_key(&envelope, pool, &p.id).await.expect("open").expect("row");
                 assert_eq!(&got, p, "{kind:?}: a backfilled value opens through the model");
             }
+            // Status per tenant, from one grouped scan.
+            let keys = envelope.keys().await.expect("keys");
+            let st = ColumnStatus::compute(&jp, &name, &keys).await.expect("status");
+            assert_eq!(st.counts.encrypted(), 60);
+            assert_eq!(st.by_tenant.len(), 2, "{st:?}");
+            assert_eq!(st.by_tenant[&Some("north".to_owned())].counts.encrypted(), north);
+            assert_eq!(st.by_tenant[&Some("south".to_owned())].counts.encrypted(), 60 - north);
+            assert_eq!(st.by_tenant[&Some("south".to_owned())].undecryptable, 0);
 
             // Typed backfill: a DATE, a JSON and a padded nullable text column,
             // each sealed with the model's own codec and frame.
@@ -334,6 +342,21 @@ macro_rules! scenario {
                 .await
                 .expect_err("not an integer tenant");
             assert!(err.to_string().contains("not an integer"), "{err}");
+
+            // A misspelled column is refused before anything is registered,
+            // planned or written.
+            let typo = Target::new("patients", "id", "nmae").unwrap().key(name.key.clone()).unwrap();
+            let mut o = opts("typo", 5, None);
+            o.count_total = false;
+            let err = Job::reencrypt(envelope.clone(), jp.clone(), typo, old.clone())
+                .options(o)
+                .run()
+                .await
+                .expect_err("no such column");
+            assert!(matches!(err, sqlx_envelope::jobs::JobError::Invalid(_)), "{err:?}");
+            assert!(err.to_string().contains("check the table"), "{err}");
+            let registered = sqlx_envelope::jobs::registered_columns(&jp).await.unwrap();
+            assert!(registered.iter().all(|t| t.column.as_str() != "nmae"), "{registered:?}");
         }
     };
 }

@@ -367,6 +367,20 @@ macro_rules! scenario {
             let old = retire_all(&envelope).await;
             let old_list: Vec<String> = old.iter().map(|k| k.get().to_string()).collect();
             let old_list = old_list.join(",");
+            // Verify names the tenants whose rows are still on the old keys;
+            // status reports per tenant.
+            let mut on_old = verify.to_vec();
+            on_old.truncate(5);
+            on_old.extend(["--key", old_list.as_str()]);
+            let (code, out) = run(&on_old);
+            assert_eq!(code, Some(3), "{kind:?}: {out}");
+            for tenant in 1..=4 {
+                assert!(out.contains(&format!("visits.reason tenant {tenant}: ")), "{kind:?}: {out}");
+            }
+            let (code, out) = run(&["status", "--column", "visits.reason:clinic_id:int,id:uuid", "--tenant-column", "clinic_id:int"]);
+            assert_eq!(code, Some(0), "{kind:?}: {out}");
+            let per_tenant = seeded.iter().filter(|v| v.clinic_id == 2).count();
+            assert!(out.contains(&format!("tenant 2: {per_tenant} encrypted")), "{kind:?}: {out}");
             let mut args = vec!["reencrypt", "--table", "visits", "--column", "reason", "--key", old_list.as_str(), "--batch-size", "100", "--chunk-rows", "300", "--lease-secs", "2"];
             args.extend(key);
             reencrypt_with_kills(&url, &keys, &jp, &job_name("visits", "reason", &old), &args, n as u64, 1).await;
@@ -374,6 +388,8 @@ macro_rules! scenario {
             assert_eq!(count_rows_on(&jp, &t, &old).await.unwrap(), 0, "{kind:?}");
             let (code, out) = run(&verify);
             assert_eq!(code, Some(0), "{kind:?}: {out}");
+            let (code, out) = run(&on_old);
+            assert_eq!(code, Some(0), "{kind:?}: nothing left on the old keys: {out}");
             for id in &old {
                 destroy_key(&envelope, &jp, &DestroyOptions::new().unsafe_skip_seal_horizon(), *id).await.unwrap();
             }

@@ -191,7 +191,10 @@ impl Dialect {
             }
             Dialect::Postgres => ident.0.clone(),
             Dialect::MySql => format!("`{}`", ident.0),
-            Dialect::Sqlite => format!("\"{}\"", ident.0),
+            // Not `"..."`: SQLite reads a double-quoted name that matches no
+            // column as a string literal, so a misspelled column would select
+            // a constant instead of failing.
+            Dialect::Sqlite => format!("`{}`", ident.0),
         }
     }
 

@@ -47,8 +47,8 @@ pub use rowkey::{PkColumn, TenantBinding, parse_pk_spec, parse_tenant_spec};
 pub use run::{Job, JobKind, JobOptions, JobReport, PlainKind};
 pub use verify::{
     ColumnStatus, DEFAULT_DESTROY_SETTLE, DestroyOptions, KeyCounts, KeysOpenReport,
-    LEGACY_SEAL_HORIZON, count_by_key, count_rows_on, destroy_key, register_column,
-    registered_columns, verify_keys_open,
+    LEGACY_SEAL_HORIZON, TenantStatus, count_by_key, count_by_tenant_key, count_rows_on,
+    destroy_key, register_column, registered_columns, verify_keys_open,
 };
 
 pub(crate) use db::on_pool;

@@ -609,6 +609,7 @@ impl Job {
         if self.opts.tenant.is_some() {
             self.tenant_binding()?;
         }
+        self.check_target().await?;
         if let JobKind::Encrypt { plain, kind } | JobKind::Decrypt { plain, kind } = &self.kind {
             self.check_codec(plain, *kind).await?;
         }
@@ -637,6 +638,40 @@ impl Job {
             }
         }
         Ok(())
+    }
+
+    /// Every column the job reads or writes exists: checked before the job
+    /// registers or writes anything, so a typo never leaves a registered
+    /// column or a planned job behind.
+    async fn check_target(&self) -> JobResult<()> {
+        let d = self.pool.dialect();
+        let t = &self.target;
+        let mut cols: Vec<String> = t.key.iter().map(|k| d.quote(&k.name)).collect();
+        if let Some(tb) = &t.tenant {
+            cols.push(d.quote(&tb.column));
+        }
+        cols.push(d.quote(&t.column));
+        if let JobKind::Encrypt { plain, .. } | JobKind::Decrypt { plain, .. } = &self.kind {
+            cols.push(d.quote(plain));
+        }
+        let sql = format!(
+            "SELECT {} FROM {} WHERE 1 = 0",
+            cols.join(", "),
+            d.quote(&t.table)
+        );
+        let checked: Result<(), sqlx::Error> = on_pool!(&self.pool, p => {
+            sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_optional(p).await.map(|_| ())
+        });
+        match checked {
+            Ok(()) => Ok(()),
+            Err(sqlx::Error::Database(e)) => Err(JobError::Invalid(format!(
+                "{t} cannot be read as the job needs (table {}, columns {}): {}; check the table, --pk, --tenant-column and column names",
+                t.table,
+                cols.join(", "),
+                e.message()
+            ))),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A typed codec reads text forms; PostgreSQL's decrypt-out needs the

@@ -53,19 +53,72 @@ pub async fn count_by_key(pool: &JobPool, target: &Target) -> JobResult<KeyCount
         on_pool!(pool, p => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(p).await?);
     let mut out = KeyCounts::default();
     for (prefix, n) in rows {
-        let n = n as u64;
+        out.add(prefix.as_deref(), n as u64);
+    }
+    Ok(out)
+}
+
+impl KeyCounts {
+    /// Count `n` rows whose value starts with `prefix` (version byte and key
+    /// id; `None` for NULL).
+    fn add(&mut self, prefix: Option<&[u8]>, n: u64) {
         match prefix {
-            None => out.null += n,
+            None => self.null += n,
             Some(p) if p.len() == 9 && p[0] == crate::format::VERSION_V1 => {
                 let id = u64::from_be_bytes(p[1..9].try_into().expect("8 bytes"));
                 if id == 0 {
-                    out.unrecognized += n;
+                    self.unrecognized += n;
                 } else {
-                    *out.by_key.entry(KeyId::new(id)).or_default() += n;
+                    *self.by_key.entry(KeyId::new(id)).or_default() += n;
                 }
             }
-            Some(_) => out.unrecognized += n,
+            Some(_) => self.unrecognized += n,
         }
+    }
+
+    fn merge(&mut self, other: &KeyCounts) {
+        self.null += other.null;
+        self.unrecognized += other.unrecognized;
+        for (k, n) in &other.by_key {
+            *self.by_key.entry(*k).or_default() += n;
+        }
+    }
+}
+
+/// Count the rows of `target` per tenant and data key id (one scan, grouped
+/// by the tenant column and the 9-byte prefix of each value). The target
+/// needs a tenant column; rows without a tenant are under `None`.
+pub async fn count_by_tenant_key(
+    pool: &JobPool,
+    target: &Target,
+) -> JobResult<BTreeMap<Option<String>, KeyCounts>> {
+    let tb = target.tenant.as_ref().ok_or_else(|| {
+        JobError::Invalid(format!(
+            "{target} has no tenant column: give one (Target::tenant, --tenant-column) to count per tenant"
+        ))
+    })?;
+    let d = pool.dialect();
+    let col = d.quote(&target.column);
+    let prefix = d.substr(&col, 1, 1 + crate::format::KEY_ID_LEN);
+    let sql = format!(
+        "SELECT {}, {prefix}, COUNT(*) FROM {} GROUP BY 1, 2",
+        super::rowkey::select_tenant(d, tb),
+        d.quote(&target.table)
+    );
+    let rows: Vec<(Option<String>, Option<Vec<u8>>, i64)> = on_pool!(pool, p => {
+        use sqlx::Row as _;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(p).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push((super::rowkey::read_tenant(&r, 0, tb)?, r.try_get(1)?, r.try_get(2)?));
+        }
+        out
+    });
+    let mut out: BTreeMap<Option<String>, KeyCounts> = BTreeMap::new();
+    for (tenant, prefix, n) in rows {
+        out.entry(tenant)
+            .or_default()
+            .add(prefix.as_deref(), n as u64);
     }
     Ok(out)
 }
@@ -179,6 +232,33 @@ pub struct ColumnStatus {
     /// Rows whose data key is unknown to the key store, or in a state that
     /// cannot decrypt (retired, destroyed): rows that do not open today.
     pub undecryptable: u64,
+    /// The same per tenant, for a target with a tenant column (empty
+    /// otherwise); rows without a tenant under `None`.
+    pub by_tenant: BTreeMap<Option<String>, TenantStatus>,
+}
+
+/// The key distribution of one tenant's rows of a column.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TenantStatus {
+    /// Rows per data key.
+    pub counts: KeyCounts,
+    /// Rows that do not open today (unknown, retired or destroyed key).
+    pub undecryptable: u64,
+}
+
+/// Rows of `counts` whose key is unknown or cannot decrypt.
+fn undecryptable(counts: &KeyCounts, keys: &[KeyRecord]) -> u64 {
+    counts
+        .by_key
+        .iter()
+        .filter(|(id, _)| {
+            keys.iter()
+                .find(|r| r.id == **id)
+                .is_none_or(|r| !r.state.can_decrypt())
+        })
+        .map(|(_, n)| n)
+        .sum()
 }
 
 impl ColumnStatus {
@@ -188,7 +268,26 @@ impl ColumnStatus {
         target: &Target,
         keys: &[KeyRecord],
     ) -> JobResult<ColumnStatus> {
-        let counts = count_by_key(pool, target).await?;
+        // With a tenant column, one grouped scan gives both views.
+        let (counts, by_tenant) = if target.tenant.is_some() {
+            let per = count_by_tenant_key(pool, target).await?;
+            let mut all = KeyCounts::default();
+            let mut by_tenant = BTreeMap::new();
+            for (tenant, c) in per {
+                all.merge(&c);
+                let undecryptable = undecryptable(&c, keys);
+                by_tenant.insert(
+                    tenant,
+                    TenantStatus {
+                        counts: c,
+                        undecryptable,
+                    },
+                );
+            }
+            (all, by_tenant)
+        } else {
+            (count_by_key(pool, target).await?, BTreeMap::new())
+        };
         let mut by_master_key = BTreeMap::new();
         let mut undecryptable = 0;
         for (id, n) in &counts.by_key {
@@ -218,6 +317,7 @@ impl ColumnStatus {
             counts,
             by_master_key,
             undecryptable,
+            by_tenant,
         })
     }
 }

@@ -16,6 +16,20 @@ pub struct StatusArgs {
     /// Column to report (TABLE.COLUMN[:PK], PK as for --pk, repeatable). Default: every registered column.
     #[arg(long = "column", value_parser = parse_column)]
     pub columns: Vec<Target>,
+    /// The tenant column of the --column(s), COLUMN[:KIND]: report per tenant too (columns a model
+    /// registered report per tenant without it).
+    #[arg(long, requires = "columns")]
+    pub tenant_column: Option<String>,
+}
+
+fn with_tenant(columns: &mut [Target], spec: &Option<String>) -> Result<(), Failure> {
+    if let Some(spec) = spec {
+        let tenant = sqlx_envelope::jobs::parse_tenant_spec(spec)?;
+        for t in columns {
+            *t = t.clone().tenant(tenant.clone());
+        }
+    }
+    Ok(())
 }
 
 /// `verify`.
@@ -85,10 +99,63 @@ fn print_status(s: &ColumnStatus, states: &[(KeyId, String)]) {
     for (m, n) in &s.by_master_key {
         println!("  master key {m}: {n} rows");
     }
+    for (tenant, ts) in &s.by_tenant {
+        let keys: Vec<String> = ts
+            .counts
+            .by_key
+            .iter()
+            .map(|(id, n)| format!("{}={n}", id.get()))
+            .collect();
+        println!(
+            "  tenant {}: {} encrypted, {} null, {} undecryptable; rows per data key: {}",
+            tenant.as_deref().unwrap_or("(none)"),
+            ts.counts.encrypted(),
+            ts.counts.null,
+            ts.undecryptable,
+            keys.join(" ")
+        );
+    }
+}
+
+/// Where rows are on watched keys or do not open: per tenant when known.
+fn tenant_problems(s: &ColumnStatus, watch: &[KeyId]) -> Vec<String> {
+    let t = &s.target;
+    if s.by_tenant.is_empty() {
+        let mut out = Vec::new();
+        let on = s.counts.on(watch);
+        if on > 0 {
+            out.push(format!("{t}: {on} row(s) on the given keys"));
+        }
+        if s.undecryptable > 0 {
+            out.push(format!(
+                "{t}: {} row(s) under unknown, retired or destroyed keys",
+                s.undecryptable
+            ));
+        }
+        return out;
+    }
+    let mut out = Vec::new();
+    for (tenant, ts) in &s.by_tenant {
+        let tenant = tenant.as_deref().unwrap_or("(none)");
+        let on = ts.counts.on(watch);
+        if on > 0 {
+            out.push(format!(
+                "{t} tenant {tenant}: {on} row(s) on the given keys"
+            ));
+        }
+        if ts.undecryptable > 0 {
+            out.push(format!(
+                "{t} tenant {tenant}: {} row(s) under unknown, retired or destroyed keys",
+                ts.undecryptable
+            ));
+        }
+    }
+    out
 }
 
 /// `status`.
-pub async fn status(g: &Global, a: StatusArgs) -> CmdResult {
+pub async fn status(g: &Global, mut a: StatusArgs) -> CmdResult {
+    with_tenant(&mut a.columns, &a.tenant_column)?;
     let pool = g.pool().await?;
     let keys = pool
         .key_store()
@@ -107,12 +174,7 @@ pub async fn status(g: &Global, a: StatusArgs) -> CmdResult {
 /// `verify`.
 pub async fn verify(g: &Global, mut a: VerifyArgs) -> CmdResult {
     let pool = g.pool().await?;
-    if let Some(spec) = &a.tenant_column {
-        let tenant = sqlx_envelope::jobs::parse_tenant_spec(spec)?;
-        for t in &mut a.columns {
-            *t = t.clone().tenant(tenant.clone());
-        }
-    }
+    with_tenant(&mut a.columns, &a.tenant_column)?;
     if let Some(ty) = &a.plaintext_type {
         let codec = sqlx_envelope::jobs::ValueCodec::builtin(ty, a.pad)?;
         for t in &mut a.columns {
@@ -165,16 +227,7 @@ pub async fn verify(g: &Global, mut a: VerifyArgs) -> CmdResult {
         bar.finish_and_clear();
         let s = s?;
         print_status(&s, &states);
-        let on = s.counts.on(&watch);
-        if on > 0 {
-            problems.push(format!("{t}: {on} row(s) on the given keys"));
-        }
-        if s.undecryptable > 0 {
-            problems.push(format!(
-                "{t}: {} row(s) under unknown, retired or destroyed keys",
-                s.undecryptable
-            ));
-        }
+        problems.extend(tenant_problems(&s, &watch));
         if s.counts.unrecognized > 0 {
             problems.push(format!(
                 "{t}: {} row(s) not in the sealed format",
