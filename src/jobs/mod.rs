@@ -31,6 +31,7 @@
 //! Nothing here logs or reports plaintext or key material: progress carries
 //! counts, errors carry key ids and primary keys at most.
 
+mod check;
 mod checkpoint;
 mod db;
 mod plaintext;
@@ -39,6 +40,7 @@ mod rowkey;
 mod run;
 pub mod transition;
 pub mod verify;
+mod write;
 
 pub use checkpoint::{JobStatus, job_status, reset_job};
 pub use db::{Dialect, Ident, JobPool};

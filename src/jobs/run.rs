@@ -7,15 +7,16 @@ use sqlx::Row as _;
 use tokio::sync::watch;
 
 use super::checkpoint::{self, Chunk, JobSql, JobStatus};
-use super::db::{Dialect, Ident, is_transient, key_id_bytes, now_ms};
+use super::db::{Dialect, Ident, is_transient, key_id_bytes};
 use super::plaintext::{self, Rendered};
 use super::rowkey::{self, Arg, bind_arg};
+use super::write::{Val, Write};
 use super::{
     CancelToken, JobError, JobPool, JobResult, Progress, Target, Throttle, on_pool, verify,
 };
 use crate::context::{Context, RowId};
 use crate::envelope::Envelope;
-use crate::key::{KeyId, KeyState};
+use crate::key::KeyId;
 use crate::model::PlainValue;
 
 /// How a job reads and writes a plaintext column.
@@ -145,130 +146,23 @@ pub struct JobReport {
 /// [module documentation](super).
 #[derive(Debug)]
 pub struct Job {
-    envelope: Envelope,
-    pool: JobPool,
-    target: Target,
-    kind: JobKind,
-    opts: JobOptions,
+    pub(super) envelope: Envelope,
+    pub(super) pool: JobPool,
+    pub(super) target: Target,
+    pub(super) kind: JobKind,
+    pub(super) opts: JobOptions,
     progress: watch::Sender<Progress>,
     cancel: CancelToken,
     /// PostgreSQL: the SQL type of a typed plaintext column decrypt-out
     /// writes (cast from text), looked up once.
-    plain_sql_type: std::sync::OnceLock<String>,
+    pub(super) plain_sql_type: std::sync::OnceLock<String>,
 }
-
-enum Val {
-    Bytes(Vec<u8>),
-    Text(String),
-}
-
-macro_rules! bind_val {
-    ($q:expr, $v:expr) => {
-        match $v {
-            Val::Bytes(b) => $q.bind(b.clone()),
-            Val::Text(s) => $q.bind(s.clone()),
-        }
-    };
-}
-
-/// Bind one column of a batch as a PostgreSQL array (all values of a column
-/// have the same type).
-#[cfg(feature = "postgres")]
-macro_rules! bind_column {
-    ($q:expr, $vals:expr) => {{
-        let vals: Vec<&Val> = $vals.collect();
-        if matches!(vals.first(), Some(Val::Text(_))) {
-            let v: Vec<String> = vals
-                .iter()
-                .map(|v| match v {
-                    Val::Text(s) => s.clone(),
-                    Val::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
-                })
-                .collect();
-            $q.bind(v)
-        } else {
-            let v: Vec<Vec<u8>> = vals
-                .iter()
-                .map(|v| match v {
-                    Val::Bytes(b) => b.clone(),
-                    Val::Text(s) => s.clone().into_bytes(),
-                })
-                .collect();
-            $q.bind(v)
-        }
-    }};
-}
-
-/// Rows per compare-and-swap statement (SQLite and MySQL bind 3 per row).
-const BULK_ROWS: usize = 1000;
-
-fn pg_type(kind: PlainKind) -> &'static str {
-    match kind {
-        PlainKind::Text => "text",
-        PlainKind::Bytes => "bytea",
-    }
-}
-
-/// One row write: (primary key, new value, old value for the compare-and-swap).
-type Write = (RowId, Val, Val);
 
 /// One row read: its key, tenant and the column the job reads.
 struct JobRow {
     key: RowId,
     tenant: Option<String>,
     val: Val,
-}
-
-/// The PostgreSQL array type of a key part's values as bound (UUIDs as text,
-/// cast back in the join).
-fn pg_key_type(kind: crate::model::PkKind) -> &'static str {
-    match kind {
-        crate::model::PkKind::Int => "int8",
-        crate::model::PkKind::Uuid | crate::model::PkKind::Text => "text",
-        crate::model::PkKind::Bytes => "bytea",
-    }
-}
-
-/// Part `i` of every key of a batch, as one PostgreSQL array.
-#[cfg(feature = "postgres")]
-enum KeyColumn {
-    I64(Vec<i64>),
-    Text(Vec<String>),
-    Bytes(Vec<Vec<u8>>),
-}
-
-#[cfg(feature = "postgres")]
-fn pg_key_column(writes: &[Write], i: usize) -> KeyColumn {
-    let mut args = writes
-        .iter()
-        .map(|w| rowkey::key_args(Dialect::Postgres, &w.0).swap_remove(i));
-    match args.next() {
-        None | Some(Arg::I64(_)) => KeyColumn::I64(
-            writes
-                .iter()
-                .map(|w| match &w.0.parts()[i] {
-                    crate::context::PkPart::Int(v) => *v,
-                    _ => unreachable!("every key of a batch has the same shape"),
-                })
-                .collect(),
-        ),
-        Some(Arg::Text(first)) => KeyColumn::Text(
-            std::iter::once(first)
-                .chain(args.map(|a| match a {
-                    Arg::Text(s) => s,
-                    _ => unreachable!("every key of a batch has the same shape"),
-                }))
-                .collect(),
-        ),
-        Some(Arg::Bytes(first)) => KeyColumn::Bytes(
-            std::iter::once(first)
-                .chain(args.map(|a| match a {
-                    Arg::Bytes(b) => b,
-                    _ => unreachable!("every key of a batch has the same shape"),
-                }))
-                .collect(),
-        ),
-    }
 }
 
 impl Job {
@@ -458,122 +352,6 @@ impl Job {
         Ok((read, filter, args))
     }
 
-    fn tenant_binding(&self) -> JobResult<&super::TenantBinding> {
-        self.target.tenant.as_ref().ok_or_else(|| {
-            JobError::Invalid(format!(
-                "{} has no tenant column: give the target one (Target::tenant, --tenant-column) to limit a job to one tenant",
-                self.target
-            ))
-        })
-    }
-
-    /// One compare-and-swap `UPDATE` of `n` rows, given as `(key, new, old)`:
-    /// PostgreSQL binds one array per key column plus two (`unnest`),
-    /// MySQL/MariaDB and SQLite bind `(parts + 2) n` values (a derived table of
-    /// `UNION ALL` rows / a `VALUES` list). A row is written only if its column
-    /// still holds `old`; the affected-row count is the number written.
-    fn bulk_update_sql(&self, d: Dialect, n: usize) -> String {
-        let t = d.quote(&self.target.table);
-        let col = d.quote(&self.target.column);
-        let key = &self.target.key;
-        let (set_col, cond, new_ty, old_ty) = match &self.kind {
-            JobKind::Reencrypt { .. } => {
-                (col.clone(), format!("{t}.{col} = v.ov"), "bytea", "bytea")
-            }
-            JobKind::Encrypt { plain, kind } => {
-                let plain = d.quote(plain);
-                let read = plaintext::read_expr(d, &self.target.codec, &format!("{t}.{plain}"));
-                let eq = text_eq(d, *kind, &read, "v.ov");
-                (
-                    col.clone(),
-                    format!("{t}.{col} IS NULL AND {eq}"),
-                    "bytea",
-                    pg_type(*kind),
-                )
-            }
-            JobKind::Decrypt { plain, kind } => {
-                let plain = d.quote(plain);
-                (
-                    plain.clone(),
-                    format!("{t}.{plain} IS NULL AND {t}.{col} = v.ov"),
-                    pg_type(*kind),
-                    "bytea",
-                )
-            }
-        };
-        // PostgreSQL does not assign text to a typed column implicitly.
-        let new_val = match (d, self.plain_sql_type.get()) {
-            (Dialect::Postgres, Some(ty)) if matches!(self.kind, JobKind::Decrypt { .. }) => {
-                format!("CAST(v.nv AS {ty})")
-            }
-            _ => "v.nv".to_owned(),
-        };
-        let names: Vec<String> = (0..key.len()).map(|i| format!("k{i}")).collect();
-        let join = key
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                let c = format!("{t}.{}", d.quote(&k.name));
-                match (d, k.kind) {
-                    (Dialect::Postgres, crate::model::PkKind::Uuid) => {
-                        format!("{c} = CAST(v.k{i} AS uuid)")
-                    }
-                    _ => format!("{c} = v.k{i}"),
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let width = key.len() + 2;
-        match d {
-            Dialect::Postgres => {
-                let arrays: Vec<String> = key
-                    .iter()
-                    .enumerate()
-                    .map(|(i, k)| format!("${}::{}[]", i + 1, pg_key_type(k.kind)))
-                    .chain([
-                        format!("${}::{new_ty}[]", key.len() + 1),
-                        format!("${}::{old_ty}[]", key.len() + 2),
-                    ])
-                    .collect();
-                format!(
-                    "UPDATE {t} SET {set_col} = {new_val} \
-                     FROM unnest({}) AS v({}, nv, ov) \
-                     WHERE {join} AND {cond}",
-                    arrays.join(", "),
-                    names.join(", ")
-                )
-            }
-            Dialect::MySql => {
-                let first = names
-                    .iter()
-                    .map(|k| format!("? AS {k}"))
-                    .chain(["? AS nv".to_owned(), "? AS ov".to_owned()])
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let rest = vec!["?"; width].join(", ");
-                let rows: Vec<String> = std::iter::once(format!("SELECT {first}"))
-                    .chain(std::iter::repeat_n(
-                        format!("SELECT {rest}"),
-                        n.saturating_sub(1),
-                    ))
-                    .collect();
-                format!(
-                    "UPDATE {t} JOIN ({}) AS v ON {join} SET {t}.{set_col} = v.nv WHERE {cond}",
-                    rows.join(" UNION ALL ")
-                )
-            }
-            Dialect::Sqlite => {
-                let row = format!("({})", vec!["?"; width].join(", "));
-                let rows = vec![row.as_str(); n].join(", ");
-                format!(
-                    "WITH v({}, nv, ov) AS (VALUES {rows}) \
-                     UPDATE {t} SET {set_col} = v.nv FROM v WHERE {join} AND {cond}",
-                    names.join(", ")
-                )
-            }
-        }
-    }
-
     fn read_kind(&self) -> PlainKind {
         match &self.kind {
             JobKind::Encrypt { kind, .. } => *kind,
@@ -598,122 +376,6 @@ impl Job {
             q.fetch_one(p).await?
         });
         Ok(n as u64)
-    }
-
-    async fn precheck(&self) -> JobResult<()> {
-        if self.opts.batch_size == 0 || self.opts.concurrency == 0 {
-            return Err(JobError::Invalid(
-                "batch size and concurrency must be at least 1".into(),
-            ));
-        }
-        if self.opts.tenant.is_some() {
-            self.tenant_binding()?;
-        }
-        self.check_target().await?;
-        if let JobKind::Encrypt { plain, kind } | JobKind::Decrypt { plain, kind } = &self.kind {
-            self.check_codec(plain, *kind).await?;
-        }
-        if let JobKind::Reencrypt { from } = &self.kind {
-            if from.is_empty() {
-                return Err(JobError::Invalid("no key ids to re-encrypt from".into()));
-            }
-            for id in from {
-                let rec = self
-                    .envelope
-                    .store()
-                    .get(*id)
-                    .await?
-                    .ok_or(crate::Error::UnknownKey(*id))?;
-                if rec.state == KeyState::Active {
-                    return Err(JobError::Invalid(format!(
-                        "data key {id} is active: retire it (mark it decrypt-only) before re-encrypting away from it"
-                    )));
-                }
-                if !rec.state.can_decrypt() {
-                    return Err(JobError::Invalid(format!(
-                        "data key {id} is {} and cannot decrypt: set it back to decrypt-only first",
-                        rec.state
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Every column the job reads or writes exists: checked before the job
-    /// registers or writes anything, so a typo never leaves a registered
-    /// column or a planned job behind.
-    async fn check_target(&self) -> JobResult<()> {
-        let d = self.pool.dialect();
-        let t = &self.target;
-        let mut cols: Vec<String> = t.key.iter().map(|k| d.quote(&k.name)).collect();
-        if let Some(tb) = &t.tenant {
-            cols.push(d.quote(&tb.column));
-        }
-        cols.push(d.quote(&t.column));
-        if let JobKind::Encrypt { plain, .. } | JobKind::Decrypt { plain, .. } = &self.kind {
-            cols.push(d.quote(plain));
-        }
-        let sql = format!(
-            "SELECT {} FROM {} WHERE 1 = 0",
-            cols.join(", "),
-            d.quote(&t.table)
-        );
-        let checked: Result<(), sqlx::Error> = on_pool!(&self.pool, p => {
-            sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_optional(p).await.map(|_| ())
-        });
-        match checked {
-            Ok(()) => Ok(()),
-            Err(sqlx::Error::Database(e)) => Err(JobError::Invalid(format!(
-                "{t} cannot be read as the job needs (table {}, columns {}): {}; check the table, --pk, --tenant-column and column names",
-                t.table,
-                cols.join(", "),
-                e.message()
-            ))),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// A typed codec reads text forms; PostgreSQL's decrypt-out needs the
-    /// column's type to cast into.
-    async fn check_codec(&self, plain: &Ident, kind: PlainKind) -> JobResult<()> {
-        let codec = &self.target.codec;
-        if codec.codec() == Some(crate::model::CodecId::Custom) {
-            return Err(JobError::Invalid(format!(
-                "{} is a field with its own FieldCodec: jobs re-encrypt it, but backfill and decrypt-out need a built-in type",
-                self.target
-            )));
-        }
-        if codec.reads_text_form() && kind == PlainKind::Bytes {
-            return Err(JobError::Invalid(format!(
-                "{} holds {} values, read through their text form: use PlainKind::Text (no --bytes)",
-                self.target,
-                codec.codec().map(|c| c.name()).unwrap_or("raw")
-            )));
-        }
-        if codec.reads_text_form()
-            && matches!(self.kind, JobKind::Decrypt { .. })
-            && self.pool.dialect() == Dialect::Postgres
-        {
-            let d = self.pool.dialect();
-            let sql = "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
-                       WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped";
-            let ty: Option<String> = on_pool!(&self.pool, p => {
-                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                    .bind(d.quote(&self.target.table))
-                    .bind(plain.as_str())
-                    .fetch_optional(p)
-                    .await?
-            });
-            let ty = ty.ok_or_else(|| {
-                JobError::Invalid(format!(
-                    "table {} has no column {plain}: create the plaintext column first",
-                    self.target.table
-                ))
-            })?;
-            let _ = self.plain_sql_type.set(ty);
-        }
-        Ok(())
     }
 
     /// Run the job until every chunk is done (by this process or others), or
@@ -1041,92 +703,6 @@ impl Job {
         }
     }
 
-    /// Write one batch and its checkpoint in one transaction. `None` when the
-    /// lease was lost (everything rolled back).
-    #[allow(clippy::too_many_arguments)]
-    async fn commit(
-        &self,
-        writes: &[Write],
-        sql: &JobSql,
-        job: &str,
-        chunk: i64,
-        owner: &str,
-        last: &RowId,
-        scanned: u64,
-        failed: u64,
-    ) -> JobResult<Option<(u64, u64)>> {
-        let d = self.pool.dialect();
-        let now = now_ms();
-        let lease_until = now + self.opts.lease.as_millis() as i64;
-        // $p: the pool; $bind: how one part's rows are bound onto query $q.
-        macro_rules! batch_tx {
-            ($p:expr, |$q:ident, $part:ident| $bind:expr) => {{
-                let mut tx = $p.begin().await?;
-                let mut written = 0u64;
-                for $part in writes.chunks(BULK_ROWS) {
-                    let sql = self.bulk_update_sql(d, $part.len());
-                    let $q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                    let $q = $bind;
-                    written += $q.execute(&mut *tx).await?.rows_affected();
-                }
-                let conflicts = writes.len() as u64 - written;
-                let ok = sqlx::query(sqlx::AssertSqlSafe(sql.progress.clone()))
-                    .bind(last.to_canonical_hex())
-                    .bind(lease_until)
-                    .bind(now)
-                    .bind(scanned as i64)
-                    .bind(written as i64)
-                    .bind(conflicts as i64)
-                    .bind(failed as i64)
-                    .bind(job)
-                    .bind(chunk)
-                    .bind(owner)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if ok != 1 {
-                    tx.rollback().await?;
-                    return Ok(None);
-                }
-                tx.commit().await?;
-                Ok(Some((written, conflicts)))
-            }};
-        }
-        // MySQL/MariaDB and SQLite: (key parts..., new, old) per row.
-        macro_rules! per_row {
-            ($q:ident, $part:ident) => {{
-                let mut q = $q;
-                for (row, new, old) in $part {
-                    for a in &rowkey::key_args(d, row) {
-                        q = bind_arg!(q, a);
-                    }
-                    q = bind_val!(q, new);
-                    q = bind_val!(q, old);
-                }
-                q
-            }};
-        }
-        match &self.pool {
-            #[cfg(feature = "postgres")]
-            JobPool::Postgres(p) => batch_tx!(p, |q, part| {
-                let mut q = q;
-                for i in 0..self.target.key.len() {
-                    q = match pg_key_column(part, i) {
-                        KeyColumn::I64(v) => q.bind(v),
-                        KeyColumn::Text(v) => q.bind(v),
-                        KeyColumn::Bytes(v) => q.bind(v),
-                    };
-                }
-                let q = bind_column!(q, part.iter().map(|w| &w.1));
-                bind_column!(q, part.iter().map(|w| &w.2))
-            }),
-            #[cfg(feature = "mysql")]
-            JobPool::MySql(p) => batch_tx!(p, |q, part| per_row!(q, part)),
-            #[cfg(feature = "sqlite")]
-            JobPool::Sqlite(p) => batch_tx!(p, |q, part| per_row!(q, part)),
-        }
-    }
-
     async fn dry_run(&self, name: String) -> JobResult<JobReport> {
         let mut report = JobReport {
             job: name,
@@ -1154,16 +730,6 @@ impl Job {
         }
         report.remaining = report.scanned;
         Ok(report)
-    }
-}
-
-/// `plain = ph`, byte-exact on MySQL (whose text comparison ignores case).
-fn text_eq(d: Dialect, kind: PlainKind, plain: &str, ph: &str) -> String {
-    match (d, kind) {
-        (Dialect::MySql, PlainKind::Text) => {
-            format!("CAST({plain} AS BINARY) = CAST({ph} AS BINARY)")
-        }
-        _ => format!("{plain} = {ph}"),
     }
 }
 
