@@ -122,6 +122,20 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         })
 }
 
+/// A UUID's 16 bytes as hyphenated lower-case hex (how `uuid::Uuid`
+/// displays, and how PostgreSQL renders a `uuid`).
+pub(crate) fn uuid_hyphenated(b: &[u8; 16]) -> String {
+    let h = hex(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 /// Lower- or upper-case hex to bytes; `None` on odd length or a non-hex digit.
 pub(crate) fn unhex(hex: &str) -> Option<Vec<u8>> {
     if !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -31,7 +31,7 @@ macro_rules! scenario {
             ColumnStatus, DestroyOptions, Job, JobOptions, JobPool, PlainKind, Target,
             count_rows_on, destroy_key,
         };
-        use sqlx_envelope::{CacheLimits, KeyId, KeyKind, KeyState};
+        use sqlx_envelope::{CacheLimits, KeyId};
 
         /// A visit: composite key `(clinic_id, id)` whose first part is the
         /// tenant, as multi-tenant schemas often do.
@@ -53,21 +53,6 @@ macro_rules! scenario {
             o
         }
 
-        /// Retire every active data key (an operator's rotation).
-        async fn retire_all(envelope: &Envelope) -> Vec<KeyId> {
-            let mut old = Vec::new();
-            for k in envelope.keys().await.expect("keys") {
-                if k.kind == KeyKind::Data && k.state == KeyState::Active {
-                    envelope
-                        .set_key_state(k.id, KeyState::DecryptOnly)
-                        .await
-                        .expect("retire");
-                    old.push(k.id);
-                }
-            }
-            assert!(!old.is_empty());
-            old
-        }
 
         /// Re-encrypt `target` off `old`: tenant `first` alone, then the rest
         /// by two workers sharing one job. Returns the rows written.
@@ -242,7 +227,7 @@ macro_rules! scenario {
             }
 
             // Re-encrypt every encrypted column of the model after a rotation.
-            let old = retire_all(&envelope).await;
+            let old = super::jobs_support::retire_active(&envelope).await;
             for (column, first, total) in [
                 ("name", north, 60),
                 ("date_of_birth", north, 60),
@@ -325,7 +310,7 @@ macro_rules! scenario {
             }
             let target = Target::for_model::<Visit>("reason").expect("target");
             assert_eq!(target.key_spec(), "clinic_id:int,id:uuid");
-            let old = retire_all(&envelope).await;
+            let old = super::jobs_support::retire_active(&envelope).await;
             let clinic_2 = visits.iter().filter(|v| v.clinic_id == 2).count() as u64;
             reencrypt(&envelope, &jp, &target, &old, "2", clinic_2, 40).await;
             for v in &visits {

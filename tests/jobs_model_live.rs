@@ -51,7 +51,7 @@ macro_rules! scenario {
             DestroyOptions, Job, JobOptions, JobPool, PlainKind, Target, count_rows_on,
             destroy_key, job_status, transition::verify_encrypted,
         };
-        use sqlx_envelope::{Context, KeyId, KeyKind, KeyState, RowId};
+        use sqlx_envelope::{Context, KeyId, RowId};
 
         use super::jobs_support::{cli, db_url, envelope_from_file, job_pool, random_key, write_key_file};
 
@@ -64,17 +64,6 @@ macro_rules! scenario {
             pub reason: String,
         }
 
-        async fn retire_all(envelope: &Envelope) -> Vec<KeyId> {
-            let mut old = Vec::new();
-            for k in envelope.keys().await.expect("keys") {
-                if k.kind == KeyKind::Data && k.state == KeyState::Active {
-                    envelope.set_key_state(k.id, KeyState::DecryptOnly).await.expect("retire");
-                    old.push(k.id);
-                }
-            }
-            old.sort();
-            old
-        }
 
         fn job_name(table: &str, column: &str, old: &[KeyId]) -> String {
             let ids: Vec<String> = old.iter().map(|k| k.get().to_string()).collect();
@@ -253,7 +242,7 @@ macro_rules! scenario {
 
             // Rotation: retire every data key; re-encrypt `name` with the CLI
             // (killed twice, resumed by two workers), the rest with the API.
-            let old = retire_all(&envelope).await;
+            let old = super::jobs_support::retire_active(&envelope).await;
             let old_list: Vec<String> = old.iter().map(|k| k.get().to_string()).collect();
             let old_list = old_list.join(",");
             let job = job_name("patients", "name", &old);
@@ -364,7 +353,7 @@ macro_rules! scenario {
             assert_eq!(code, Some(0), "{kind:?}: {out}");
             assert!(out.contains(&format!("opened {n}")), "{kind:?}: {out}");
 
-            let old = retire_all(&envelope).await;
+            let old = super::jobs_support::retire_active(&envelope).await;
             let old_list: Vec<String> = old.iter().map(|k| k.get().to_string()).collect();
             let old_list = old_list.join(",");
             // Verify names the tenants whose rows are still on the old keys;

@@ -295,15 +295,7 @@ where
 
 /// A UUID as hyphenated lower-case hex (how `uuid::Uuid` displays).
 pub(crate) fn hyphenated(b: &[u8; 16]) -> String {
-    let h = crate::format::hex(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    crate::format::uuid_hyphenated(b)
 }
 
 /// Parse a UUID in hyphenated or simple hex form.

@@ -168,17 +168,7 @@ impl ModelDescription {
         let parts = self.key.iter().zip(row.parts()).map(|(k, part)| {
             let value = match part {
                 PkPart::Int(v) => v.to_string(),
-                PkPart::Uuid(b) => {
-                    let h = crate::format::hex(b);
-                    format!(
-                        "{}-{}-{}-{}-{}",
-                        &h[..8],
-                        &h[8..12],
-                        &h[12..16],
-                        &h[16..20],
-                        &h[20..]
-                    )
-                }
+                PkPart::Uuid(b) => crate::format::uuid_hyphenated(b),
                 PkPart::Text(t) => format!("{t:?}"),
                 PkPart::Bytes(b) => format!("0x{}", crate::format::hex(b)),
             };

@@ -208,3 +208,21 @@ pub fn cli(db_url: &str, key_file: &Path) -> Command {
         .arg("--no-progress");
     c
 }
+
+/// Retire every active data key (an operator's rotation); the retired ids,
+/// sorted.
+pub async fn retire_active(envelope: &Envelope) -> Vec<KeyId> {
+    let mut old = Vec::new();
+    for k in envelope.keys().await.expect("keys") {
+        if k.kind == sqlx_envelope::KeyKind::Data && k.state == sqlx_envelope::KeyState::Active {
+            envelope
+                .set_key_state(k.id, sqlx_envelope::KeyState::DecryptOnly)
+                .await
+                .expect("retire");
+            old.push(k.id);
+        }
+    }
+    assert!(!old.is_empty(), "no active data key to retire");
+    old.sort();
+    old
+}
