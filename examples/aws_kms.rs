@@ -11,7 +11,7 @@
 //! - `AWS_ENDPOINT_URL` (optional): a local KMS such as moto;
 //! - `DATABASE_URL` (optional): `postgres://` (add `--features postgres`),
 //!   `mysql://` (add `--features mysql`) or `sqlite:`; default a SQLite file in
-//!   the temporary directory (the default feature `sqlite`).
+//!   the temporary directory, one per KMS key (the default feature `sqlite`).
 //!
 //! With nothing set it prints what to set and exits with status 2.
 
@@ -73,7 +73,19 @@ async fn main() -> ExitCode {
 
 async fn key_store() -> Result<(String, Box<dyn KeyStore>), Error> {
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| {
-        let path = std::env::temp_dir().join("sqlx_envelope_aws_kms_example.db");
+        // One file per KMS key: keys wrapped by another master key (an earlier
+        // run against another key, or a restarted local KMS) cannot open here.
+        let key: String = std::env::var(KEY_VAR)
+            .unwrap_or_default()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .rev()
+            .take(48)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let path = std::env::temp_dir().join(format!("sqlx_envelope_aws_kms_example_{key}.db"));
         format!("sqlite://{}?mode=rwc", path.display())
     });
     let scheme = url.split(':').next().unwrap_or("").to_owned();

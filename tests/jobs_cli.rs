@@ -216,6 +216,10 @@ async fn life_cycle(kind: Kind) {
     let dry = run(&url, &keys1, &[&reenc[..], &["--dry-run"]].concat());
     assert_eq!(code(&dry), 0);
     assert!(stdout(&dry).contains(&format!("written={ROWS}")));
+    // A dry run whose rows do not open (a configuration without the master
+    // key) fails, naming the count: it is not "ok".
+    let dry_bad = run(&url, &keys_new, &[&reenc[..], &["--dry-run"]].concat());
+    assert_ne!(code(&dry_bad), 0, "{}", stdout(&dry_bad));
     assert_eq!(
         code(&run(
             &url,

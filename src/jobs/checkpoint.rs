@@ -31,7 +31,7 @@ fn stored_key(job: &str, v: Option<String>) -> JobResult<Option<RowId>> {
     v.map(|hex| {
         RowId::from_canonical_hex(&hex).ok_or_else(|| {
             JobError::Invalid(format!(
-                "job {job:?} has a checkpoint that is not a primary key; reset the job (reset_job / `sqlx-envelope reset`) and run it again"
+                "job {job:?} has a checkpoint that is not a primary key; reset the job (reset_job, or the command's --restart) and run it again"
             ))
         })
     })

@@ -195,6 +195,13 @@ async fn run_job(g: &Global, job: Job, restart: bool, label: &str) -> Result<Job
             s.chunks_done, s.chunks, s.written, s.conflicts, s.failed
         );
     }
+    if r.failed > 0 {
+        return Err(Failure::RowsRemain(format!(
+            "{} row(s) could not be processed{} and were left unchanged (the warnings above name them by key; a value that does not open usually means a master key is missing from the configuration)",
+            r.failed,
+            if r.dry_run { " in this dry run" } else { "" }
+        )));
+    }
     Ok(r)
 }
 
@@ -238,7 +245,7 @@ pub async fn backfill(g: &Global, a: BackfillArgs, reverse: bool) -> CmdResult {
         );
         if c.plaintext_only > 0 && !r.dry_run {
             return Err(Failure::RowsRemain(format!(
-                "{} row(s) of {t} are still plaintext only (failed or written meanwhile); run again",
+                "{} row(s) of {t} are still plaintext only (failed or written meanwhile); run again with --restart",
                 c.plaintext_only
             )));
         }

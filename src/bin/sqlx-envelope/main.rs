@@ -5,8 +5,9 @@
 //! - 0: success;
 //! - 1: error (database, keyring, configuration);
 //! - 2: usage error (bad flags or arguments);
-//! - 3: a verification found rows remaining, or a destructive step was refused
-//!   because rows still depend on it;
+//! - 3: a verification found rows remaining, a job left rows unprocessed, or
+//!   a destructive step was refused because rows still depend on it;
+//! - 4: not yet: `keys destroy` before the key's seal horizon;
 //! - 130: interrupted (Ctrl-C); the job's progress is checkpointed.
 
 mod config;
@@ -46,7 +47,7 @@ A typical rotation of a data key:
   sqlx-envelope verify --key 3             # exit 3 while rows still use #3
   sqlx-envelope keys destroy 3             # refused while any row uses #3
 
-Exit codes: 0 ok, 1 error, 2 usage, 3 rows remain (verify found rows, or a destructive step was refused), 130 interrupted (progress is saved; run the same command again to resume).";
+Exit codes: 0 ok, 1 error, 2 usage, 3 rows remain (verify found rows, a job left rows unprocessed, or a destructive step was refused), 4 not yet (keys destroy before the key's seal horizon), 130 interrupted (progress is saved; run the same command again to resume).";
 
 /// Manage data keys, master keys and encrypted columns of sqlx-envelope.
 #[derive(Debug, Parser)]
