@@ -58,13 +58,17 @@ struct Patient {
     phone: Option<String>,
 }
 
-fn patients() -> Vec<Patient> {
+/// The example's rows are bound to tenants named after its development key
+/// (`north-<tag>`), so a new key (a fresh checkout, `cargo clean`) starts with
+/// branch keys of its own instead of tripping over those another key wrapped
+/// in the same database.
+fn patients(tag: &str) -> Vec<Patient> {
     let date = |y, m, d| NaiveDate::from_ymd_opt(y, m, d).expect("valid date");
     let patient =
         |clinic: &str, ward: &str, name: &str, born, allergies: &[&str], phone: Option<&str>| {
             Patient {
                 id: Uuid::now_v7(),
-                clinic: clinic.into(),
+                clinic: format!("{clinic}-{tag}"),
                 ward: ward.into(),
                 name: name.into(),
                 date_of_birth: born,
@@ -111,10 +115,10 @@ macro_rules! demo {
         let store = $store;
         println!("creating the key store tables (sqlx_envelope_*) if missing");
         store.migrate().await?;
-        let envelope = Envelope::builder()
-            .keyring(keyring()?)
-            .store(store)
-            .build()?;
+        let keyring = keyring()?;
+        let tag = keyring.primary().to_string();
+        let tag = tag.rsplit('/').next().unwrap_or("dev").to_owned();
+        let envelope = Envelope::builder().keyring(keyring).store(store).build()?;
 
         println!(
             "creating table {} if missing (this example never drops it)",
@@ -134,7 +138,7 @@ macro_rules! demo {
 
         // 1. Insert: one call seals every encrypted field (one key reservation
         //    for the whole batch) and inserts the rows.
-        let people = patients();
+        let people = patients(&tag);
         Patient::insert_all(&envelope, &pool, &people).await?;
         println!("inserted {} patients", people.len());
 
@@ -144,7 +148,13 @@ macro_rules! demo {
             "SELECT * FROM {} WHERE ward = ",
             Patient::TABLE
         ));
-        query.push_bind("cardiology").push(" ORDER BY id");
+        query
+            .push_bind("cardiology")
+            .push(" AND clinic IN (")
+            .push_bind(people[0].clinic.clone())
+            .push(", ")
+            .push_bind(people[2].clinic.clone())
+            .push(") ORDER BY id");
         let cardiology: Vec<Patient> = query
             .build_query_as::<PatientSealed>()
             .opened(&envelope)
@@ -262,6 +272,9 @@ fn keyring() -> Result<LocalKeyring, Box<dyn std::error::Error>> {
         LocalKeyring::from_file(&file)?
     } else {
         println!("created a development master key in {}", file.display());
-        LocalKeyring::create_file(&file, "dev/1")?
+        // A name of its own, so that values and keys wrapped by another
+        // development key are told apart from this one's.
+        let name = format!("dev/{}", &Uuid::new_v4().simple().to_string()[..8]);
+        LocalKeyring::create_file(&file, &name)?
     })
 }

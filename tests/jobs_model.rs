@@ -330,7 +330,7 @@ macro_rules! scenario {
 
             // A misspelled column is refused before anything is registered,
             // planned or written.
-            let typo = Target::new("patients", "id", "nmae").unwrap().key(name.key.clone()).unwrap();
+            let typo = Target::keyed("patients", name.key.clone(), "nmae").unwrap();
             let mut o = opts("typo", 5, None);
             o.count_total = false;
             let err = Job::reencrypt(envelope.clone(), jp.clone(), typo, old.clone())

@@ -712,3 +712,124 @@ async fn destroy_waits_for_the_seal_horizon_of_every_process() {
         assert_eq!(w.state(k).await, KeyState::Destroyed, "{kind:?}");
     }
 }
+
+/// Two application processes with different cache limits (each its own
+/// `Envelope` and caches) and an operator acting at the same time, under one
+/// `ManualClock`: each process seals under its own data key; the operator
+/// retires both and asks to destroy them. Each destroy waits for the horizon of
+/// the process that sealed under that key (the longer-lived process keeps
+/// sealing under its key after the other's horizon has passed), then refuses
+/// while rows remain, and succeeds once the operator's re-encryption job moved
+/// them. Every row the two processes wrote opens afterwards.
+#[tokio::test]
+async fn two_processes_and_an_operator_destroy_only_after_every_horizon() {
+    use sqlx_envelope::jobs::{DestroyOptions, Job, JobError, JobPool, Target, destroy_key};
+    for kind in ALL {
+        let w = World::new(Db::connect(kind).await).await;
+        let a = w.process(CacheLimits::default().max_age(Duration::from_secs(300)));
+        let b = w.process(CacheLimits::default().max_age(Duration::from_secs(1800)));
+        let operator = w.process(CacheLimits::default());
+        let jobs = match &w.db {
+            Db::Postgres(p) => JobPool::from(p.clone()),
+            Db::MySql(p) => JobPool::from(p.clone()),
+            Db::Sqlite(p, _) => JobPool::from(p.clone()),
+        };
+        let t = unique("lc_two");
+        w.db.create_blob_table(&t, &["v"]).await;
+        let mut written: Vec<(i64, Vec<u8>)> = Vec::new();
+        let mut seal = async |app: &Envelope, row: i64, text: &str| {
+            let id = RowId::from(row);
+            let v = app
+                .seal(&Context::new(&t, "v", &id), text.as_bytes())
+                .await
+                .unwrap();
+            w.db.put_sealed(&t, "v", row, &v).await;
+            written.retain(|(r, _)| *r != row);
+            written.push((row, text.as_bytes().to_vec()));
+            v.key_id()
+        };
+        let ka = seal(&a, 1, "a1").await;
+        let kb = seal(&b, 2, "b2").await;
+        assert_ne!(
+            ka, kb,
+            "{kind:?}: each process seals under its own data key"
+        );
+
+        // The operator retires both keys; both processes still hold theirs.
+        for k in [ka, kb] {
+            operator
+                .set_key_state(k, KeyState::DecryptOnly)
+                .await
+                .unwrap();
+        }
+        assert_eq!(seal(&a, 3, "a3").await, ka, "{kind:?}");
+        assert_eq!(seal(&b, 4, "b4").await, kb, "{kind:?}");
+        let wait = async |k| match destroy_key(&operator, &jobs, &DestroyOptions::new(), k).await {
+            Err(JobError::SealHorizon { key, wait }) => {
+                assert_eq!(key, k);
+                wait
+            }
+            other => panic!("{kind:?}: destroy of {k} before its horizon must wait, got {other:?}"),
+        };
+        let (wait_a, wait_b) = (wait(ka).await, wait(kb).await);
+        assert!(
+            wait_b > wait_a,
+            "{kind:?}: b's key lives longer ({wait_a:?} vs {wait_b:?})"
+        );
+
+        // Past a's horizon: a moves on, b still seals under kb, so kb cannot go.
+        w.clock.advance(wait_a + Duration::from_millis(1));
+        assert_ne!(seal(&a, 5, "a5").await, ka, "{kind:?}");
+        assert_eq!(
+            seal(&b, 6, "b6").await,
+            kb,
+            "{kind:?}: b is still within its max age"
+        );
+        wait(kb).await;
+        match destroy_key(&operator, &jobs, &DestroyOptions::new(), ka).await {
+            Err(JobError::RowsRemain { rows, .. }) => assert_eq!(rows, 2, "{kind:?}: rows 1 and 3"),
+            other => panic!("{kind:?}: rows remain under ka, got {other:?}"),
+        }
+
+        // The operator re-encrypts ka's rows while both processes run, then
+        // destroys ka; kb follows once b's horizon has passed.
+        let target = Target::new(&t, "id", "v").unwrap();
+        let r = Job::reencrypt(operator.clone(), jobs.clone(), target.clone(), vec![ka])
+            .run()
+            .await
+            .unwrap();
+        assert_eq!((r.written, r.remaining), (2, 0), "{kind:?}");
+        destroy_key(&operator, &jobs, &DestroyOptions::new(), ka)
+            .await
+            .unwrap();
+        assert_eq!(w.state(ka).await, KeyState::Destroyed, "{kind:?}");
+        w.clock.advance(wait_b - wait_a);
+        assert_ne!(seal(&b, 7, "b7").await, kb, "{kind:?}");
+        let r = Job::reencrypt(operator.clone(), jobs.clone(), target, vec![kb])
+            .run()
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.written, r.remaining),
+            (3, 0),
+            "{kind:?}: rows 2, 4 and 6"
+        );
+        destroy_key(&operator, &jobs, &DestroyOptions::new(), kb)
+            .await
+            .unwrap();
+
+        // Every row opens, through either process, to what was last written.
+        for (row, text) in &written {
+            let id = RowId::from(*row);
+            let ctx = Context::new(&t, "v", &id);
+            let stored = w.db.get_sealed(&t, "v", *row).await.unwrap().expect("row");
+            for app in [&a, &b] {
+                assert_eq!(
+                    app.open(&ctx, &stored).await.unwrap().as_bytes(),
+                    text,
+                    "{kind:?} row {row}"
+                );
+            }
+        }
+    }
+}

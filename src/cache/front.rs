@@ -5,7 +5,7 @@
 //! sealing a 64-byte value. Most operations hit a handful of keys, so each cache
 //! has a front: an immutable map behind an [`ArcSwap`], read with one guard
 //! load and one hash probe, no lock, no reference-count traffic and no clock
-//! read. Writers (a miss, an eviction, a revocation: rare) copy the map.
+//! read in the lookup (callers pass the coarse time they read once). Writers (a miss, an eviction, a revocation: rare) copy the map.
 //!
 //! moka stays the authority: every entry carries a `revoked` flag set when
 //! moka removes it (replacement, capacity, revocation), and limits (age, uses,

@@ -19,8 +19,9 @@
 //! eviction drops the cache's reference and the round keys are wiped only when
 //! the last task using the key lets go.
 //!
-//! The warm path reads per-thread fronts instead of moka, and a coarse clock instead of
-//! the precise one (see [`crate::clock`]): no lock, no await, no clock read.
+//! The warm path reads the envelope's read-mostly fronts instead of moka, and a
+//! coarse clock instead of the precise one (see [`crate::clock`]): no lock, no
+//! await, one coarse clock read per operation.
 //!
 //! During a keyring outage an optional *grace* period lets an expired entry
 //! (past max age or TTL, never past max uses or bytes) keep serving, bounded,

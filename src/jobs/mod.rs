@@ -4,14 +4,16 @@
 //!
 //! Rotation is two different jobs:
 //!
-//! - **Master key replaced** ([`rewrap`]): every data key in the key store is
-//!   re-wrapped under the new master key ([`crate::Keyring::rewrap`], KMS
-//!   ReEncrypt or unwrap/wrap locally). O(number of data keys) keyring calls, no
-//!   data row is written. The old blob is kept until the new one unwrapped once.
+//! - **Master key replaced** ([`rewrap`]): every key the master key wraps
+//!   (branch and index keys, and data keys of release 0.1 that have no branch
+//!   key) is re-wrapped under the new master key ([`crate::Keyring::rewrap`],
+//!   KMS ReEncrypt or unwrap/wrap locally). O(number of branch keys) keyring
+//!   calls: data keys and data rows are untouched. The old blob is kept until
+//!   the new one unwrapped once.
 //! - **Data key retired** ([`Job::reencrypt`]): rows whose values reference the
 //!   retired key ids are found by the key id at its fixed offset, decrypted,
 //!   sealed under the active key and written back with a compare-and-swap
-//!   `UPDATE ... WHERE pk = ? AND col = <old value>`, so a concurrent application
+//!   `UPDATE ... WHERE <key> = ? AND col = <old value>`, so a concurrent application
 //!   write always wins. Progress is checkpointed in `sqlx_envelope_jobs` in the
 //!   same transaction as the rows it covers, so a killed run resumes exactly
 //!   where it stopped, and several workers (tasks or processes) share the table
@@ -136,18 +138,27 @@ impl Target {
     /// [`Target::tenant`] for other shapes). Fails on an identifier that is not
     /// `[A-Za-z_][A-Za-z0-9_]*`.
     pub fn new(table: &str, pk: &str, column: &str) -> JobResult<Self> {
-        Ok(Target {
+        let key = vec![PkColumn {
+            name: Ident::new(pk)?,
+            kind: crate::model::PkKind::Int,
+        }];
+        Self::keyed(table, key, column)
+    }
+
+    /// A target with primary key `key` (e.g. from
+    /// [`parse_pk_spec`]`("tenant_id:int,id:uuid")`) and no tenant, whose
+    /// context names are its SQL names.
+    pub fn keyed(table: &str, key: Vec<PkColumn>, column: &str) -> JobResult<Self> {
+        Target {
             table: Ident::new(table)?,
-            key: vec![PkColumn {
-                name: Ident::new(pk)?,
-                kind: crate::model::PkKind::Int,
-            }],
+            key: Vec::new(),
             tenant: None,
             column: Ident::new(column)?,
             context_table: table.to_owned(),
             context_column: column.to_owned(),
             codec: ValueCodec::Raw,
-        })
+        }
+        .key(key)
     }
 
     /// The target for encrypted column `column` of model `M`: its table, key

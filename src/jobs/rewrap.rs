@@ -1,11 +1,15 @@
-//! Master-key rotation: re-wrap every data key under a new master key.
+//! Master-key rotation: re-wrap every key a master key wraps under a new one.
 //!
-//! For each data key of the key store (pending and destroyed ones have nothing
+//! Master keys wrap branch keys and index keys (and the data keys of release
+//! 0.1, which have no branch key); data keys under a branch key are wrapped by
+//! it, not by a master key, so a rotation never touches them. For each
+//! master-wrapped key of the key store (pending and destroyed ones have nothing
 //! to re-wrap): one [`Keyring::rewrap`] call (KMS ReEncrypt, or unwrap and wrap
 //! for local keys) turns a blob the keyring can read into a blob under the
 //! target master key; the new blob is stored next to the old one; it is
 //! unwrapped once to prove it works; only then, if asked, the old blob is
-//! deleted. That is two keyring calls per data key and no write to any data row.
+//! deleted. That is two keyring calls per branch (or index) key and no write to
+//! any data key or data row.
 //! A run that stops halfway is simply run again: keys that already hold a
 //! working blob under the target are verified and skipped.
 
@@ -23,8 +27,8 @@ use crate::store::{KeyRecord, KeyStore};
 pub struct RewrapOptions {
     /// The master key to wrap under (one of the keyring's).
     pub target: MasterKeyId,
-    /// Only data keys wrapped under this master key, re-wrapped from that blob.
-    /// Default: every data key without a blob under `target`.
+    /// Only keys wrapped under this master key, re-wrapped from that blob.
+    /// Default: every master-wrapped key without a blob under `target`.
     pub from: Option<MasterKeyId>,
     /// Delete the old blob once the new one is verified: the `from` blob, or
     /// (without `from`) every blob under a master key the keyring no longer
@@ -34,7 +38,7 @@ pub struct RewrapOptions {
     pub dry_run: bool,
     /// Data keys re-wrapped concurrently. Default 4.
     pub concurrency: usize,
-    /// Only data keys of this scope (e.g. one table). Default: all.
+    /// Only keys of this scope (e.g. one table). Default: all.
     pub scope: Option<String>,
 }
 
@@ -69,7 +73,7 @@ impl RewrapOptions {
         self
     }
 
-    /// Only data keys of `scope`.
+    /// Only keys of `scope`.
     pub fn scope(mut self, scope: impl Into<String>) -> Self {
         self.scope = Some(scope.into());
         self
@@ -101,7 +105,7 @@ pub struct RewrapReport {
     pub skipped_destroyed: u64,
 }
 
-/// Re-wrap the data keys of `store` under `opts.target`. Progress (keys done
+/// Re-wrap the master-wrapped keys of `store` under `opts.target`. Progress (keys done
 /// as `scanned`, re-wrapped as `written`) goes to `progress` if given.
 pub async fn rewrap_keys(
     store: &dyn KeyStore,
@@ -215,7 +219,7 @@ async fn rewrap_one(
         let new = keyring.rewrap(&ctx, source, &opts.target).await?;
         if new.master_key != opts.target {
             return Err(JobError::Invalid(format!(
-                "keyring re-wrapped data key {} under {} instead of {}",
+                "keyring re-wrapped key {} under {} instead of {}",
                 record.id, new.master_key, opts.target
             )));
         }

@@ -188,7 +188,8 @@ pub(crate) fn key_args(d: Dialect, row: &RowId) -> Vec<Arg> {
     row.parts().iter().map(|p| part_arg(d, p)).collect()
 }
 
-fn part_arg(d: Dialect, p: &PkPart) -> Arg {
+/// The bind argument of one key part.
+pub(crate) fn part_arg(d: Dialect, p: &PkPart) -> Arg {
     match p {
         PkPart::Int(v) => Arg::I64(*v),
         PkPart::Uuid(b) if d == Dialect::Postgres => Arg::Text(hyphenated(b)),

@@ -1,9 +1,11 @@
 //! Verify passes: which data keys the rows of a column reference, and the guard
 //! that refuses to destroy a data key while any row still references it.
 //!
-//! Encrypted columns are registered in `sqlx_envelope_columns` (every job
-//! registers its target; [`register_column`] does it by hand), so that status
-//! reports and [`destroy_key`] see every column without being told.
+//! Encrypted columns are registered in the key store's registry
+//! (`sqlx_envelope_registry`: by every process on its first seal into a column,
+//! by models with their description, by every job; [`register_column`] does it
+//! by hand), so that status reports and [`destroy_key`] see every column
+//! without being told.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

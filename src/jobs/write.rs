@@ -89,36 +89,22 @@ enum KeyColumn {
 
 #[cfg(feature = "postgres")]
 fn pg_key_column(writes: &[Write], i: usize) -> KeyColumn {
-    let mut args = writes
-        .iter()
-        .map(|w| rowkey::key_args(Dialect::Postgres, &w.0).swap_remove(i));
-    match args.next() {
-        None | Some(rowkey::Arg::I64(_)) => KeyColumn::I64(
-            writes
-                .iter()
-                .map(|w| match &w.0.parts()[i] {
-                    crate::context::PkPart::Int(v) => *v,
-                    _ => unreachable!("every key of a batch has the same shape"),
-                })
-                .collect(),
-        ),
-        Some(rowkey::Arg::Text(first)) => KeyColumn::Text(
-            std::iter::once(first)
-                .chain(args.map(|a| match a {
-                    rowkey::Arg::Text(s) => s,
-                    _ => unreachable!("every key of a batch has the same shape"),
-                }))
-                .collect(),
-        ),
-        Some(rowkey::Arg::Bytes(first)) => KeyColumn::Bytes(
-            std::iter::once(first)
-                .chain(args.map(|a| match a {
-                    rowkey::Arg::Bytes(b) => b,
-                    _ => unreachable!("every key of a batch has the same shape"),
-                }))
-                .collect(),
-        ),
+    use rowkey::Arg;
+    let arg = |w: &Write| rowkey::part_arg(Dialect::Postgres, &w.0.parts()[i]);
+    let mut col = match writes.first().map(arg) {
+        Some(Arg::Text(_)) => KeyColumn::Text(Vec::with_capacity(writes.len())),
+        Some(Arg::Bytes(_)) => KeyColumn::Bytes(Vec::with_capacity(writes.len())),
+        _ => KeyColumn::I64(Vec::with_capacity(writes.len())),
+    };
+    for a in writes.iter().map(arg) {
+        match (&mut col, a) {
+            (KeyColumn::I64(v), Arg::I64(x)) => v.push(x),
+            (KeyColumn::Text(v), Arg::Text(x)) => v.push(x),
+            (KeyColumn::Bytes(v), Arg::Bytes(x)) => v.push(x),
+            _ => unreachable!("every key of a batch is read with the target's key kinds"),
+        }
     }
+    col
 }
 
 impl Job {

@@ -1,6 +1,6 @@
 //! Several keyrings acting as one.
 //!
-//! A [`MultiKeyring`] wraps every data key under the master keys of all its
+//! A [`MultiKeyring`] wraps every key it is given (branch and index keys) under the master keys of all its
 //! members (for example one KMS key per region, plus a local break-glass key) and
 //! unwraps through the members in order, failing over to the next when one is
 //! unavailable or refuses. Put the member closest to the application first.

@@ -200,7 +200,5 @@ pub fn parse_column(spec: &str) -> Result<Target, String> {
         .split_once('.')
         .ok_or_else(|| format!("{spec:?}: expected TABLE.COLUMN or TABLE.COLUMN:PK"))?;
     let key = sqlx_envelope::jobs::parse_pk_spec(pk).map_err(|e| e.to_string())?;
-    Target::new(t, "id", c)
-        .and_then(|t| t.key(key))
-        .map_err(|e| e.to_string())
+    Target::keyed(t, key, c).map_err(|e| e.to_string())
 }

@@ -152,7 +152,7 @@ fn target(
     column: &str,
     ctx: &Option<String>,
 ) -> Result<Target, Failure> {
-    let mut t = Target::new(table, "id", column)?.key(parse_pk_spec(pk)?)?;
+    let mut t = Target::keyed(table, parse_pk_spec(pk)?, column)?;
     if let Some(tenant) = tenant {
         t = t.tenant(parse_tenant_spec(tenant)?);
     }

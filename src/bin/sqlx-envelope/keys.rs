@@ -14,7 +14,7 @@ use crate::{CmdResult, Failure};
 pub enum KeysCommand {
     /// List keys (data, branch, index): id, kind, state, scope, tenant, what wraps it.
     List,
-    /// Master-key rotation: re-wrap every data key under a new master key (no data row changes).
+    /// Master-key rotation: re-wrap branch and index keys under a new master key (no data key or row changes).
     #[command(visible_alias = "rotate")]
     Rewrap(RewrapArgs),
     /// Stop sealing new values with these data keys (state decrypt_only); their rows still open.
