@@ -35,6 +35,8 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod clock;
 pub mod context;
 pub mod envelope;

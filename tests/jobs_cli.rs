@@ -421,3 +421,113 @@ async fn cli_tenant_keys_and_shredding() {
         assert_eq!(&*globex, b"s");
     }
 }
+
+/// KMS keys in two regions from the command line (two moto servers, one per
+/// region, each key's region taken from its ARN, one endpoint per region):
+/// every branch key is wrapped under both; with the first region's server
+/// gone, `verify --open` still opens every key through the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_kms_keys_in_two_regions_fail_over() {
+    use support::moto::Moto;
+    let east = tokio::task::spawn_blocking(Moto::start);
+    let west = tokio::task::spawn_blocking(Moto::start);
+    let (mut east, west) = (east.await.unwrap(), west.await.unwrap());
+    let key_east = east.create_key(&east.client("us-east-1")).await;
+    let key_west = west.create_key(&west.client("eu-west-1")).await;
+    assert!(key_east.contains(":us-east-1:") && key_west.contains(":eu-west-1:"));
+    let db = Db::connect(Kind::Sqlite).await;
+    let url = db_url(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints = format!(
+        "us-east-1={},eu-west-1={}",
+        east.endpoint(),
+        west.endpoint()
+    );
+    let kms = |args: &[&str]| {
+        let out = cli(&url, &dir.path().join("absent.json"))
+            .env_remove("SQLX_ENVELOPE_LOCAL_KEYS_FILE")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env_remove("AWS_PROFILE")
+            .env(
+                "SQLX_ENVELOPE_KMS_KEY_IDS",
+                format!("{key_east},{key_west}"),
+            )
+            .env("SQLX_ENVELOPE_KMS_ENDPOINT", &endpoints)
+            .args(args)
+            .output()
+            .expect("run sqlx-envelope");
+        eprintln!(
+            "$ sqlx-envelope {}\n{}{}-> {:?}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            out.status.code()
+        );
+        out
+    };
+    assert_eq!(code(&kms(&["migrate"])), 0);
+
+    // The application seals under the same two regions.
+    let keyring = |moto: &Moto, region: &str, key: &str| {
+        let client = moto.client(region);
+        let key = key.to_owned();
+        async move {
+            std::sync::Arc::new(
+                sqlx_envelope::keyring::KmsKeyring::builder()
+                    .client(client)
+                    .key(key)
+                    .build()
+                    .await
+                    .unwrap(),
+            ) as std::sync::Arc<dyn sqlx_envelope::Keyring>
+        }
+    };
+    let multi = sqlx_envelope::MultiKeyring::new(vec![
+        keyring(&east, "us-east-1", &key_east).await,
+        keyring(&west, "eu-west-1", &key_west).await,
+    ])
+    .unwrap();
+    let app = sqlx_envelope::Envelope::builder()
+        .keyring(multi)
+        .store_arc(db.key_store())
+        .build()
+        .unwrap();
+    let table = unique("jobs_cli_kms");
+    db.create_blob_table(&table, &["secret"]).await;
+    let mut rows = Vec::new();
+    for id in 1..=5_i64 {
+        let row = RowId::from(id);
+        let ctx = Context::new(&table, "secret", &row);
+        rows.push((id, app.seal(&ctx, b"s").await.unwrap().into_bytes()));
+    }
+    insert_many(&db, &table, "secret", &rows).await;
+    let col = format!("{table}.secret:id");
+
+    let list = kms(&["keys", "list"]);
+    assert_eq!(code(&list), 0);
+    let listed = stdout(&list);
+    assert!(
+        listed
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("branch"))
+            .all(|l| l.contains(&key_east) && l.contains(&key_west))
+            && listed.contains("  branch  "),
+        "every branch key wrapped in both regions ({key_east}, {key_west}): {listed}"
+    );
+    let both = kms(&["verify", "--column", &col, "--open"]);
+    assert_eq!(code(&both), 0, "{}", stdout(&both));
+    east.kill();
+    let failover = kms(&["verify", "--column", &col, "--open"]);
+    assert_eq!(
+        code(&failover),
+        0,
+        "the second region opens every key: {}",
+        stdout(&failover)
+    );
+    assert!(
+        stdout(&failover).contains("0 do not open"),
+        "{}",
+        stdout(&failover)
+    );
+}

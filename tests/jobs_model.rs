@@ -178,6 +178,23 @@ macro_rules! scenario {
                 let got = Patient::fetch_by_key(&envelope, pool, &p.id).await.expect("open").expect("row");
                 assert_eq!(&got, p, "{kind:?}: a backfilled value opens through the model");
             }
+            // The finished backfill run again (no --restart) makes a new pass
+            // for rows that need it since, keeping its history.
+            for p in patients.iter().take(5) {
+                let mut q = sqlx::QueryBuilder::<Db>::new("UPDATE patients SET name = NULL WHERE id = ");
+                q.push_bind(p.id);
+                q.build().execute(pool).await.expect("unset");
+            }
+            let again = Job::encrypt_column(envelope.clone(), jp.clone(), name.clone(), "legacy_name", PlainKind::Text)
+                .expect("job")
+                .options(opts("backfill", 7, None))
+                .run()
+                .await
+                .expect("new pass");
+            assert_eq!((again.written, again.failed, again.remaining), (5, 0, 0), "{kind:?}: new pass");
+            let st = again.status.expect("status");
+            assert!(st.is_done());
+            assert_eq!(st.written, 65, "{kind:?}: the job's history is kept across passes");
             // Status per tenant, from one grouped scan.
             let keys = envelope.keys().await.expect("keys");
             let st = ColumnStatus::compute(&jp, &name, &keys).await.expect("status");
@@ -226,17 +243,70 @@ macro_rules! scenario {
                 assert_eq!(&got, p, "{kind:?}: typed backfilled values open through the model");
             }
 
-            // Re-encrypt every encrypted column of the model after a rotation.
+            // Re-encrypt every encrypted column of the model after a
+            // rotation, in one pass: each row is read once and all of its
+            // columns move in one compare-and-swap (rows written = rows).
             let old = super::jobs_support::retire_active(&envelope).await;
-            for (column, first, total) in [
-                ("name", north, 60),
-                ("date_of_birth", north, 60),
-                ("notes", north, 60),
-                ("phone", north_phone, with_phone),
-            ] {
-                let target = Target::for_model::<Patient>(column).expect("target");
-                reencrypt(&envelope, &jp, &target, &old, "north", first, total).await;
-            }
+            let columns = Target::all_for_model::<Patient>().expect("targets");
+            assert_eq!(columns.len(), 4);
+            let on_old = |jp: JobPool, old: Vec<KeyId>| async move {
+                let mut n = Vec::new();
+                for t in Target::all_for_model::<Patient>().expect("targets") {
+                    n.push(count_rows_on(&jp, &t, &old).await.expect("count"));
+                }
+                n
+            };
+            assert_eq!(on_old(jp.clone(), old.clone()).await, vec![60, 60, 60, with_phone]);
+            let one = Job::reencrypt_model::<Patient>(envelope.clone(), jp.clone(), old.clone())
+                .expect("model job")
+                .options(opts("solo", 5, Some("north")))
+                .run()
+                .await
+                .expect("one tenant");
+            assert_eq!((one.written, one.failed), (north, 0), "{kind:?}: one write per row");
+            assert_eq!(
+                on_old(jp.clone(), old.clone()).await,
+                vec![60 - north, 60 - north, 60 - north, with_phone - north_phone],
+                "{kind:?}: every column of the tenant's rows, and only those"
+            );
+            // One south row's notes swapped with another row's: that row is
+            // left whole (all four columns) and reported once, by key.
+            let south: Vec<&Patient> = patients.iter().filter(|p| p.clinic == "south").collect();
+            let notes_of = |id: Uuid| {
+                let mut q = sqlx::QueryBuilder::<Db>::new("SELECT notes FROM patients WHERE id = ");
+                q.push_bind(id);
+                async move { q.build_query_scalar::<Vec<u8>>().fetch_one(pool).await.expect("notes") }
+            };
+            let set_notes = |id: Uuid, v: Vec<u8>| {
+                let mut q = sqlx::QueryBuilder::<Db>::new("UPDATE patients SET notes = ");
+                q.push_bind(v).push(" WHERE id = ").push_bind(id);
+                async move { q.build().execute(pool).await.expect("set notes") }
+            };
+            let original = notes_of(south[0].id).await;
+            set_notes(south[0].id, notes_of(south[1].id).await).await;
+            let job = |w: &str| {
+                Job::reencrypt_model::<Patient>(envelope.clone(), jp.clone(), old.clone())
+                    .expect("model job")
+                    .options(opts(w, 3, None))
+            };
+            let (a, b) = (job("w1"), job("w2"));
+            let (a, b) = tokio::join!(a.run(), b.run());
+            let (a, b) = (a.expect("worker 1"), b.expect("worker 2"));
+            assert!(a.job.contains("name+date_of_birth+notes+phone"), "{}", a.job);
+            assert_eq!(a.written + b.written, 60 - north - 1, "{kind:?}: every row written exactly once");
+            assert_eq!(a.failed + b.failed, 1, "{kind:?}: the swapped row");
+            assert_eq!(a.conflicts + b.conflicts, 0);
+            let failed: Vec<_> = a.failed_examples.iter().chain(&b.failed_examples).collect();
+            assert_eq!(failed.len(), 1, "{failed:?}");
+            assert_eq!(failed[0].column, "notes");
+            assert!(failed[0].key.contains(&south[0].id.simple().to_string()), "{failed:?}");
+            let phone = u64::from(south[0].phone.is_some());
+            assert_eq!(on_old(jp.clone(), old.clone()).await, vec![1, 1, 1, phone], "{kind:?}: the failed row is left whole");
+            // Repaired, the same job run again makes a new pass for it.
+            set_notes(south[0].id, original).await;
+            let again = job("w1").run().await.expect("new pass");
+            assert_eq!((again.written, again.failed), (1, 0), "{kind:?}");
+            assert_eq!(on_old(jp.clone(), old.clone()).await, vec![0, 0, 0, 0], "{kind:?}");
             for p in &patients {
                 let got = Patient::fetch_by_key(&envelope, pool, &p.id).await.expect("open").expect("row");
                 assert_eq!(&got, p, "{kind:?}: a re-encrypted value opens through the model");

@@ -68,7 +68,7 @@ impl Job {
         if let Some(tb) = &t.tenant {
             cols.push(d.quote(&tb.column));
         }
-        cols.push(d.quote(&t.column));
+        cols.extend(self.columns.iter().map(|c| d.quote(&c.column)));
         if let JobKind::Encrypt { plain, .. } | JobKind::Decrypt { plain, .. } = &self.kind {
             cols.push(d.quote(plain));
         }

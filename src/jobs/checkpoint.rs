@@ -230,6 +230,44 @@ pub(crate) async fn plan(
     })
 }
 
+/// Start a new pass over a finished job: every chunk back to pending, its
+/// cursor cleared, its counters (the job's history) kept. Only when every
+/// chunk is done, so a pass in progress in another process is left alone.
+/// Returns whether a new pass was started.
+pub(crate) async fn new_pass(pool: &JobPool, job: &str) -> JobResult<bool> {
+    let d = pool.dialect();
+    let p = |n| d.ph(n);
+    let open_chunks = format!(
+        "SELECT COUNT(*) FROM sqlx_envelope_jobs WHERE job = {} AND chunk > 0 AND state <> 'done'",
+        p(1)
+    );
+    let reopen = format!(
+        "UPDATE sqlx_envelope_jobs SET state = 'pending', owner = NULL, lease_until = NULL, \
+         cursor_key = NULL, updated_ms = {} WHERE job = {} AND chunk > 0 AND state = 'done'",
+        p(1),
+        p(2)
+    );
+    on_pool!(pool, p => {
+        let mut tx = p.begin().await?;
+        let open: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(open_chunks))
+            .bind(job)
+            .fetch_one(&mut *tx)
+            .await?;
+        if open > 0 {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        let n = sqlx::query(sqlx::AssertSqlSafe(reopen))
+            .bind(now_ms())
+            .bind(job)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    })
+}
+
 /// Claim one chunk for `owner` with a lease of `lease_ms`.
 pub(crate) async fn claim(
     pool: &JobPool,

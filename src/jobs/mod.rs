@@ -17,7 +17,9 @@
 //!   write always wins. Progress is checkpointed in `sqlx_envelope_jobs` in the
 //!   same transaction as the rows it covers, so a killed run resumes exactly
 //!   where it stopped, and several workers (tasks or processes) share the table
-//!   by leasing primary-key ranges ("chunks").
+//!   by leasing primary-key ranges ("chunks"). [`Job::reencrypt_model`] moves
+//!   every encrypted column of a model in the same pass: one read and one
+//!   compare-and-swap update per row, for all of its columns.
 //!
 //! Encrypting an existing plaintext column ([`Job::encrypt_column`]), its
 //! transition reads ([`transition`]) and the guarded `DROP COLUMN`
@@ -48,7 +50,7 @@ pub use checkpoint::{JobStatus, job_status, reset_job};
 pub use db::{Dialect, Ident, JobPool};
 pub use plaintext::ValueCodec;
 pub use rowkey::{PkColumn, TenantBinding, parse_pk_spec, parse_tenant_spec};
-pub use run::{Job, JobKind, JobOptions, JobReport, PlainKind};
+pub use run::{FAILED_EXAMPLES, FailedRow, Job, JobKind, JobOptions, JobReport, PlainKind};
 pub use verify::{
     ColumnStatus, DEFAULT_DESTROY_SETTLE, DestroyOptions, KeyCounts, KeysOpenReport,
     LEGACY_SEAL_HORIZON, TenantStatus, count_by_key, count_by_tenant_key, count_rows_on,
@@ -167,6 +169,23 @@ impl Target {
     /// and the other way round.
     pub fn for_model<M: crate::model::Encrypted>(column: &str) -> JobResult<Self> {
         Self::from_description(M::DESCRIPTION, column)
+    }
+
+    /// One target per encrypted column of model `M`, in the model's field
+    /// order (for [`Job::reencrypt_model`], verify and status of a whole model).
+    pub fn all_for_model<M: crate::model::Encrypted>() -> JobResult<Vec<Self>> {
+        Self::all_from_description(M::DESCRIPTION)
+    }
+
+    /// [`Target::all_for_model`] from a model's description.
+    pub fn all_from_description(
+        model: &'static crate::model::ModelDescription,
+    ) -> JobResult<Vec<Self>> {
+        model
+            .encrypted
+            .iter()
+            .map(|c| Self::from_description(model, c.column))
+            .collect()
     }
 
     /// [`Target::for_model`] from a model's description.

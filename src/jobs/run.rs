@@ -140,6 +140,25 @@ pub struct JobReport {
     pub remaining: u64,
     /// The job across all workers and runs (`None` for a dry run).
     pub status: Option<JobStatus>,
+    /// The first few rows this run could not process (at most
+    /// [`FAILED_EXAMPLES`]), for one summary instead of a warning per row.
+    pub failed_examples: Vec<FailedRow>,
+}
+
+/// How many failed rows a [`JobReport`] names.
+pub const FAILED_EXAMPLES: usize = 5;
+
+/// A row a job could not process and left unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FailedRow {
+    /// The row's primary key, as [`RowId`]'s `Debug` prints it (integers and
+    /// UUIDs in full, text and binary parts by length only).
+    pub key: String,
+    /// The column whose value failed.
+    pub column: String,
+    /// Why (an error message: no plaintext, no key material).
+    pub error: String,
 }
 
 /// A resumable, multi-worker job over the rows of one table. See the
@@ -149,6 +168,9 @@ pub struct Job {
     pub(super) envelope: Envelope,
     pub(super) pool: JobPool,
     pub(super) target: Target,
+    /// Every column the job reads and writes: `[target]`, or for a model
+    /// re-encryption all encrypted columns of the model (`target` first).
+    pub(super) columns: Vec<Target>,
     pub(super) kind: JobKind,
     pub(super) opts: JobOptions,
     progress: watch::Sender<Progress>,
@@ -156,13 +178,15 @@ pub struct Job {
     /// PostgreSQL: the SQL type of a typed plaintext column decrypt-out
     /// writes (cast from text), looked up once.
     pub(super) plain_sql_type: std::sync::OnceLock<String>,
+    /// The first failed rows of this run.
+    failed_examples: Mutex<Vec<FailedRow>>,
 }
 
-/// One row read: its key, tenant and the column the job reads.
+/// One row read: its key, tenant and the columns the job reads.
 struct JobRow {
     key: RowId,
     tenant: Option<String>,
-    val: Val,
+    vals: Vec<Val>,
 }
 
 impl Job {
@@ -170,12 +194,14 @@ impl Job {
         Job {
             envelope,
             pool,
+            columns: vec![target.clone()],
             target,
             kind,
             opts: JobOptions::default(),
             progress: watch::channel(Progress::default()).0,
             cancel: CancelToken::new(),
             plain_sql_type: std::sync::OnceLock::new(),
+            failed_examples: Mutex::new(Vec::new()),
         }
     }
 
@@ -183,6 +209,47 @@ impl Job {
     /// active data key of their scope.
     pub fn reencrypt(envelope: Envelope, pool: JobPool, target: Target, from: Vec<KeyId>) -> Self {
         Self::new(envelope, pool, target, JobKind::Reencrypt { from })
+    }
+
+    /// Re-encrypt every encrypted column of model `M` in one pass: each row is
+    /// read once and all of its values sealed under any of `from` move to the
+    /// active data key in one compare-and-swap update (a row whose value in
+    /// any column fails to open is left whole and counted as failed).
+    pub fn reencrypt_model<M: crate::model::Encrypted>(
+        envelope: Envelope,
+        pool: JobPool,
+        from: Vec<KeyId>,
+    ) -> JobResult<Self> {
+        Self::reencrypt_columns(envelope, pool, Target::all_for_model::<M>()?, from)
+    }
+
+    /// Re-encrypt several encrypted columns of one table in one pass (see
+    /// [`Job::reencrypt_model`]): the targets must share table, key and
+    /// tenant column.
+    pub fn reencrypt_columns(
+        envelope: Envelope,
+        pool: JobPool,
+        targets: Vec<Target>,
+        from: Vec<KeyId>,
+    ) -> JobResult<Self> {
+        let Some(first) = targets.first() else {
+            return Err(JobError::Invalid("no columns to re-encrypt".into()));
+        };
+        for t in &targets[1..] {
+            if t.table != first.table || t.key != first.key || t.tenant != first.tenant {
+                return Err(JobError::Invalid(format!(
+                    "{t} and {first} differ in table, primary key or tenant column: one pass re-encrypts the columns of one table"
+                )));
+            }
+        }
+        for (i, t) in targets.iter().enumerate() {
+            if targets[..i].iter().any(|u| u.column == t.column) {
+                return Err(JobError::Invalid(format!("{t} is listed twice")));
+            }
+        }
+        let mut job = Self::new(envelope, pool, first.clone(), JobKind::Reencrypt { from });
+        job.columns = targets;
+        Ok(job)
     }
 
     /// Encrypt the plaintext column `plain` of `target.table` into
@@ -249,7 +316,8 @@ impl Job {
                 let mut ids: Vec<u64> = from.iter().map(|k| k.get()).collect();
                 ids.sort_unstable();
                 let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
-                format!("reencrypt:{}.{}:{}", t.table, t.column, ids.join(","))
+                let cols: Vec<&str> = self.columns.iter().map(|c| c.column.as_str()).collect();
+                format!("reencrypt:{}.{}:{}", t.table, cols.join("+"), ids.join(","))
             }
             JobKind::Encrypt { plain, .. } => {
                 format!("encrypt:{}.{}->{}", t.table, plain, t.column)
@@ -287,6 +355,13 @@ impl Job {
         } else {
             v["key"] = serde_json::json!(t.key_spec());
         }
+        if self.columns.len() > 1 {
+            v["columns"] = self
+                .columns
+                .iter()
+                .map(|c| serde_json::json!([c.column.as_str(), c.context_column]))
+                .collect();
+        }
         if let Some(tb) = &t.tenant {
             v["tenant_column"] = serde_json::json!(format!("{}:{}", tb.column, tb.kind.name()));
         }
@@ -311,23 +386,34 @@ impl Job {
         v.to_string()
     }
 
-    /// `(column read, WHERE filter selecting rows still to do, its binds)`;
+    /// `(columns read, WHERE filter selecting rows still to do, its binds)`;
     /// placeholders from `first_ph`.
-    fn filter(&self, d: Dialect, first_ph: usize) -> JobResult<(String, String, Vec<Arg>)> {
+    fn filter(&self, d: Dialect, first_ph: usize) -> JobResult<(Vec<String>, String, Vec<Arg>)> {
         let col = d.quote(&self.target.column);
         let (read, mut filter, mut args) = match &self.kind {
             JobKind::Reencrypt { from } => {
-                let phs: Vec<String> = (0..from.len()).map(|i| d.ph(first_ph + i)).collect();
-                (
-                    col.clone(),
-                    format!("{} IN ({})", d.key_id_expr(&col), phs.join(", ")),
-                    from.iter().map(|k| Arg::Bytes(key_id_bytes(*k))).collect(),
-                )
+                let mut args = Vec::new();
+                let mut any = Vec::new();
+                let mut read = Vec::new();
+                for c in &self.columns {
+                    let c = d.quote(&c.column);
+                    let phs: Vec<String> = (0..from.len())
+                        .map(|i| d.ph(first_ph + args.len() + i))
+                        .collect();
+                    any.push(format!("{} IN ({})", d.key_id_expr(&c), phs.join(", ")));
+                    args.extend(from.iter().map(|k| Arg::Bytes(key_id_bytes(*k))));
+                    read.push(c);
+                }
+                let filter = match any.len() {
+                    1 => any.remove(0),
+                    _ => format!("({})", any.join(" OR ")),
+                };
+                (read, filter, args)
             }
             JobKind::Encrypt { plain, .. } => {
                 let plain = d.quote(plain);
                 (
-                    plaintext::read_expr(d, &self.target.codec, &plain),
+                    vec![plaintext::read_expr(d, &self.target.codec, &plain)],
                     format!("{col} IS NULL AND {plain} IS NOT NULL"),
                     vec![],
                 )
@@ -335,7 +421,7 @@ impl Job {
             JobKind::Decrypt { plain, .. } => {
                 let plain = d.quote(plain);
                 (
-                    col.clone(),
+                    vec![col.clone()],
                     format!("{col} IS NOT NULL AND {plain} IS NULL"),
                     vec![],
                 )
@@ -389,15 +475,19 @@ impl Job {
     async fn run_inner(&self) -> JobResult<JobReport> {
         self.precheck().await?;
         let name = self.name();
+        let mut total = None;
         if self.opts.count_total {
-            let total = self.remaining().await?;
-            self.progress.send_modify(|p| p.total = Some(total));
+            let n = self.remaining().await?;
+            total = Some(n);
+            self.progress.send_modify(|p| p.total = Some(n));
         }
         if self.opts.dry_run {
             return self.dry_run(name).await;
         }
-        verify::register_column(&self.pool, &self.target).await?;
-        checkpoint::plan(
+        for c in &self.columns {
+            verify::register_column(&self.pool, c).await?;
+        }
+        let created = checkpoint::plan(
             &self.pool,
             &name,
             self.kind.name(),
@@ -406,6 +496,17 @@ impl Job {
             self.opts.chunk_rows,
         )
         .await?;
+        // A finished job run again makes a new pass over the table for rows
+        // that appeared (or failed) since, keeping its counters.
+        if !created && checkpoint::job_status(&self.pool, &name).await?.is_done() {
+            let todo = match total {
+                Some(n) => n,
+                None => self.remaining().await?,
+            };
+            if todo > 0 && checkpoint::new_pass(&self.pool, &name).await? {
+                tracing::info!(target: "sqlx_envelope::jobs", job = %name, rows = todo, "job was finished; new pass for rows that appeared since");
+            }
+        }
         let sql = JobSql::new(self.pool.dialect());
         let throttle = Throttle::new(self.opts.rate);
         let counts = Mutex::new(Progress::default());
@@ -426,6 +527,7 @@ impl Job {
             chunks_done: c.chunks_done,
             remaining: self.remaining().await?,
             status: Some(checkpoint::job_status(&self.pool, &name).await?),
+            failed_examples: self.take_failed_examples(),
         })
     }
 
@@ -554,8 +656,9 @@ impl Job {
             select.push(rowkey::select_tenant(d, t));
             (select.len() - 1, t)
         });
-        select.push(read);
-        let val = select.len() - 1;
+        let first_val = select.len();
+        let n_vals = read.len();
+        select.extend(read);
         let sql = format!(
             "SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT {}",
             select.join(", "),
@@ -579,76 +682,114 @@ impl Job {
                         Some((i, t)) => rowkey::read_tenant(&r, i, t)?,
                         None => None,
                     },
-                    val: if text { Val::Text(r.try_get(val)?) } else { Val::Bytes(r.try_get(val)?) },
+                    vals: (first_val..first_val + n_vals)
+                        .map(|i| -> Result<Val, sqlx::Error> {
+                            Ok(if text {
+                                Val::Text(r.try_get(i)?)
+                            } else {
+                                r.try_get::<Option<Vec<u8>>, _>(i)?.map_or(Val::Null, Val::Bytes)
+                            })
+                        })
+                        .collect::<Result<_, _>>()?,
                 });
             }
             out
         }))
     }
 
-    /// Compute the new value of each row. Rows whose value does not open are
-    /// counted as failed and left alone; a keyring outage fails the batch.
-    /// A dry run (`dry`) only opens values: it seals nothing, so it mints no
-    /// data key.
+    /// Compute the new values of each row. Rows with a value that does not
+    /// open are counted as failed and left alone (every column of the row); a
+    /// keyring outage fails the batch. A dry run (`dry`) only opens values: it
+    /// seals nothing, so it mints no data key.
     async fn transform(&self, rows: Vec<JobRow>, dry: bool) -> JobResult<(Vec<Write>, u64)> {
-        let t = &self.target;
         let mut writes = Vec::with_capacity(rows.len());
         let mut failed = 0;
         for JobRow {
             key: row,
             tenant,
-            val: old,
+            vals: old,
         } in rows
         {
-            let mut ctx = Context::new(&t.context_table, &t.context_column, &row);
-            if let Some(tenant) = &tenant {
-                ctx = ctx.with_tenant(tenant);
+            let mut new = Vec::with_capacity(old.len());
+            let mut error = None;
+            for (c, val) in self.columns.iter().zip(&old) {
+                let mut ctx = Context::new(&c.context_table, &c.context_column, &row);
+                if let Some(tenant) = &tenant {
+                    ctx = ctx.with_tenant(tenant);
+                }
+                match self.transform_value(c, &ctx, val, dry).await {
+                    Ok(v) => new.push(v),
+                    Err(JobError::Envelope(e)) if !e.is_retryable() => {
+                        error = Some((c, e));
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            let new = match (&self.kind, &old) {
-                (JobKind::Reencrypt { from }, Val::Bytes(v)) => {
-                    match self.envelope.open_bytes(&ctx, v).await {
-                        Ok(_) if dry => Ok(Val::Bytes(Vec::new())),
-                        Ok(pt) => {
-                            let sealed = self.envelope.seal(&ctx, &pt).await?;
-                            if from.contains(&sealed.key_id()) {
-                                return Err(JobError::Invalid(format!(
-                                    "the active key of {} is {}, one of the keys being retired; retire it first",
-                                    t,
-                                    sealed.key_id()
-                                )));
-                            }
-                            Ok(Val::Bytes(sealed.into_bytes()))
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-                (JobKind::Encrypt { .. }, _) => match self.encode_plain(&old) {
-                    Ok(_) if dry => Ok(Val::Bytes(Vec::new())),
-                    Ok(bytes) => self
-                        .envelope
-                        .seal(&ctx, &bytes)
-                        .await
-                        .map(|s| Val::Bytes(s.into_bytes())),
-                    Err(e) => Err(e),
-                },
-                (JobKind::Decrypt { kind, .. }, Val::Bytes(v)) => {
-                    match self.envelope.open_bytes(&ctx, v).await {
-                        Ok(pt) => self.decode_plain(pt, *kind),
-                        Err(e) => Err(e),
-                    }
-                }
-                _ => Err(crate::Error::Config("unexpected column type".into())),
-            };
-            match new {
-                Ok(new) => writes.push((row, new, old)),
-                Err(e) if e.is_retryable() => return Err(e.into()),
-                Err(e) => {
+            match error {
+                None => writes.push(Write { key: row, new, old }),
+                Some((c, e)) => {
                     failed += 1;
-                    tracing::warn!(target: "sqlx_envelope::jobs", table = %t.table, column = %t.column, row = ?row, error = %e, "row left unchanged");
+                    tracing::debug!(target: "sqlx_envelope::jobs", table = %c.table, column = %c.column, row = ?row, error = %e, "row left unchanged");
+                    let mut ex = self.failed_examples.lock().expect("failed rows lock");
+                    if ex.len() < FAILED_EXAMPLES {
+                        ex.push(FailedRow {
+                            key: format!("{row:?}"),
+                            column: c.column.to_string(),
+                            error: e.to_string(),
+                        });
+                    }
                 }
             }
         }
         Ok((writes, failed))
+    }
+
+    /// The new value of one column of a row (unchanged for a column of a
+    /// model re-encryption that is NULL or not on a key being retired).
+    async fn transform_value(
+        &self,
+        c: &Target,
+        ctx: &Context<'_>,
+        old: &Val,
+        dry: bool,
+    ) -> JobResult<Val> {
+        match (&self.kind, old) {
+            (JobKind::Reencrypt { .. }, Val::Null) => Ok(Val::Null),
+            (JobKind::Reencrypt { from }, Val::Bytes(v)) => {
+                let on_old_key = crate::format::parse_header(v)
+                    .map(|h| from.contains(&h.key_id))
+                    .unwrap_or(true);
+                if !on_old_key {
+                    return Ok(old.clone());
+                }
+                let pt = self.envelope.open_bytes(ctx, v).await?;
+                if dry {
+                    return Ok(Val::Null);
+                }
+                let sealed = self.envelope.seal(ctx, &pt).await?;
+                if from.contains(&sealed.key_id()) {
+                    return Err(JobError::Invalid(format!(
+                        "the active key of {c} is {}, one of the keys being retired; retire it first",
+                        sealed.key_id()
+                    )));
+                }
+                Ok(Val::Bytes(sealed.into_bytes()))
+            }
+            (JobKind::Encrypt { .. }, _) => {
+                let bytes = self.encode_plain(old)?;
+                if dry {
+                    return Ok(Val::Null);
+                }
+                let sealed = self.envelope.seal(ctx, &bytes).await?;
+                Ok(Val::Bytes(sealed.into_bytes()))
+            }
+            (JobKind::Decrypt { kind, .. }, Val::Bytes(v)) => {
+                let pt = self.envelope.open_bytes(ctx, v).await?;
+                Ok(self.decode_plain(pt, *kind)?)
+            }
+            _ => Err(crate::Error::Config("unexpected column type".into()).into()),
+        }
     }
 
     /// The bytes a backfill seals for a plaintext value: raw, or framed by the
@@ -656,15 +797,20 @@ impl Job {
     fn encode_plain(&self, val: &Val) -> crate::Result<zeroize::Zeroizing<Vec<u8>>> {
         let codec = &self.target.codec;
         let Some(id) = codec.codec() else {
-            return Ok(zeroize::Zeroizing::new(match val {
-                Val::Text(s) => s.as_bytes().to_vec(),
-                Val::Bytes(b) => b.clone(),
-            }));
+            return match val {
+                Val::Text(s) => Ok(zeroize::Zeroizing::new(s.as_bytes().to_vec())),
+                Val::Bytes(b) => Ok(zeroize::Zeroizing::new(b.clone())),
+                Val::Null => Err(crate::Error::codec(
+                    "PlainValue",
+                    "NULL is not backfilled (the row keeps SQL NULL)",
+                )),
+            };
         };
         let value = match val {
             Val::Text(s) if codec.reads_text_form() => plaintext::parse_text(id, s)?,
             Val::Text(s) => PlainValue::Text(zeroize::Zeroizing::new(s.clone())),
             Val::Bytes(b) => PlainValue::Bytes(zeroize::Zeroizing::new(b.clone())),
+            Val::Null => PlainValue::Null,
         };
         match codec.encode(&value)? {
             Some(buf) => Ok(buf.into_inner()),
@@ -729,7 +875,12 @@ impl Job {
             });
         }
         report.remaining = report.scanned;
+        report.failed_examples = self.take_failed_examples();
         Ok(report)
+    }
+
+    fn take_failed_examples(&self) -> Vec<FailedRow> {
+        std::mem::take(&mut *self.failed_examples.lock().expect("failed rows lock"))
     }
 }
 

@@ -1,7 +1,8 @@
 //! The compare-and-swap batch write: one statement writes a whole batch of
-//! rows, each only if its column still holds the value the job read, so a
+//! rows, each only if its columns still hold the values the job read, so a
 //! concurrent application write always wins; the batch and its checkpoint
-//! commit in one transaction.
+//! commit in one transaction. A model re-encryption moves every encrypted
+//! column of a row in the same statement (one read, one compare-and-swap).
 
 use super::checkpoint::JobSql;
 use super::db::{Dialect, now_ms};
@@ -12,11 +13,14 @@ use super::{JobPool, JobResult};
 use crate::context::RowId;
 
 /// A column value as read or written.
+#[derive(Clone)]
 pub(super) enum Val {
     /// Binary.
     Bytes(Vec<u8>),
     /// Text.
     Text(String),
+    /// SQL NULL (an encrypted column of a model re-encryption that is not set).
+    Null,
 }
 
 macro_rules! bind_val {
@@ -24,6 +28,7 @@ macro_rules! bind_val {
         match $v {
             Val::Bytes(b) => $q.bind(b.clone()),
             Val::Text(s) => $q.bind(s.clone()),
+            Val::Null => $q.bind(None::<Vec<u8>>),
         }
     };
 }
@@ -34,21 +39,23 @@ macro_rules! bind_val {
 macro_rules! bind_column {
     ($q:expr, $vals:expr) => {{
         let vals: Vec<&Val> = $vals.collect();
-        if matches!(vals.first(), Some(Val::Text(_))) {
-            let v: Vec<String> = vals
+        if vals.iter().any(|v| matches!(v, Val::Text(_))) {
+            let v: Vec<Option<String>> = vals
                 .iter()
                 .map(|v| match v {
-                    Val::Text(s) => s.clone(),
-                    Val::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+                    Val::Text(s) => Some(s.clone()),
+                    Val::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                    Val::Null => None,
                 })
                 .collect();
             $q.bind(v)
         } else {
-            let v: Vec<Vec<u8>> = vals
+            let v: Vec<Option<Vec<u8>>> = vals
                 .iter()
                 .map(|v| match v {
-                    Val::Bytes(b) => b.clone(),
-                    Val::Text(s) => s.clone().into_bytes(),
+                    Val::Bytes(b) => Some(b.clone()),
+                    Val::Text(s) => Some(s.clone().into_bytes()),
+                    Val::Null => None,
                 })
                 .collect();
             $q.bind(v)
@@ -56,8 +63,9 @@ macro_rules! bind_column {
     }};
 }
 
-/// Rows per compare-and-swap statement (SQLite and MySQL bind 3 per row).
-const BULK_ROWS: usize = 1000;
+/// Bound values per compare-and-swap statement on MySQL/MariaDB and SQLite
+/// (key parts plus a new and an old value per column, per row).
+const BULK_BINDS: usize = 3000;
 
 fn pg_type(kind: PlainKind) -> &'static str {
     match kind {
@@ -66,8 +74,17 @@ fn pg_type(kind: PlainKind) -> &'static str {
     }
 }
 
-/// One row write: (primary key, new value, old value for the compare-and-swap).
-pub(super) type Write = (RowId, Val, Val);
+/// One row write: its primary key, and per column the new value and the old
+/// one for the compare-and-swap (one column, or every encrypted column of a
+/// model re-encryption, in [`Job`]'s column order).
+pub(super) struct Write {
+    /// The row's primary key.
+    pub(super) key: RowId,
+    /// New values, one per column.
+    pub(super) new: Vec<Val>,
+    /// The values read, one per column.
+    pub(super) old: Vec<Val>,
+}
 
 /// The PostgreSQL array type of a key part's values as bound (UUIDs as text,
 /// cast back in the join).
@@ -90,7 +107,7 @@ enum KeyColumn {
 #[cfg(feature = "postgres")]
 fn pg_key_column(writes: &[Write], i: usize) -> KeyColumn {
     use rowkey::Arg;
-    let arg = |w: &Write| rowkey::part_arg(Dialect::Postgres, &w.0.parts()[i]);
+    let arg = |w: &Write| rowkey::part_arg(Dialect::Postgres, &w.key.parts()[i]);
     let mut col = match writes.first().map(arg) {
         Some(Arg::Text(_)) => KeyColumn::Text(Vec::with_capacity(writes.len())),
         Some(Arg::Bytes(_)) => KeyColumn::Bytes(Vec::with_capacity(writes.len())),
@@ -108,48 +125,92 @@ fn pg_key_column(writes: &[Write], i: usize) -> KeyColumn {
 }
 
 impl Job {
-    /// One compare-and-swap `UPDATE` of `n` rows, given as `(key, new, old)`:
-    /// PostgreSQL binds one array per key column plus two (`unnest`),
-    /// MySQL/MariaDB and SQLite bind `(parts + 2) n` values (a derived table of
-    /// `UNION ALL` rows / a `VALUES` list). A row is written only if its column
-    /// still holds `old`; the affected-row count is the number written.
-    fn bulk_update_sql(&self, d: Dialect, n: usize) -> String {
+    /// What one batch write sets, per column: `(SET target, compare-and-swap
+    /// condition on v.o{j}, new value expression from v.n{j}, new type, old
+    /// type)` (types for PostgreSQL's arrays).
+    fn write_columns(
+        &self,
+        d: Dialect,
+    ) -> Vec<(String, String, String, &'static str, &'static str)> {
         let t = d.quote(&self.target.table);
         let col = d.quote(&self.target.column);
-        let key = &self.target.key;
-        let (set_col, cond, new_ty, old_ty) = match &self.kind {
-            JobKind::Reencrypt { .. } => {
-                (col.clone(), format!("{t}.{col} = v.ov"), "bytea", "bytea")
-            }
+        match &self.kind {
+            JobKind::Reencrypt { .. } => self
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(j, c)| {
+                    let c = d.quote(&c.column);
+                    // NULL-safe: a model's other columns may be NULL.
+                    let eq = match d {
+                        Dialect::Postgres => "IS NOT DISTINCT FROM",
+                        Dialect::MySql => "<=>",
+                        Dialect::Sqlite => "IS",
+                    };
+                    (
+                        c.clone(),
+                        format!("{t}.{c} {eq} v.o{j}"),
+                        format!("v.n{j}"),
+                        "bytea",
+                        "bytea",
+                    )
+                })
+                .collect(),
             JobKind::Encrypt { plain, kind } => {
                 let plain = d.quote(plain);
                 let read = plaintext::read_expr(d, &self.target.codec, &format!("{t}.{plain}"));
-                let eq = text_eq(d, *kind, &read, "v.ov");
-                (
+                let eq = text_eq(d, *kind, &read, "v.o0");
+                vec![(
                     col.clone(),
                     format!("{t}.{col} IS NULL AND {eq}"),
+                    "v.n0".to_owned(),
                     "bytea",
                     pg_type(*kind),
-                )
+                )]
             }
             JobKind::Decrypt { plain, kind } => {
                 let plain = d.quote(plain);
-                (
+                // PostgreSQL does not assign text to a typed column implicitly.
+                let new_val = match (d, self.plain_sql_type.get()) {
+                    (Dialect::Postgres, Some(ty)) => format!("CAST(v.n0 AS {ty})"),
+                    _ => "v.n0".to_owned(),
+                };
+                vec![(
                     plain.clone(),
-                    format!("{t}.{plain} IS NULL AND {t}.{col} = v.ov"),
+                    format!("{t}.{plain} IS NULL AND {t}.{col} = v.o0"),
+                    new_val,
                     pg_type(*kind),
                     "bytea",
-                )
+                )]
             }
+        }
+    }
+
+    /// One compare-and-swap `UPDATE` of `n` rows: PostgreSQL binds one array
+    /// per key column plus two per written column (`unnest`), MySQL/MariaDB
+    /// and SQLite bind `(parts + 2 columns) n` values (a derived table of
+    /// `UNION ALL` rows / a `VALUES` list). A row is written only if its
+    /// columns still hold the values read; the affected-row count is the
+    /// number written.
+    fn bulk_update_sql(&self, d: Dialect, n: usize) -> String {
+        let t = d.quote(&self.target.table);
+        let key = &self.target.key;
+        let cols = self.write_columns(d);
+        let set = |prefix: &str| {
+            cols.iter()
+                .map(|(c, _, nv, _, _)| format!("{prefix}{c} = {nv}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
-        // PostgreSQL does not assign text to a typed column implicitly.
-        let new_val = match (d, self.plain_sql_type.get()) {
-            (Dialect::Postgres, Some(ty)) if matches!(self.kind, JobKind::Decrypt { .. }) => {
-                format!("CAST(v.nv AS {ty})")
-            }
-            _ => "v.nv".to_owned(),
-        };
-        let names: Vec<String> = (0..key.len()).map(|i| format!("k{i}")).collect();
+        let cond = cols
+            .iter()
+            .map(|c| c.1.as_str())
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let names: Vec<String> = (0..key.len())
+            .map(|i| format!("k{i}"))
+            .chain((0..cols.len()).flat_map(|j| [format!("n{j}"), format!("o{j}")]))
+            .collect();
         let join = key
             .iter()
             .enumerate()
@@ -164,22 +225,28 @@ impl Job {
             })
             .collect::<Vec<_>>()
             .join(" AND ");
-        let width = key.len() + 2;
         match d {
             Dialect::Postgres => {
+                let mut ph = 0;
+                let mut next = || {
+                    ph += 1;
+                    ph
+                };
                 let arrays: Vec<String> = key
                     .iter()
-                    .enumerate()
-                    .map(|(i, k)| format!("${}::{}[]", i + 1, pg_key_type(k.kind)))
-                    .chain([
-                        format!("${}::{new_ty}[]", key.len() + 1),
-                        format!("${}::{old_ty}[]", key.len() + 2),
-                    ])
+                    .map(|k| format!("${}::{}[]", next(), pg_key_type(k.kind)))
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .chain(cols.iter().flat_map(|(_, _, _, nt, ot)| {
+                        [
+                            format!("${}::{nt}[]", next()),
+                            format!("${}::{ot}[]", next()),
+                        ]
+                    }))
                     .collect();
                 format!(
-                    "UPDATE {t} SET {set_col} = {new_val} \
-                     FROM unnest({}) AS v({}, nv, ov) \
-                     WHERE {join} AND {cond}",
+                    "UPDATE {t} SET {} FROM unnest({}) AS v({}) WHERE {join} AND {cond}",
+                    set(""),
                     arrays.join(", "),
                     names.join(", ")
                 )
@@ -188,10 +255,9 @@ impl Job {
                 let first = names
                     .iter()
                     .map(|k| format!("? AS {k}"))
-                    .chain(["? AS nv".to_owned(), "? AS ov".to_owned()])
                     .collect::<Vec<_>>()
                     .join(", ");
-                let rest = vec!["?"; width].join(", ");
+                let rest = vec!["?"; names.len()].join(", ");
                 let rows: Vec<String> = std::iter::once(format!("SELECT {first}"))
                     .chain(std::iter::repeat_n(
                         format!("SELECT {rest}"),
@@ -199,17 +265,18 @@ impl Job {
                     ))
                     .collect();
                 format!(
-                    "UPDATE {t} JOIN ({}) AS v ON {join} SET {t}.{set_col} = v.nv WHERE {cond}",
-                    rows.join(" UNION ALL ")
+                    "UPDATE {t} JOIN ({}) AS v ON {join} SET {} WHERE {cond}",
+                    rows.join(" UNION ALL "),
+                    set(&format!("{t}."))
                 )
             }
             Dialect::Sqlite => {
-                let row = format!("({})", vec!["?"; width].join(", "));
+                let row = format!("({})", vec!["?"; names.len()].join(", "));
                 let rows = vec![row.as_str(); n].join(", ");
                 format!(
-                    "WITH v({}, nv, ov) AS (VALUES {rows}) \
-                     UPDATE {t} SET {set_col} = v.nv FROM v WHERE {join} AND {cond}",
-                    names.join(", ")
+                    "WITH v({}) AS (VALUES {rows}) UPDATE {t} SET {} FROM v WHERE {join} AND {cond}",
+                    names.join(", "),
+                    set("")
                 )
             }
         }
@@ -237,7 +304,8 @@ impl Job {
             ($p:expr, |$q:ident, $part:ident| $bind:expr) => {{
                 let mut tx = $p.begin().await?;
                 let mut written = 0u64;
-                for $part in writes.chunks(BULK_ROWS) {
+                let width = self.target.key.len() + 2 * self.columns.len().max(1);
+                for $part in writes.chunks((BULK_BINDS / width).max(1)) {
                     let sql = self.bulk_update_sql(d, $part.len());
                     let $q = sqlx::query(sqlx::AssertSqlSafe(sql));
                     let $q = $bind;
@@ -270,12 +338,14 @@ impl Job {
         macro_rules! per_row {
             ($q:ident, $part:ident) => {{
                 let mut q = $q;
-                for (row, new, old) in $part {
-                    for a in &rowkey::key_args(d, row) {
+                for w in $part {
+                    for a in &rowkey::key_args(d, &w.key) {
                         q = bind_arg!(q, a);
                     }
-                    q = bind_val!(q, new);
-                    q = bind_val!(q, old);
+                    for (new, old) in w.new.iter().zip(&w.old) {
+                        q = bind_val!(q, new);
+                        q = bind_val!(q, old);
+                    }
                 }
                 q
             }};
@@ -291,8 +361,11 @@ impl Job {
                         KeyColumn::Bytes(v) => q.bind(v),
                     };
                 }
-                let q = bind_column!(q, part.iter().map(|w| &w.1));
-                bind_column!(q, part.iter().map(|w| &w.2))
+                for j in 0..part.first().map_or(0, |w| w.new.len()) {
+                    q = bind_column!(q, part.iter().map(|w| &w.new[j]));
+                    q = bind_column!(q, part.iter().map(|w| &w.old[j]));
+                }
+                q
             }),
             #[cfg(feature = "mysql")]
             JobPool::MySql(p) => batch_tx!(p, |q, part| per_row!(q, part)),

@@ -1,7 +1,7 @@
 //! Progress bars over a job's `watch` channel.
 
+use crate::jobs::Progress;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sqlx_envelope::jobs::Progress;
 use tokio::sync::watch;
 
 /// Draw `rx` as a progress bar until the job finishes. Counts only: no value is

@@ -2,16 +2,16 @@
 
 use std::time::Duration;
 
-use clap::Args;
-use sqlx_envelope::jobs::transition::{drop_plaintext as drop_column, transition_counts};
-use sqlx_envelope::jobs::{
+use crate::jobs::transition::{drop_plaintext as drop_column, transition_counts};
+use crate::jobs::{
     Job, JobOptions, JobReport, PlainKind, Target, ValueCodec, parse_pk_spec, parse_tenant_spec,
     reset_job,
 };
-use sqlx_envelope::{KeyId, KeyState};
+use crate::{KeyId, KeyState};
+use clap::Args;
 
-use crate::config::Global;
-use crate::{CmdResult, Failure};
+use super::config::Global;
+use super::{CmdResult, Failure, Models, model};
 
 /// Options shared by every row job.
 #[derive(Debug, Args)]
@@ -50,28 +50,32 @@ pub struct JobArgs {
 
 impl JobArgs {
     fn options(&self) -> JobOptions {
-        let mut o = JobOptions::default();
-        o.batch_size = self.batch_size;
-        o.chunk_rows = self.chunk_rows;
-        o.concurrency = self.concurrency;
-        o.rate = self.rate;
-        o.lease = Duration::from_secs(self.lease_secs);
-        if let Some(w) = &self.worker_id {
-            o.worker_id = w.clone();
+        let defaults = JobOptions::default();
+        JobOptions {
+            batch_size: self.batch_size,
+            chunk_rows: self.chunk_rows,
+            concurrency: self.concurrency,
+            rate: self.rate,
+            lease: Duration::from_secs(self.lease_secs),
+            worker_id: self.worker_id.clone().unwrap_or(defaults.worker_id),
+            job_name: self.job_name.clone(),
+            dry_run: self.dry_run,
+            tenant: self.tenant.clone(),
+            ..defaults
         }
-        o.job_name = self.job_name.clone();
-        o.dry_run = self.dry_run;
-        o.tenant = self.tenant.clone();
-        o
     }
 }
 
 /// `backfill` / `decrypt`.
 #[derive(Debug, Args)]
 pub struct BackfillArgs {
+    /// A model registered in this binary (type name or table): its table, key, tenant and the
+    /// --encrypted-column's own codec (embedded tool only).
+    #[arg(long, conflicts_with_all = ["table", "tenant_column", "plaintext_type", "context_column"])]
+    pub model: Option<String>,
     /// The table.
-    #[arg(long)]
-    pub table: String,
+    #[arg(long, required_unless_present = "model")]
+    pub table: Option<String>,
     /// Its primary key: COLUMN[:KIND][,COLUMN[:KIND]...] in key order; KIND is int (default), uuid, text or bytes.
     #[arg(long, default_value = "id")]
     pub pk: String,
@@ -123,9 +127,13 @@ pub struct DropArgs {
 /// `reencrypt`.
 #[derive(Debug, Args)]
 pub struct ReencryptArgs {
+    /// A model registered in this binary (type name or table): re-encrypt every encrypted column
+    /// of it in one pass (one read and one compare-and-swap per row; embedded tool only).
+    #[arg(long, conflicts_with_all = ["table", "column", "tenant_column", "context_column"])]
+    pub model: Option<String>,
     /// The table.
-    #[arg(long)]
-    pub table: String,
+    #[arg(long, required_unless_present = "model")]
+    pub table: Option<String>,
     /// Its primary key: COLUMN[:KIND][,COLUMN[:KIND]...] in key order; KIND is int (default), uuid, text or bytes.
     #[arg(long, default_value = "id")]
     pub pk: String,
@@ -133,8 +141,8 @@ pub struct ReencryptArgs {
     #[arg(long)]
     pub tenant_column: Option<String>,
     /// The encrypted column.
-    #[arg(long)]
-    pub column: String,
+    #[arg(long, required_unless_present = "model")]
+    pub column: Option<String>,
     /// Data keys to move away from (repeatable or comma-separated). Default: every decrypt_only key.
     #[arg(long = "key", value_delimiter = ',')]
     pub keys: Vec<u64>,
@@ -174,7 +182,7 @@ async fn run_job(g: &Global, job: Job, restart: bool, label: &str) -> Result<Job
             cancel.cancel();
         }
     });
-    let bar = crate::progress::spawn(job.progress(), label, g.no_progress);
+    let bar = super::progress::spawn(job.progress(), label, g.no_progress);
     let report = job.run().await;
     let _ = bar.await;
     let r = report?;
@@ -196,29 +204,44 @@ async fn run_job(g: &Global, job: Job, restart: bool, label: &str) -> Result<Job
         );
     }
     if r.failed > 0 {
+        let examples: Vec<String> = r
+            .failed_examples
+            .iter()
+            .map(|f| format!("  {} ({}): {}", f.key, f.column, f.error))
+            .collect();
         return Err(Failure::RowsRemain(format!(
-            "{} row(s) could not be processed{} and were left unchanged (the warnings above name them by key; a value that does not open usually means a master key is missing from the configuration)",
+            "{} row(s) could not be processed{} and were left unchanged; the first {}:\n{}\n\
+             (a value that does not open usually means a master key is missing from the configuration: \
+             `verify --open` names the keys that do not open)",
             r.failed,
-            if r.dry_run { " in this dry run" } else { "" }
+            if r.dry_run { " in this dry run" } else { "" },
+            examples.len(),
+            examples.join("\n")
         )));
     }
     Ok(r)
 }
 
 /// `backfill` (`reverse = false`) and `decrypt` (`reverse = true`).
-pub async fn backfill(g: &Global, a: BackfillArgs, reverse: bool) -> CmdResult {
-    let (pool, envelope) = g.envelope().await?;
-    let t = target(
-        &a.table,
-        &a.pk,
-        &a.tenant_column,
-        &a.encrypted_column,
-        &a.context_column,
-    )?;
-    let t = match &a.plaintext_type {
-        Some(ty) => t.codec(ValueCodec::builtin(ty, a.pad)?),
-        None => t,
+pub async fn backfill(g: &Global, a: BackfillArgs, reverse: bool, models: &Models) -> CmdResult {
+    let t = match (&a.model, &a.table) {
+        (Some(m), _) => Target::from_description(model(models, m)?, &a.encrypted_column)?,
+        (None, Some(table)) => {
+            let t = target(
+                table,
+                &a.pk,
+                &a.tenant_column,
+                &a.encrypted_column,
+                &a.context_column,
+            )?;
+            match &a.plaintext_type {
+                Some(ty) => t.codec(ValueCodec::builtin(ty, a.pad)?),
+                None => t,
+            }
+        }
+        (None, None) => return Err(Failure::Error("--table or --model is required".into())),
     };
+    let (pool, envelope) = g.envelope().await?;
     let kind = if a.bytes {
         PlainKind::Bytes
     } else {
@@ -245,13 +268,13 @@ pub async fn backfill(g: &Global, a: BackfillArgs, reverse: bool) -> CmdResult {
         );
         if c.plaintext_only > 0 && !r.dry_run {
             return Err(Failure::RowsRemain(format!(
-                "{} row(s) of {t} are still plaintext only (failed or written meanwhile); run again with --restart",
+                "{} row(s) of {t} are still plaintext only (failed or written meanwhile): run the same command again (a finished job makes a new pass)",
                 c.plaintext_only
             )));
         }
     } else if r.remaining > 0 && !r.dry_run {
         return Err(Failure::RowsRemain(format!(
-            "{} row(s) of {t} are not decrypted",
+            "{} row(s) of {t} are not decrypted (failed or written meanwhile): run the same command again (a finished job makes a new pass)",
             r.remaining
         )));
     }
@@ -268,15 +291,23 @@ pub async fn drop_plaintext(g: &Global, a: DropArgs) -> CmdResult {
 }
 
 /// `reencrypt`.
-pub async fn reencrypt(g: &Global, a: ReencryptArgs) -> CmdResult {
+pub async fn reencrypt(g: &Global, a: ReencryptArgs, models: &Models) -> CmdResult {
+    let targets = match (&a.model, &a.table, &a.column) {
+        (Some(m), _, _) => Target::all_from_description(model(models, m)?)?,
+        (None, Some(table), Some(column)) => vec![target(
+            table,
+            &a.pk,
+            &a.tenant_column,
+            column,
+            &a.context_column,
+        )?],
+        _ => {
+            return Err(Failure::Error(
+                "--table and --column, or --model, are required".into(),
+            ));
+        }
+    };
     let (pool, envelope) = g.envelope().await?;
-    let t = target(
-        &a.table,
-        &a.pk,
-        &a.tenant_column,
-        &a.column,
-        &a.context_column,
-    )?;
     let keys: Vec<KeyId> = if a.keys.is_empty() {
         envelope
             .keys()
@@ -292,11 +323,11 @@ pub async fn reencrypt(g: &Global, a: ReencryptArgs) -> CmdResult {
         println!("no decrypt_only data key: nothing to re-encrypt (retire a key first)");
         return Ok(());
     }
-    let job = Job::reencrypt(envelope, pool, t, keys).options(a.job.options());
+    let job = Job::reencrypt_columns(envelope, pool, targets, keys)?.options(a.job.options());
     let r = run_job(g, job, a.job.restart, "reencrypt").await?;
     if r.remaining > 0 && !r.dry_run {
         return Err(Failure::RowsRemain(format!(
-            "{} row(s) still reference the retired keys (failed or written meanwhile); run again with --restart",
+            "{} row(s) still reference the retired keys (failed or written meanwhile): run the same command again (a finished job makes a new pass)",
             r.remaining
         )));
     }

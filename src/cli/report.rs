@@ -1,14 +1,12 @@
 //! `status` and `verify`.
 
+use crate::jobs::transition::{transition_counts, verify_encrypted};
+use crate::jobs::{ColumnStatus, JobPool, PlainKind, Target, registered_columns, verify_keys_open};
+use crate::{Envelope, KeyId};
 use clap::Args;
-use sqlx_envelope::jobs::transition::{transition_counts, verify_encrypted};
-use sqlx_envelope::jobs::{
-    ColumnStatus, JobPool, PlainKind, Target, registered_columns, verify_keys_open,
-};
-use sqlx_envelope::{Envelope, KeyId};
 
-use crate::config::{Global, parse_column};
-use crate::{CmdResult, Failure};
+use super::config::{Global, parse_column};
+use super::{CmdResult, Failure, Models, model};
 
 /// `status`.
 #[derive(Debug, Args)]
@@ -16,15 +14,41 @@ pub struct StatusArgs {
     /// Column to report (TABLE.COLUMN[:PK], PK as for --pk, repeatable). Default: every registered column.
     #[arg(long = "column", value_parser = parse_column)]
     pub columns: Vec<Target>,
+    /// Every encrypted column of a model registered in this binary (type name or table;
+    /// repeatable; embedded tool only).
+    #[arg(long = "model")]
+    pub models: Vec<String>,
     /// The tenant column of the --column(s), COLUMN[:KIND]: report per tenant too (columns a model
     /// registered report per tenant without it).
     #[arg(long, requires = "columns")]
     pub tenant_column: Option<String>,
 }
 
+/// The columns of `--model`s, after the `--column`s; a `--column` of a
+/// registered model's table takes the model's description (key, tenant,
+/// codec).
+fn with_models(
+    columns: &mut Vec<Target>,
+    names: &[String],
+    models: &Models,
+) -> Result<(), Failure> {
+    for t in columns.iter_mut() {
+        let found = models.iter().find(|m| {
+            m.table == t.table.as_str() && m.encrypted_column(t.column.as_str()).is_some()
+        });
+        if let Some(m) = found {
+            *t = Target::from_description(m, t.column.as_str())?;
+        }
+    }
+    for name in names {
+        columns.extend(Target::all_from_description(model(models, name)?)?);
+    }
+    Ok(())
+}
+
 fn with_tenant(columns: &mut [Target], spec: &Option<String>) -> Result<(), Failure> {
     if let Some(spec) = spec {
-        let tenant = sqlx_envelope::jobs::parse_tenant_spec(spec)?;
+        let tenant = crate::jobs::parse_tenant_spec(spec)?;
         for t in columns {
             *t = t.clone().tenant(tenant.clone());
         }
@@ -38,6 +62,10 @@ pub struct VerifyArgs {
     /// Column to check (TABLE.COLUMN[:PK], PK as for --pk, e.g. patients.note_enc:tenant_id:int,id:uuid; repeatable). Default: every registered column.
     #[arg(long = "column", value_parser = parse_column)]
     pub columns: Vec<Target>,
+    /// Every encrypted column of a model registered in this binary (type name or table;
+    /// repeatable; embedded tool only).
+    #[arg(long = "model")]
+    pub models: Vec<String>,
     /// Fail (exit 3) if any row still references one of these data keys.
     #[arg(long = "key", value_delimiter = ',')]
     pub keys: Vec<u64>,
@@ -154,16 +182,17 @@ fn tenant_problems(s: &ColumnStatus, watch: &[KeyId]) -> Vec<String> {
 }
 
 /// `status`.
-pub async fn status(g: &Global, mut a: StatusArgs) -> CmdResult {
+pub async fn status(g: &Global, mut a: StatusArgs, models: &Models) -> CmdResult {
     with_tenant(&mut a.columns, &a.tenant_column)?;
+    with_models(&mut a.columns, &a.models, models)?;
     let pool = g.pool().await?;
     let keys = pool
         .key_store()
-        .list(&sqlx_envelope::store::KeyFilter::all())
+        .list(&crate::store::KeyFilter::all())
         .await?;
     let states: Vec<(KeyId, String)> = keys.iter().map(|k| (k.id, k.state.to_string())).collect();
     for t in columns(&pool, a.columns).await? {
-        let bar = crate::progress::spinner(&format!("scanning {t}"), g.no_progress);
+        let bar = super::progress::spinner(&format!("scanning {t}"), g.no_progress);
         let s = ColumnStatus::compute(&pool, &t, &keys).await;
         bar.finish_and_clear();
         print_status(&s?, &states);
@@ -172,15 +201,16 @@ pub async fn status(g: &Global, mut a: StatusArgs) -> CmdResult {
 }
 
 /// `verify`.
-pub async fn verify(g: &Global, mut a: VerifyArgs) -> CmdResult {
+pub async fn verify(g: &Global, mut a: VerifyArgs, models: &Models) -> CmdResult {
     let pool = g.pool().await?;
     with_tenant(&mut a.columns, &a.tenant_column)?;
     if let Some(ty) = &a.plaintext_type {
-        let codec = sqlx_envelope::jobs::ValueCodec::builtin(ty, a.pad)?;
+        let codec = crate::jobs::ValueCodec::builtin(ty, a.pad)?;
         for t in &mut a.columns {
             *t = t.clone().codec(codec);
         }
     }
+    with_models(&mut a.columns, &a.models, models)?;
     if let Some(plain) = &a.plaintext_column {
         let [t] = a.columns.as_slice() else {
             return Err(Failure::Error(
@@ -197,7 +227,7 @@ pub async fn verify(g: &Global, mut a: VerifyArgs) -> CmdResult {
         } else {
             PlainKind::Text
         };
-        let bar = crate::progress::spinner(&format!("verifying {t}"), g.no_progress);
+        let bar = super::progress::spinner(&format!("verifying {t}"), g.no_progress);
         let c = transition_counts(&pool, t, plain).await;
         let v = verify_encrypted(&envelope, &pool, t, plain, kind, 1000).await;
         bar.finish_and_clear();
@@ -216,13 +246,13 @@ pub async fn verify(g: &Global, mut a: VerifyArgs) -> CmdResult {
     }
     let keys = pool
         .key_store()
-        .list(&sqlx_envelope::store::KeyFilter::all())
+        .list(&crate::store::KeyFilter::all())
         .await?;
     let states: Vec<(KeyId, String)> = keys.iter().map(|k| (k.id, k.state.to_string())).collect();
     let watch: Vec<KeyId> = a.keys.iter().map(|k| KeyId::new(*k)).collect();
     let mut problems = Vec::new();
     for t in columns(&pool, a.columns.clone()).await? {
-        let bar = crate::progress::spinner(&format!("scanning {t}"), g.no_progress);
+        let bar = super::progress::spinner(&format!("scanning {t}"), g.no_progress);
         let s = ColumnStatus::compute(&pool, &t, &keys).await;
         bar.finish_and_clear();
         let s = s?;
@@ -243,7 +273,7 @@ pub async fn verify(g: &Global, mut a: VerifyArgs) -> CmdResult {
         } else {
             a.columns.clone()
         };
-        let bar = crate::progress::spinner("opening every referenced data key", g.no_progress);
+        let bar = super::progress::spinner("opening every referenced data key", g.no_progress);
         let r = verify_keys_open(&envelope, &pool, &targets).await;
         bar.finish_and_clear();
         let r = r?;

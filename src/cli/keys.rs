@@ -1,13 +1,13 @@
 //! `keys list | rewrap (rotate) | retire | suspend | reactivate | destroy |
 //! shred-tenant | cleanup-pending | create-local-file`.
 
+use crate::jobs::rewrap::{RewrapOptions, rewrap_keys};
+use crate::jobs::{DestroyOptions, Progress, Target, destroy_key};
+use crate::{KeyId, KeyState, MasterKeyId};
 use clap::{Args, Subcommand};
-use sqlx_envelope::jobs::rewrap::{RewrapOptions, rewrap_keys};
-use sqlx_envelope::jobs::{DestroyOptions, Progress, Target, destroy_key};
-use sqlx_envelope::{KeyId, KeyState, MasterKeyId};
 
-use crate::config::{Global, parse_column};
-use crate::{CmdResult, Failure};
+use super::config::{Global, parse_column};
+use super::{CmdResult, Failure};
 
 /// Key commands.
 #[derive(Debug, Subcommand)]
@@ -128,7 +128,7 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
             let pool = g.pool().await?;
             let keys = pool
                 .key_store()
-                .list(&sqlx_envelope::store::KeyFilter::all())
+                .list(&crate::store::KeyFilter::all())
                 .await?;
             println!(
                 "{:>8}  {:<6}  {:<12}  {:<24}  {:<12}  wrapped by",
@@ -170,7 +170,7 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
                 opts = opts.scope(scope);
             }
             let (tx, rx) = tokio::sync::watch::channel(Progress::default());
-            let bar = crate::progress::spawn(rx, "rewrap", g.no_progress);
+            let bar = super::progress::spawn(rx, "rewrap", g.no_progress);
             let store = pool.key_store();
             let report = rewrap_keys(store.as_ref(), keyring.as_ref(), &opts, Some(&tx)).await;
             tx.send_modify(|p| p.finished = true);
@@ -276,11 +276,11 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
             Ok(())
         }
         KeysCommand::CreateLocalFile(a) => {
-            let k = sqlx_envelope::LocalKeyring::create_file(&a.path, &a.name)?;
+            let k = crate::LocalKeyring::create_file(&a.path, &a.name)?;
             println!(
                 "created {} with master key {} (keep it secret and backed up: without it nothing opens)",
                 a.path.display(),
-                sqlx_envelope::Keyring::master_keys(&k)[0]
+                crate::Keyring::master_keys(&k)[0]
             );
             Ok(())
         }
@@ -295,7 +295,7 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
                 opts = opts.unsafe_skip_seal_horizon();
             }
             for id in a.ids {
-                let bar = crate::progress::spinner(
+                let bar = super::progress::spinner(
                     &format!("counting rows on data key {id}"),
                     g.no_progress,
                 );

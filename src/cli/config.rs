@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
+use crate::jobs::{JobPool, Target};
+use crate::keyring::KmsKeyring;
+use crate::{Envelope, Keyring, LocalKeyring, MultiKeyring};
 use clap::Args;
-use sqlx_envelope::jobs::{JobPool, Target};
-use sqlx_envelope::keyring::KmsKeyring;
-use sqlx_envelope::{Envelope, Keyring, LocalKeyring, MultiKeyring};
 
-use crate::Failure;
+use super::Failure;
 
 /// Flags every command accepts.
 #[derive(Debug, Args)]
@@ -20,7 +20,9 @@ pub struct Global {
     #[arg(long, env = "SQLX_ENVELOPE_LOCAL_KEYS_FILE", global = true)]
     pub local_keys_file: Option<std::path::PathBuf>,
 
-    /// AWS KMS keys (key id, ARN or alias), comma-separated; the first wraps new data keys.
+    /// AWS KMS keys (key id, ARN or alias), comma-separated; the first generates new keys, every
+    /// key wraps them. A key ARN is used in its own region (several regions: one KMS client per
+    /// region, failing over in this order); key ids and aliases in --kms-region.
     #[arg(
         long = "kms-key-id",
         env = "SQLX_ENVELOPE_KMS_KEY_IDS",
@@ -38,9 +40,15 @@ pub struct Global {
     )]
     pub kms_unwrap_only: Vec<String>,
 
-    /// KMS endpoint URL override (a local KMS such as moto).
-    #[arg(long, env = "SQLX_ENVELOPE_KMS_ENDPOINT", global = true)]
-    pub kms_endpoint: Option<String>,
+    /// KMS endpoint URL override (a local KMS such as moto): URL for every region, or
+    /// REGION=URL for one region (comma-separated or repeated).
+    #[arg(
+        long = "kms-endpoint",
+        env = "SQLX_ENVELOPE_KMS_ENDPOINT",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub kms_endpoints: Vec<String>,
 
     /// AWS region of the KMS keys (default: the AWS configuration chain).
     #[arg(long, env = "SQLX_ENVELOPE_KMS_REGION", global = true)]
@@ -79,20 +87,15 @@ impl Global {
                     "KMS unwrap-only keys need at least one --kms-key-id".into(),
                 ));
             }
-            let mut b = KmsKeyring::builder();
-            for k in &self.kms_key_ids {
-                b = b.key(k.trim());
-            }
-            for k in &self.kms_unwrap_only {
-                b = b.unwrap_only_key(k.trim());
-            }
-            if let Some(e) = &self.kms_endpoint {
-                b = b.endpoint_url(e);
-            }
-            if let Some(r) = &self.kms_region {
-                b = b.region(r);
-            }
-            members.push(Arc::new(b.build().await?));
+            members.extend(
+                kms_keyrings(
+                    &self.kms_key_ids,
+                    &self.kms_unwrap_only,
+                    self.kms_region.as_deref(),
+                    &self.kms_endpoints,
+                )
+                .await?,
+            );
         }
         if let Some(path) = &self.local_keys_file {
             members.push(Arc::new(LocalKeyring::from_file(path)?));
@@ -122,6 +125,76 @@ impl Global {
         }
         Ok((pool, builder.build()?))
     }
+}
+
+/// One KMS keyring per region, in the order the regions first appear among
+/// `keys` (so the first key's region generates): a key ARN belongs to its own
+/// region, a key id or alias to `region` (or the AWS configuration chain's).
+/// Endpoints are `URL` (every region) or `REGION=URL`.
+async fn kms_keyrings(
+    keys: &[String],
+    unwrap_only: &[String],
+    region: Option<&str>,
+    endpoints: &[String],
+) -> Result<Vec<Arc<dyn Keyring>>, Failure> {
+    use crate::keyring::kms::arn::KmsArn;
+    let region_of = |k: &str| -> Option<String> {
+        KmsArn::parse(k)
+            .map(|a| a.region.to_owned())
+            .or_else(|| region.map(str::to_owned))
+    };
+    let mut groups: Vec<(Option<String>, Vec<&str>, Vec<&str>)> = Vec::new();
+    for k in keys.iter().map(|k| k.trim()) {
+        let r = region_of(k);
+        match groups.iter_mut().find(|g| g.0 == r) {
+            Some(g) => g.1.push(k),
+            None => groups.push((r, vec![k], Vec::new())),
+        }
+    }
+    for k in unwrap_only.iter().map(|k| k.trim()) {
+        let r = region_of(k);
+        match groups.iter_mut().find(|g| g.0 == r) {
+            Some(g) => g.2.push(k),
+            None => {
+                return Err(Failure::Error(format!(
+                    "unwrap-only KMS key {k} is in region {}, where no --kms-key-id is configured: \
+                     give a key of that region with --kms-key-id too (a KMS client is built per region)",
+                    r.as_deref().unwrap_or("(default)")
+                )));
+            }
+        }
+    }
+    let mut any_endpoint = None;
+    let mut by_region = Vec::new();
+    for e in endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        match e.split_once('=') {
+            Some((r, url)) if !r.contains('/') => by_region.push((r, url)),
+            _ => any_endpoint = Some(e),
+        }
+    }
+    let mut out: Vec<Arc<dyn Keyring>> = Vec::with_capacity(groups.len());
+    for (r, keys, unwrap) in groups {
+        let mut b = KmsKeyring::builder();
+        for k in keys {
+            b = b.key(k);
+        }
+        for k in unwrap {
+            b = b.unwrap_only_key(k);
+        }
+        if let Some(r) = &r {
+            b = b.region(r);
+        }
+        let endpoint = by_region
+            .iter()
+            .find(|(er, _)| Some(*er) == r.as_deref())
+            .map(|(_, url)| *url)
+            .or(any_endpoint);
+        if let Some(e) = endpoint {
+            b = b.endpoint_url(e);
+        }
+        out.push(Arc::new(b.build().await?));
+    }
+    Ok(out)
 }
 
 /// One tenant's master keys in the `--tenant-keys` file.
@@ -159,20 +232,19 @@ async fn tenant_keyrings(
     for (tenant, t) in map {
         let mut members: Vec<Arc<dyn Keyring>> = Vec::new();
         if !t.kms_key_ids.is_empty() {
-            let mut b = KmsKeyring::builder();
-            for k in &t.kms_key_ids {
-                b = b.key(k.trim());
-            }
-            for k in &t.kms_unwrap_only_key_ids {
-                b = b.unwrap_only_key(k.trim());
-            }
-            if let Some(e) = t.kms_endpoint.as_ref().or(g.kms_endpoint.as_ref()) {
-                b = b.endpoint_url(e);
-            }
-            if let Some(r) = t.kms_region.as_ref().or(g.kms_region.as_ref()) {
-                b = b.region(r);
-            }
-            members.push(Arc::new(b.build().await?));
+            let endpoints = match &t.kms_endpoint {
+                Some(e) => vec![e.clone()],
+                None => g.kms_endpoints.clone(),
+            };
+            members.extend(
+                kms_keyrings(
+                    &t.kms_key_ids,
+                    &t.kms_unwrap_only_key_ids,
+                    t.kms_region.as_deref().or(g.kms_region.as_deref()),
+                    &endpoints,
+                )
+                .await?,
+            );
         }
         if let Some(f) = &t.local_keys_file {
             members.push(Arc::new(LocalKeyring::from_file(base.join(f))?));
@@ -199,6 +271,6 @@ pub fn parse_column(spec: &str) -> Result<Target, String> {
     let (t, c) = tc
         .split_once('.')
         .ok_or_else(|| format!("{spec:?}: expected TABLE.COLUMN or TABLE.COLUMN:PK"))?;
-    let key = sqlx_envelope::jobs::parse_pk_spec(pk).map_err(|e| e.to_string())?;
+    let key = crate::jobs::parse_pk_spec(pk).map_err(|e| e.to_string())?;
     Target::keyed(t, key, c).map_err(|e| e.to_string())
 }
