@@ -35,6 +35,17 @@ pub struct Encrypt<'a> {
     pub hide_null: bool,
     pub pad: usize,
     pub json: bool,
+    /// `migrating_from = "col"`: the plaintext column read while the
+    /// encrypted one is NULL.
+    pub migrating_from: Option<String>,
+}
+
+impl Encrypt<'_> {
+    /// Whether the sealed row holds `Option<Sealed>` for this field: an
+    /// `Option` without `hide_null`, or a field migrating from plaintext.
+    pub fn nullable_sealed(&self) -> bool {
+        (self.option_of.is_some() && !self.hide_null) || self.migrating_from.is_some()
+    }
 }
 
 impl Field<'_> {
@@ -123,6 +134,7 @@ impl<'a> Input<'a> {
                         hide_null: a.hide_null.is_some(),
                         pad: a.pad.unwrap_or(0),
                         json: a.json,
+                        migrating_from: a.migrating_from.map(|c| c.value()),
                     })
                 }
             };

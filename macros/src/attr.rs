@@ -142,9 +142,11 @@ pub struct EncryptAttr {
     pub hide_null: Option<Span>,
     pub pad: Option<usize>,
     pub json: bool,
+    pub migrating_from: Option<LitStr>,
 }
 
-const FIELD_KEYS: &str = "expected `column = \"...\"`, `hide_null`, `pad = N` or `json`";
+const FIELD_KEYS: &str =
+    "expected `column = \"...\"`, `hide_null`, `pad = N`, `json` or `migrating_from = \"...\"`";
 
 pub fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> Option<EncryptAttr> {
     let mut out: Option<EncryptAttr> = None;
@@ -172,6 +174,7 @@ pub fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> Option<EncryptAt
             hide_null: None,
             pad: None,
             json: false,
+            migrating_from: None,
         };
         if let syn::Meta::List(_) = attr.meta {
             let parsed = attr.parse_nested_meta(|meta| {
@@ -190,6 +193,16 @@ pub fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> Option<EncryptAt
                             ));
                         }
                         set_once(&mut enc.column, lit, &meta.path, "column")
+                    }
+                    "migrating_from" => {
+                        let lit: LitStr = meta.value()?.parse()?;
+                        if lit.value().is_empty() {
+                            return Err(syn::Error::new(
+                                lit.span(),
+                                "the plaintext column name cannot be empty",
+                            ));
+                        }
+                        set_once(&mut enc.migrating_from, lit, &meta.path, "migrating_from")
                     }
                     "hide_null" => set_once(
                         &mut enc.hide_null,

@@ -77,6 +77,15 @@ fn sealed_row(input: &Input<'_>, p: &Paths) -> TokenStream {
         };
         quote!(#[doc = #doc] #fvis #ident: #ty)
     });
+    let plain_fields = migrating_fields(input).map(|(f, plain)| {
+        let (fvis, name, ty) = (f.vis, plaintext_ident(f), plaintext_type(f, p));
+        let doc = format!(
+            "Plaintext of `{model_name}::{}` in column `{plain}`, read while the field migrates to \
+             encryption (`migrating_from`): used only when the encrypted column is NULL.",
+            f.ident
+        );
+        quote!(#[doc = #doc] #fvis #name: #ty)
+    });
     let doc = format!(
         "The sealed row of [`{model_name}`]: what table `{table}` stores. Encrypted fields hold \
          ciphertext. `{model_name}::insert`, `update` and `fetch_by_key` read and write it for \
@@ -102,11 +111,20 @@ fn sealed_row(input: &Input<'_>, p: &Paths) -> TokenStream {
         let column = f.column();
         quote!(#ident: #sqlx::Row::try_get(__row, #column)?)
     });
+    let plain_bounds = migrating_fields(input).map(|(f, _)| {
+        let ty = plaintext_type(f, p);
+        quote_spanned!(span_of(f.ty)=> #ty: #sqlx::Decode<'__r, <__R as #sqlx::Row>::Database> + #sqlx::Type<<__R as #sqlx::Row>::Database>)
+    });
+    let plain_from_row = migrating_fields(input).map(|(f, plain)| {
+        let name = plaintext_ident(f);
+        quote!(#name: #sqlx::Row::try_get(__row, #plain)?)
+    });
     quote! {
         #[doc = #doc]
         #[derive(::core::clone::Clone)]
         #vis struct #sealed {
             #(#fields,)*
+            #(#plain_fields,)*
         }
 
         #[automatically_derived]
@@ -123,9 +141,10 @@ fn sealed_row(input: &Input<'_>, p: &Paths) -> TokenStream {
         where
             &'__r str: #sqlx::ColumnIndex<__R>,
             #(#from_row_bounds,)*
+            #(#plain_bounds,)*
         {
             fn from_row(__row: &'__r __R) -> ::core::result::Result<Self, #sqlx::Error> {
-                ::core::result::Result::Ok(Self { #(#from_row_fields,)* })
+                ::core::result::Result::Ok(Self { #(#from_row_fields,)* #(#plain_from_row,)* })
             }
         }
     }
@@ -309,6 +328,18 @@ fn encrypted_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
         }
     });
     let id_not_secret = input.id_not_secret;
+    let assemble_plain: Vec<TokenStream> = migrating_fields(input)
+        .map(|(f, _)| {
+            let name = plaintext_ident(f);
+            quote!(#name: ::core::option::Option::None)
+        })
+        .collect();
+    let migrating: Vec<TokenStream> = migrating_fields(input)
+        .map(|(f, plain)| {
+            let column = f.column();
+            quote!((#column, #plain))
+        })
+        .collect();
 
     let encode_arms = encrypted_fields(input).map(|(n, f)| {
         let e = encode_field(f, p);
@@ -317,7 +348,7 @@ fn encrypted_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
     let assemble_fields = input.fields.iter().map(|f| {
         let ident = f.ident;
         match &f.encrypt {
-            Some(e) if e.option_of.is_some() && !e.hide_null => {
+            Some(e) if e.nullable_sealed() => {
                 quote!(#ident: __values.next().flatten())
             }
             Some(_) => {
@@ -347,6 +378,7 @@ fn encrypted_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
             const TENANT: ::core::option::Option<&'static str> = #tenant_col;
             const COLUMNS: &'static [&'static str] = &[#(#all_cols),*];
             const ENCRYPTED_COLUMNS: &'static [&'static str] = &[#(#enc_cols),*];
+            const MIGRATING: &'static [(&'static str, &'static str)] = &[#(#migrating),*];
             const DESCRIPTION: &'static #private::ModelDescription = &#private::ModelDescription {
                 name: #model_name,
                 table: #table,
@@ -379,7 +411,7 @@ fn encrypted_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
                 &self,
                 __values: &mut ::std::vec::IntoIter<::core::option::Option<#krate::Sealed>>,
             ) -> #krate::Result<#sealed> {
-                ::core::result::Result::Ok(#sealed { #(#assemble_fields,)* })
+                ::core::result::Result::Ok(#sealed { #(#assemble_fields,)* #(#assemble_plain,)* })
             }
         }
     }
@@ -466,7 +498,7 @@ fn sealed_row_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
     let visits = input.fields.iter().filter_map(|f| {
         let e = f.encrypt.as_ref()?;
         let (ident, column) = (f.ident, f.column());
-        Some(if e.option_of.is_some() && !e.hide_null {
+        Some(if e.nullable_sealed() {
             quote!(if let ::core::option::Option::Some(__v) = &self.#ident { __f(#column, __v); })
         } else {
             quote!(__f(#column, &self.#ident);)
@@ -567,6 +599,54 @@ fn open_field(f: &Field<'_>, table: &str, p: &Paths) -> TokenStream {
             #private::open_field(__keys, &__ctx, #value, __FRAME)
         }}
     };
+    if e.migrating_from.is_some() {
+        // The encrypted value when present (an error if it does not open:
+        // never a fallback), else the plaintext column, else NULL.
+        let opened = match (e.option_of.is_some(), e.hide_null) {
+            (false, _) => {
+                let open = open(quote!(__v));
+                quote!(#open.and_then(|__b| match __b {
+                    ::core::option::Option::Some(__b) => #decode,
+                    ::core::option::Option::None => {
+                        ::core::result::Result::Err(#private::unexpected_null(#column))
+                    }
+                }))
+            }
+            (true, false) => {
+                let open = open(quote!(__v));
+                quote!(#open.and_then(|__b| match __b {
+                    ::core::option::Option::Some(__b) => (#decode).map(::core::option::Option::Some),
+                    ::core::option::Option::None => {
+                        ::core::result::Result::Err(#private::unexpected_null(#column))
+                    }
+                }))
+            }
+            (true, true) => {
+                let open = open(quote!(__v));
+                quote!(#open.and_then(|__b| match __b {
+                    ::core::option::Option::Some(__b) => (#decode).map(::core::option::Option::Some),
+                    ::core::option::Option::None => ::core::result::Result::Ok(::core::option::Option::None),
+                }))
+            }
+        };
+        let plain = plaintext_ident(f);
+        let plain_col = e.migrating_from.as_deref().unwrap_or_default();
+        let unwrap_json = if e.json { quote!(.0) } else { quote!() };
+        let from_plain = if e.option_of.is_some() {
+            quote!(::core::result::Result::Ok(self.#plain.map(|__p| __p #unwrap_json)))
+        } else {
+            quote!(match self.#plain {
+                ::core::option::Option::Some(__p) => ::core::result::Result::Ok(__p #unwrap_json),
+                ::core::option::Option::None => {
+                    ::core::result::Result::Err(#private::migrating_null(#column, #plain_col))
+                }
+            })
+        };
+        return quote!(match self.#ident {
+            ::core::option::Option::Some(__v) => #opened,
+            ::core::option::Option::None => #from_plain,
+        });
+    }
     match (e.option_of.is_some(), e.hide_null) {
         (false, _) => {
             let open = open(quote!(self.#ident));
@@ -685,7 +765,7 @@ fn inherent_methods(input: &Input<'_>, p: &Paths) -> TokenStream {
         let ty = sealed_type(f);
         let e = f.encrypt.as_ref().expect("encrypted field");
         let column = f.column();
-        let take = if e.option_of.is_some() && !e.hide_null {
+        let take = if e.nullable_sealed() {
             quote!(::core::result::Result::Ok(__v))
         } else {
             quote!(__v.ok_or_else(|| #krate::model::__private::missing_value(#column)))
@@ -790,10 +870,42 @@ fn inherent_methods(input: &Input<'_>, p: &Paths) -> TokenStream {
     }
 }
 
+/// Encrypted fields migrating from a plaintext column, with that column.
+fn migrating_fields<'i, 'a>(
+    input: &'i Input<'a>,
+) -> impl Iterator<Item = (&'i Field<'a>, &'i str)> + 'i {
+    input.fields.iter().filter_map(|f| {
+        let plain = f.encrypt.as_ref()?.migrating_from.as_deref()?;
+        Some((f, plain))
+    })
+}
+
+/// The sealed row's field holding a migrating field's plaintext.
+fn plaintext_ident(f: &Field<'_>) -> syn::Ident {
+    format_ident!(
+        "{}_plaintext",
+        f.ident.to_string().trim_start_matches("r#"),
+        span = f.ident.span()
+    )
+}
+
+/// `Option<T>` (`Option<sqlx::types::Json<T>>` for a JSON field) for a
+/// migrating field's plaintext column, `T` the field's (inner) type.
+fn plaintext_type(f: &Field<'_>, p: &Paths) -> TokenStream {
+    let sqlx = &p.sqlx;
+    let e = f.encrypt.as_ref().expect("encrypted field");
+    let inner = e.option_of.unwrap_or(f.ty);
+    if e.json {
+        quote_spanned!(span_of(inner)=> ::core::option::Option<#sqlx::types::Json<#inner>>)
+    } else {
+        quote_spanned!(span_of(inner)=> ::core::option::Option<#inner>)
+    }
+}
+
 /// `Sealed` or `Option<Sealed>` for an encrypted field, the field's type otherwise.
 fn sealed_type(f: &Field<'_>) -> TokenStream {
     match &f.encrypt {
-        Some(e) if e.option_of.is_some() && !e.hide_null => {
+        Some(e) if e.nullable_sealed() => {
             quote!(::core::option::Option<::sqlx_envelope::Sealed>)
         }
         Some(_) => quote!(::sqlx_envelope::Sealed),

@@ -97,6 +97,11 @@ pub trait Encrypted: Sized + Send + Sync + 'static {
     /// The whole description: what jobs need to migrate, re-encrypt and verify
     /// the model (see [`describe`]).
     const DESCRIPTION: &'static ModelDescription;
+    /// `(encrypted column, plaintext column)` of every field marked
+    /// `#[encrypt(migrating_from = "...")]`: `fetch_by_key` also reads the
+    /// plaintext column, and an update of the encrypted column sets the
+    /// plaintext one to NULL.
+    const MIGRATING: &'static [(&'static str, &'static str)] = &[];
 
     /// The row id the values are bound to, or `None` if a part of the primary
     /// key is not set yet (an `Option` id that is `None`).
@@ -328,6 +333,17 @@ pub mod __private {
     ) -> Result<Option<Zeroizing<Vec<u8>>>> {
         let plain = keys.open_in_place(ctx, value.into_bytes())?;
         framing.unframe(plain)
+    }
+
+    /// The error for a migrating field whose encrypted and plaintext columns
+    /// are both NULL while the field cannot be `None`.
+    pub fn migrating_null(column: &'static str, plain: &'static str) -> Error {
+        Error::codec(
+            "Option",
+            format!(
+                "column {column} and its plaintext column {plain} are both NULL, but the field is not an Option"
+            ),
+        )
     }
 
     /// The error for a stored value whose frame says NULL in a column whose

@@ -339,6 +339,13 @@ where
         sql.push_str(" = ");
         bind_column(model, i, &sealed, &mut args)?;
         <E::Database as Dialect>::push_param(&mut sql, args.len());
+        // A migrating field's plaintext is stale once its encrypted value is
+        // written: cleared in the same statement.
+        if let Some((_, plain)) = M::MIGRATING.iter().find(|(c, _)| *c == M::COLUMNS[i]) {
+            sql.push_str(", ");
+            <E::Database as Dialect>::push_ident(&mut sql, plain);
+            sql.push_str(" = NULL");
+        }
     }
     push_where(&mut sql, model, with_tenant, &mut args)?;
     if execute::<M, E>(executor, sql, args).await? == 0 {
@@ -360,7 +367,8 @@ where
     E::Database: Dialect,
 {
     let mut sql = String::from("SELECT ");
-    for (i, name) in M::COLUMNS.iter().enumerate() {
+    let plain = M::MIGRATING.iter().map(|(_, p)| p);
+    for (i, name) in M::COLUMNS.iter().chain(plain).enumerate() {
         if i > 0 {
             sql.push_str(", ");
         }
