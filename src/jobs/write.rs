@@ -128,6 +128,7 @@ impl Job {
     /// What one batch write sets, per column: `(SET target, compare-and-swap
     /// condition on v.o{j}, new value expression from v.n{j}, new type, old
     /// type)` (types for PostgreSQL's arrays).
+    #[allow(clippy::type_complexity)]
     fn write_columns(
         &self,
         d: Dialect,
@@ -135,22 +136,33 @@ impl Job {
         let t = d.quote(&self.target.table);
         let col = d.quote(&self.target.column);
         match &self.kind {
+            JobKind::Reencrypt { .. } if self.columns.len() == 1 => vec![(
+                col.clone(),
+                format!("{t}.{col} = v.o0"),
+                "v.n0".to_owned(),
+                "bytea",
+                "bytea",
+            )],
+            // Several columns: each is replaced only if it still holds what
+            // was read (NULL-safe: a model's columns may be NULL), so a column
+            // the application rewrote meanwhile keeps its new value while the
+            // row's other columns still move off the retired keys.
             JobKind::Reencrypt { .. } => self
                 .columns
                 .iter()
                 .enumerate()
                 .map(|(j, c)| {
                     let c = d.quote(&c.column);
-                    // NULL-safe: a model's other columns may be NULL.
                     let eq = match d {
                         Dialect::Postgres => "IS NOT DISTINCT FROM",
                         Dialect::MySql => "<=>",
                         Dialect::Sqlite => "IS",
                     };
+                    let same = format!("{t}.{c} {eq} v.o{j}");
                     (
                         c.clone(),
-                        format!("{t}.{c} {eq} v.o{j}"),
-                        format!("v.n{j}"),
+                        same.clone(),
+                        format!("CASE WHEN {same} THEN v.n{j} ELSE {t}.{c} END"),
                         "bytea",
                         "bytea",
                     )
@@ -202,11 +214,18 @@ impl Job {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let cond = cols
-            .iter()
-            .map(|c| c.1.as_str())
-            .collect::<Vec<_>>()
-            .join(" AND ");
+        // One column: written only if unchanged. A model's columns: the row is
+        // written if any column is unchanged (each guarded by its own CASE).
+        let cond = match cols.len() {
+            1 => cols[0].1.clone(),
+            _ => format!(
+                "({})",
+                cols.iter()
+                    .map(|c| c.1.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" OR ")
+            ),
+        };
         let names: Vec<String> = (0..key.len())
             .map(|i| format!("k{i}"))
             .chain((0..cols.len()).flat_map(|j| [format!("n{j}"), format!("o{j}")]))
