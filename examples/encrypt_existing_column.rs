@@ -1,7 +1,7 @@
 //! Encrypt existing plaintext columns of a live table, phase by phase, on a
 //! UUID-keyed, tenant-bound model: add columns -> the application reads either
 //! form and writes encrypted values -> backfill with the model's own encoding
-//! -> verify -> drop the plaintext -> the next release drops `migrating_from`.
+//! -> verify -> the next release drops `migrating_from` -> drop the plaintext.
 //!
 //! ```text
 //! cargo run --example encrypt_existing_column
@@ -178,13 +178,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         assert!(check.is_clean());
     }
 
-    // Phase 5: drop the plaintext columns; checked and dropped under one lock.
-    for (column, plain) in plaintext_columns() {
-        drop_plaintext(&jobs, &Target::for_model::<Customer>(column)?, plain).await?;
-    }
-
-    // Phase 6: the next release's model has no `migrating_from`; every row
-    // opens from its encrypted columns.
+    // Phase 5: every row is encrypted and verified: the next release's model
+    // has no `migrating_from`, and every row opens from its encrypted columns.
     let pool = connect(dir.path()).await?;
     let after = CustomerAfter::fetch_by_key(&envelope, &pool, &ids[42])
         .await?
@@ -193,6 +188,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (after.email.as_str(), after.signed_up),
         (moved.email.as_str(), moved.signed_up)
     );
+    // Phase 6: nothing reads the plaintext any more: drop it (checked and
+    // dropped under one lock).
+    for (column, plain) in plaintext_columns() {
+        drop_plaintext(&jobs, &Target::for_model::<Customer>(column)?, plain).await?;
+    }
+    let pool = connect(dir.path()).await?;
+
     let all: Vec<CustomerAfter> = {
         use sqlx_envelope::QueryAsExt as _;
         sqlx::query_as::<_, CustomerAfterSealed>("SELECT * FROM customers")

@@ -128,6 +128,12 @@ impl<'a> Input<'a> {
                             "`hide_null` on a JSON field needs `pad = N`: JSON has no fixed length, so a hidden NULL would be shorter than the values and show which rows are NULL; write `#[encrypt(json, hide_null, pad = 32)]` (N: a block size in bytes that most values fit in)",
                         ));
                     }
+                    if let (Some(_), Some(plain)) = (a.hide_null, &a.migrating_from) {
+                        errors.push(syn::Error::new(
+                            plain.span(),
+                            "`migrating_from` cannot be combined with `hide_null`: a NULL plaintext is not backfilled, so those rows would keep SQL NULL where `hide_null` stores a value; migrate the field without `hide_null`",
+                        ));
+                    }
                     Some(Encrypt {
                         column: a.column.map_or_else(|| unraw(ident), |c| c.value()),
                         option_of,

@@ -71,7 +71,7 @@ impl JobArgs {
 pub struct BackfillArgs {
     /// A model registered in this binary (type name or table): its table, key, tenant and the
     /// --encrypted-column's own codec (embedded tool only).
-    #[arg(long, conflicts_with_all = ["table", "tenant_column", "plaintext_type", "context_column"])]
+    #[arg(long, conflicts_with_all = ["table", "pk", "tenant_column", "plaintext_type", "context_column"])]
     pub model: Option<String>,
     /// The table.
     #[arg(long, required_unless_present = "model")]
@@ -129,7 +129,7 @@ pub struct DropArgs {
 pub struct ReencryptArgs {
     /// A model registered in this binary (type name or table): re-encrypt every encrypted column
     /// of it in one pass (one read and one compare-and-swap per row; embedded tool only).
-    #[arg(long, conflicts_with_all = ["table", "column", "tenant_column", "context_column"])]
+    #[arg(long, conflicts_with_all = ["table", "pk", "column", "tenant_column", "context_column"])]
     pub model: Option<String>,
     /// The table.
     #[arg(long, required_unless_present = "model")]

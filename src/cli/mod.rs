@@ -173,7 +173,8 @@ pub fn main() -> ExitCode {
 /// for the model's table, key, tenant and encrypted columns with their codecs
 /// in `reencrypt` (every encrypted column in one pass), `backfill`, `decrypt`,
 /// `status` and `verify`. Sets up logging (`SQLX_ENVELOPE_LOG`, default
-/// `warn`, colours only on a terminal) and a multi-threaded runtime.
+/// `warn`, colours only on a terminal) and its own multi-threaded runtime:
+/// call it from a synchronous `fn main`, not from inside a tokio runtime.
 pub fn main_with_models(models: &[&'static ModelDescription]) -> ExitCode {
     let cli = Cli::parse();
     let _ = tracing_subscriber::fmt()

@@ -503,7 +503,7 @@ impl Job {
                 Some(n) => n,
                 None => self.remaining().await?,
             };
-            if todo > 0 && checkpoint::new_pass(&self.pool, &name).await? {
+            if todo > 0 && retry(|| checkpoint::new_pass(&self.pool, &name)).await? {
                 tracing::info!(target: "sqlx_envelope::jobs", job = %name, rows = todo, "job was finished; new pass for rows that appeared since");
             }
         }

@@ -153,15 +153,25 @@ impl Job {
                 .enumerate()
                 .map(|(j, c)| {
                     let c = d.quote(&c.column);
-                    let eq = match d {
-                        Dialect::Postgres => "IS NOT DISTINCT FROM",
-                        Dialect::MySql => "<=>",
-                        Dialect::Sqlite => "IS",
+                    let (same, moved) = match d {
+                        Dialect::Postgres => (
+                            format!("{t}.{c} IS NOT DISTINCT FROM v.o{j}"),
+                            format!("v.n{j} IS DISTINCT FROM v.o{j}"),
+                        ),
+                        Dialect::MySql => (
+                            format!("{t}.{c} <=> v.o{j}"),
+                            format!("NOT (v.n{j} <=> v.o{j})"),
+                        ),
+                        Dialect::Sqlite => (
+                            format!("{t}.{c} IS v.o{j}"),
+                            format!("v.n{j} IS NOT v.o{j}"),
+                        ),
                     };
-                    let same = format!("{t}.{c} {eq} v.o{j}");
                     (
                         c.clone(),
-                        same.clone(),
+                        // The row counts as written when a column that moves
+                        // is still as read.
+                        format!("({moved} AND {same})"),
                         format!("CASE WHEN {same} THEN v.n{j} ELSE {t}.{c} END"),
                         "bytea",
                         "bytea",
@@ -215,7 +225,9 @@ impl Job {
                 .join(", ")
         };
         // One column: written only if unchanged. A model's columns: the row is
-        // written if any column is unchanged (each guarded by its own CASE).
+        // written if any column that moves is unchanged (each column guarded
+        // by its own CASE); a row whose moving columns were all rewritten by
+        // the application is a conflict.
         let cond = match cols.len() {
             1 => cols[0].1.clone(),
             _ => format!(
