@@ -19,4 +19,6 @@ export SQLX_ENVELOPE_ACCEPT_ROWS="${SQLX_ENVELOPE_ACCEPT_ROWS:-100000}"
 export SQLX_OFFLINE=true
 export CARGO_INCREMENTAL=0
 
+# The application's own tool the scenario drives (examples/patient_tool.rs).
+cargo build --all-features --example patient_tool
 cargo test --all-features --test jobs_model_live -- --test-threads 1 --nocapture

@@ -2,9 +2,10 @@
 //! MariaDB and SQLite: a plaintext table shaped like `Patient` (UUID key,
 //! tenant, text, date, JSON, nullable text) is backfilled column by column
 //! while the application keeps inserting patients and renaming others (dual
-//! writes); every data key is retired and the model re-encrypted, the `name`
-//! column by the CLI killed with SIGKILL twice at random points and resumed by
-//! two workers, while the application keeps writing; then nothing references
+//! writes); every data key is retired and the whole model re-encrypted in one
+//! pass by the application's own tool (`examples/patient_tool.rs`,
+//! `reencrypt --model Patient`) killed with SIGKILL twice at random points and
+//! resumed by two workers, while the application keeps writing; then nothing references
 //! the old keys, they are destroyed, and every row opens through the model to
 //! exactly what the application last wrote. The same for a table with a
 //! composite key `(clinic_id, id)` driven entirely by the CLI.
@@ -53,7 +54,9 @@ macro_rules! scenario {
         };
         use sqlx_envelope::{Context, KeyId, RowId};
 
-        use super::jobs_support::{cli, db_url, envelope_from_file, job_pool, random_key, write_key_file};
+        use super::jobs_support::{
+            cli, db_url, envelope_from_file, job_pool, patient_tool, random_key, write_key_file,
+        };
 
         #[derive(Encrypted, Debug, Clone, PartialEq)]
         #[envelope(table = "visits", id(clinic_id, id), tenant = "clinic_id")]
@@ -78,8 +81,7 @@ macro_rules! scenario {
         /// Run a CLI re-encryption, SIGKILL it at `kills` random points, then
         /// resume with two workers; returns when the job is done.
         async fn reencrypt_with_kills(
-            url: &str,
-            keys: &std::path::Path,
+            tool: &dyn Fn() -> std::process::Command,
             jp: &JobPool,
             job: &str,
             args: &[&str],
@@ -93,7 +95,7 @@ macro_rules! scenario {
             for mark in marks {
                 let mut a = args.to_vec();
                 a.extend(["--worker-id", "w1", "--rate", &rate]);
-                let mut child = spawn(cli(url, keys), &a);
+                let mut child = spawn(tool(), &a);
                 loop {
                     let st = job_status(jp, job).await.expect("status");
                     if st.written >= mark {
@@ -109,7 +111,7 @@ macro_rules! scenario {
             a1.extend(["--worker-id", "w1"]);
             let mut a2 = args.to_vec();
             a2.extend(["--worker-id", "w2"]);
-            let (mut w1, mut w2) = (spawn(cli(url, keys), &a1), spawn(cli(url, keys), &a2));
+            let (mut w1, mut w2) = (spawn(tool(), &a1), spawn(tool(), &a2));
             let (s1, s2) = (w1.wait().expect("w1"), w2.wait().expect("w2"));
             // Exit 3: rows the application wrote under an old key while the
             // job ran behind it; the caller sweeps them after the writer stops.
@@ -240,32 +242,26 @@ macro_rules! scenario {
             }
             let backfill_time = started.elapsed();
 
-            // Rotation: retire every data key; re-encrypt `name` with the CLI
-            // (killed twice, resumed by two workers), the rest with the API.
+            // Rotation: retire every data key; re-encrypt the whole model in
+            // one pass with the application's own tool (`--model Patient`,
+            // killed twice, resumed by two workers).
             let old = super::jobs_support::retire_active(&envelope).await;
             let old_list: Vec<String> = old.iter().map(|k| k.get().to_string()).collect();
             let old_list = old_list.join(",");
-            let job = job_name("patients", "name", &old);
+            let job = job_name("patients", "name+date_of_birth+notes+phone", &old);
             let args = [
-                "reencrypt", "--table", "patients", "--pk", "id:uuid", "--tenant-column", "clinic",
-                "--column", "name", "--key", old_list.as_str(), "--batch-size", "200",
+                "reencrypt", "--model", "Patient", "--key", old_list.as_str(), "--batch-size", "200",
                 "--chunk-rows", "500", "--lease-secs", "2",
             ];
-            reencrypt_with_kills(&url, &keys, &jp, &job, &args, n as u64, 2).await;
-            for column in ["date_of_birth", "notes", "phone"] {
-                let r = Job::reencrypt(envelope.clone(), jp.clone(), Target::for_model::<Patient>(column).unwrap(), old.clone())
-                    .run()
-                    .await
-                    .unwrap();
-                assert_eq!(r.failed, 0, "{kind:?} {column}");
-            }
+            reencrypt_with_kills(&|| patient_tool(&url, &keys), &jp, &job, &args, n as u64, 2).await;
             stop.store(true, Ordering::Relaxed);
             let (renamed, inserted, writes) = writer.await.expect("writer");
             // A write that began before the retirement may land after the
             // job passed its row: sweep once more now that the writer stopped.
             let mut o = JobOptions::default();
             o.job_name = Some("sweep".into());
-            Job::reencrypt(envelope.clone(), jp.clone(), Target::for_model::<Patient>("name").unwrap(), old.clone())
+            Job::reencrypt_model::<Patient>(envelope.clone(), jp.clone(), old.clone())
+                .unwrap()
                 .options(o)
                 .run()
                 .await
@@ -372,7 +368,7 @@ macro_rules! scenario {
             assert!(out.contains(&format!("tenant 2: {per_tenant} encrypted")), "{kind:?}: {out}");
             let mut args = vec!["reencrypt", "--table", "visits", "--column", "reason", "--key", old_list.as_str(), "--batch-size", "100", "--chunk-rows", "300", "--lease-secs", "2"];
             args.extend(key);
-            reencrypt_with_kills(&url, &keys, &jp, &job_name("visits", "reason", &old), &args, n as u64, 1).await;
+            reencrypt_with_kills(&|| cli(&url, &keys), &jp, &job_name("visits", "reason", &old), &args, n as u64, 1).await;
             let t = Target::for_model::<Visit>("reason").unwrap();
             assert_eq!(count_rows_on(&jp, &t, &old).await.unwrap(), 0, "{kind:?}");
             let (code, out) = run(&verify);

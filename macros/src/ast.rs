@@ -38,6 +38,8 @@ pub struct Encrypt<'a> {
     /// `migrating_from = "col"`: the plaintext column read while the
     /// encrypted one is NULL.
     pub migrating_from: Option<String>,
+    /// `index(...)`: a blind index of this field.
+    pub index: Option<crate::attr::IndexAttr>,
 }
 
 impl Encrypt<'_> {
@@ -134,6 +136,20 @@ impl<'a> Input<'a> {
                             "`migrating_from` cannot be combined with `hide_null`: a NULL plaintext is not backfilled, so those rows would keep SQL NULL where `hide_null` stores a value; migrate the field without `hide_null`",
                         ));
                     }
+                    if let Some(index) = &a.index {
+                        let c = index.column.value();
+                        let valid = c
+                            .chars()
+                            .next()
+                            .is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
+                            && c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+                        if !valid {
+                            errors.push(syn::Error::new(
+                                index.column.span(),
+                                "a blind index column is named like a field: `[A-Za-z_][A-Za-z0-9_]*` (the sealed row gets a field of that name)",
+                            ));
+                        }
+                    }
                     Some(Encrypt {
                         column: a.column.map_or_else(|| unraw(ident), |c| c.value()),
                         option_of,
@@ -141,6 +157,7 @@ impl<'a> Input<'a> {
                         pad: a.pad.unwrap_or(0),
                         json: a.json,
                         migrating_from: a.migrating_from.map(|c| c.value()),
+                        index: a.index,
                     })
                 }
             };

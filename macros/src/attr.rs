@@ -143,10 +143,163 @@ pub struct EncryptAttr {
     pub pad: Option<usize>,
     pub json: bool,
     pub migrating_from: Option<LitStr>,
+    pub index: Option<IndexAttr>,
 }
 
-const FIELD_KEYS: &str =
-    "expected `column = \"...\"`, `hide_null`, `pad = N`, `json` or `migrating_from = \"...\"`";
+/// `index = "col"` / `index(column = "col", ...)` on an encrypted field.
+pub struct IndexAttr {
+    pub span: Span,
+    pub column: LitStr,
+    pub nfkc: bool,
+    pub trim: bool,
+    pub lowercase: bool,
+    pub normalize_with: Option<syn::Path>,
+    /// `Identity`, `DigitsOnly`, `EmailDomain` or `LastDigits(n)`.
+    pub transform: Option<(String, Option<u8>)>,
+    pub bits: Option<u16>,
+    pub expected_rows: Option<u64>,
+    pub version: Option<u32>,
+}
+
+const INDEX_KEYS: &str = "expected `column = \"...\"`, `normalize = \"nfkc, trim, lowercase\"`, \
+     `normalize_with = \"path::to::fn\"`, `transform = \"email_domain\" | \"digits_only\" | \"last_digits(N)\"`, \
+     `bits = N`, `expected_rows = N` or `version = N`";
+
+fn parse_index(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<IndexAttr> {
+    let span = meta.path.span();
+    if meta.input.peek(syn::Token![=]) {
+        let column: LitStr = meta.value()?.parse()?;
+        return Ok(IndexAttr {
+            span,
+            column,
+            nfkc: false,
+            trim: false,
+            lowercase: false,
+            normalize_with: None,
+            transform: None,
+            bits: None,
+            expected_rows: None,
+            version: None,
+        });
+    }
+    let mut out = IndexAttr {
+        span,
+        column: LitStr::new("", span),
+        nfkc: false,
+        trim: false,
+        lowercase: false,
+        normalize_with: None,
+        transform: None,
+        bits: None,
+        expected_rows: None,
+        version: None,
+    };
+    let mut column: Option<LitStr> = None;
+    meta.parse_nested_meta(|m| {
+        let key = m.path.get_ident().map(Ident::to_string).unwrap_or_default();
+        match key.as_str() {
+            "column" => {
+                let lit: LitStr = m.value()?.parse()?;
+                set_once(&mut column, lit, &m.path, "column")
+            }
+            "normalize" => {
+                let lit: LitStr = m.value()?.parse()?;
+                for step in lit.value().split([',', ' ']).filter(|s| !s.is_empty()) {
+                    match step {
+                        "nfkc" => out.nfkc = true,
+                        "trim" => out.trim = true,
+                        "lowercase" => out.lowercase = true,
+                        other => {
+                            return Err(syn::Error::new(
+                                lit.span(),
+                                format!("unknown normalisation `{other}`: expected `nfkc`, `trim` and/or `lowercase` (or `normalize_with = \"path::to::fn\"`)"),
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            "normalize_with" => {
+                let lit: LitStr = m.value()?.parse()?;
+                let path: syn::Path = lit.parse()?;
+                set_once(&mut out.normalize_with, path, &m.path, "normalize_with")
+            }
+            "transform" => {
+                let lit: LitStr = m.value()?.parse()?;
+                let v = lit.value();
+                let t = match v.as_str() {
+                    "email_domain" => ("EmailDomain".to_owned(), None),
+                    "digits_only" => ("DigitsOnly".to_owned(), None),
+                    _ => match v
+                        .strip_prefix("last_digits(")
+                        .and_then(|r| r.strip_suffix(')'))
+                        .and_then(|n| n.trim().parse::<u8>().ok())
+                        .filter(|n| *n > 0)
+                    {
+                        Some(n) => ("LastDigits".to_owned(), Some(n)),
+                        None => {
+                            return Err(syn::Error::new(
+                                lit.span(),
+                                "unknown transform: expected `email_domain`, `digits_only` or `last_digits(N)` (N from 1 to 255)",
+                            ));
+                        }
+                    },
+                };
+                set_once(&mut out.transform, t, &m.path, "transform")
+            }
+            "bits" => {
+                let lit: LitInt = m.value()?.parse()?;
+                let n: u16 = lit.base10_parse()?;
+                if n == 0 || n > 256 {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "`bits` is from 1 to 256 (256: a full-length index, which can back a UNIQUE constraint)",
+                    ));
+                }
+                set_once(&mut out.bits, n, &m.path, "bits")
+            }
+            "expected_rows" => {
+                let lit: LitInt = m.value()?.parse()?;
+                let n: u64 = lit.base10_parse()?;
+                if n < 16 {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "`expected_rows` below 16 leaves no safe index length: give `bits = 256` for a full-length index instead",
+                    ));
+                }
+                set_once(&mut out.expected_rows, n, &m.path, "expected_rows")
+            }
+            "version" => {
+                let lit: LitInt = m.value()?.parse()?;
+                let n: u32 = lit.base10_parse()?;
+                if n == 0 {
+                    return Err(syn::Error::new(lit.span(), "`version` starts at 1"));
+                }
+                set_once(&mut out.version, n, &m.path, "version")
+            }
+            _ => Err(m.error(format!(
+                "unknown `index` option `{}`; {INDEX_KEYS}",
+                path_text(&m.path)
+            ))),
+        }
+    })?;
+    if let (Some(_), Some(_)) = (out.bits, out.expected_rows) {
+        return Err(syn::Error::new(
+            span,
+            "give `bits` or `expected_rows`, not both: `expected_rows` only chooses `bits`",
+        ));
+    }
+    out.column = column.ok_or_else(|| {
+        syn::Error::new(
+            span,
+            "a blind index needs its column: `index(column = \"email_bidx\", ...)`",
+        )
+    })?;
+    Ok(out)
+}
+
+const FIELD_KEYS: &str = "expected `column = \"...\"`, `hide_null`, `pad = N`, `json`, \
+     `migrating_from = \"...\"` or `index(...)`";
 
 pub fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> Option<EncryptAttr> {
     let mut out: Option<EncryptAttr> = None;
@@ -175,6 +328,7 @@ pub fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> Option<EncryptAt
             pad: None,
             json: false,
             migrating_from: None,
+            index: None,
         };
         if let syn::Meta::List(_) = attr.meta {
             let parsed = attr.parse_nested_meta(|meta| {
@@ -193,6 +347,17 @@ pub fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> Option<EncryptAt
                             ));
                         }
                         set_once(&mut enc.column, lit, &meta.path, "column")
+                    }
+                    "index" => {
+                        let index = parse_index(&meta)?;
+                        if enc.index.is_some() {
+                            return Err(syn::Error::new(
+                                index.span,
+                                "one blind index per field for now: index a second form of the value in a field of its own",
+                            ));
+                        }
+                        enc.index = Some(index);
+                        Ok(())
                     }
                     "migrating_from" => {
                         let lit: LitStr = meta.value()?.parse()?;

@@ -77,6 +77,33 @@ fn sealed_row(input: &Input<'_>, p: &Paths) -> TokenStream {
         };
         quote!(#[doc = #doc] #fvis #ident: #ty)
     });
+    let index_fields = indexed_fields(input).map(|(f, index)| {
+        let (fvis, name) = (f.vis, index_ident(index));
+        let doc = format!(
+            "Blind index `{}` of `{model_name}::{}`: filled when the row is sealed, read when \
+             the query selects it.",
+            index.column.value(),
+            f.ident
+        );
+        quote!(#[doc = #doc] #fvis #name: ::core::option::Option<::sqlx_envelope::index::BlindIndexValue>)
+    });
+    let index_from_row = indexed_fields(input).map(|(_, index)| {
+        let name = index_ident(index);
+        let column = index.column.value();
+        // Tolerant: a query that does not select the index column still reads
+        // the row (the index is for writes and lookups).
+        quote!(#name: match #sqlx::Row::try_get(__row, #column) {
+            ::core::result::Result::Ok(__v) => __v,
+            ::core::result::Result::Err(#sqlx::Error::ColumnNotFound(_)) => ::core::option::Option::None,
+            ::core::result::Result::Err(__e) => return ::core::result::Result::Err(__e),
+        })
+    });
+    let index_bound: Vec<TokenStream> = indexed_fields(input)
+        .take(1)
+        .map(|_| {
+            quote!(::core::option::Option<::sqlx_envelope::index::BlindIndexValue>: #sqlx::Decode<'__r, <__R as #sqlx::Row>::Database> + #sqlx::Type<<__R as #sqlx::Row>::Database>)
+        })
+        .collect();
     let plain_fields = migrating_fields(input).map(|(f, plain)| {
         let (fvis, name, ty) = (f.vis, plaintext_ident(f), plaintext_type(f, p));
         let doc = format!(
@@ -125,6 +152,7 @@ fn sealed_row(input: &Input<'_>, p: &Paths) -> TokenStream {
         #vis struct #sealed {
             #(#fields,)*
             #(#plain_fields,)*
+            #(#index_fields,)*
         }
 
         #[automatically_derived]
@@ -142,9 +170,14 @@ fn sealed_row(input: &Input<'_>, p: &Paths) -> TokenStream {
             &'__r str: #sqlx::ColumnIndex<__R>,
             #(#from_row_bounds,)*
             #(#plain_bounds,)*
+            #(#index_bound,)*
         {
             fn from_row(__row: &'__r __R) -> ::core::result::Result<Self, #sqlx::Error> {
-                ::core::result::Result::Ok(Self { #(#from_row_fields,)* #(#plain_from_row,)* })
+                ::core::result::Result::Ok(Self {
+                    #(#from_row_fields,)*
+                    #(#plain_from_row,)*
+                    #(#index_from_row,)*
+                })
             }
         }
     }
@@ -333,6 +366,69 @@ fn encrypted_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
             let name = plaintext_ident(f);
             quote!(#name: ::core::option::Option::None)
         })
+        .chain(indexed_fields(input).map(|(_, index)| {
+            let name = index_ident(index);
+            quote!(#name: ::core::option::Option::None)
+        }))
+        .collect();
+    let index_defs: Vec<TokenStream> = indexed_fields(input)
+        .map(|(f, index)| {
+            let column = index.column.value();
+            let field = f.column();
+            let (nfkc, trim, lowercase) = (index.nfkc, index.trim, index.lowercase);
+            let custom = match &index.normalize_with {
+                Some(path) => quote!(::core::option::Option::Some(#path)),
+                None => quote!(::core::option::Option::None),
+            };
+            let transform = match &index.transform {
+                None => quote!(#krate::index::Transform::Identity),
+                Some((name, None)) => {
+                    let v = format_ident!("{}", name);
+                    quote!(#krate::index::Transform::#v)
+                }
+                Some((name, Some(n))) => {
+                    let v = format_ident!("{}", name);
+                    quote!(#krate::index::Transform::#v(#n))
+                }
+            };
+            let bits = index.bits.unwrap_or(0);
+            let rows = match index.expected_rows {
+                Some(n) => quote!(#n),
+                None => quote!(#krate::index::DEFAULT_EXPECTED_ROWS),
+            };
+            let version = index.version.unwrap_or(1);
+            quote! {
+                #krate::index::IndexColumn {
+                    column: #column,
+                    field: #field,
+                    normalization: #krate::index::Normalization {
+                        nfkc: #nfkc,
+                        trim: #trim,
+                        lowercase: #lowercase,
+                        custom: #custom,
+                    },
+                    transform: #transform,
+                    bits: #bits,
+                    expected_rows: #rows,
+                    version: #version,
+                }
+            }
+        })
+        .collect();
+    let index_text_arms: Vec<TokenStream> = indexed_fields(input)
+        .enumerate()
+        .map(|(n, (f, _))| {
+            let e = f.encrypt.as_ref().expect("encrypted field");
+            let ident = f.ident;
+            let inner = e.option_of.unwrap_or(f.ty);
+            let get =
+                quote_spanned!(span_of(inner)=> <#inner as #krate::index::IndexText>::index_text);
+            if e.option_of.is_some() {
+                quote!(#n => self.#ident.as_ref().map(|__v| #get(__v)))
+            } else {
+                quote!(#n => ::core::option::Option::Some(#get(&self.#ident)))
+            }
+        })
         .collect();
     let migrating: Vec<TokenStream> = migrating_fields(input)
         .map(|(f, plain)| {
@@ -379,6 +475,14 @@ fn encrypted_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
             const COLUMNS: &'static [&'static str] = &[#(#all_cols),*];
             const ENCRYPTED_COLUMNS: &'static [&'static str] = &[#(#enc_cols),*];
             const MIGRATING: &'static [(&'static str, &'static str)] = &[#(#migrating),*];
+            const INDEXES: &'static [#krate::index::IndexColumn] = &[#(#index_defs),*];
+
+            fn __index_text(&self, __index: usize) -> ::core::option::Option<&str> {
+                match __index {
+                    #(#index_text_arms,)*
+                    _ => ::core::option::Option::None,
+                }
+            }
             const DESCRIPTION: &'static #private::ModelDescription = &#private::ModelDescription {
                 name: #model_name,
                 table: #table,
@@ -505,6 +609,13 @@ fn sealed_row_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
         })
     });
 
+    let set_index_arms: Vec<TokenStream> = indexed_fields(input)
+        .enumerate()
+        .map(|(n, (_, index))| {
+            let name = index_ident(index);
+            quote!(#n => self.#name = __value)
+        })
+        .collect();
     let open_fields = input.fields.iter().map(|f| {
         let ident = f.ident;
         match &f.encrypt {
@@ -535,6 +646,17 @@ fn sealed_row_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
                 __f: &mut dyn ::core::ops::FnMut(&'static str, &'__a #krate::Sealed),
             ) {
                 #(#visits)*
+            }
+
+            fn __set_index(
+                &mut self,
+                __index: usize,
+                __value: ::core::option::Option<#krate::index::BlindIndexValue>,
+            ) {
+                match __index {
+                    #(#set_index_arms,)*
+                    _ => { let _ = __value; }
+                }
             }
 
             fn __open(
@@ -786,6 +908,54 @@ fn inherent_methods(input: &Input<'_>, p: &Paths) -> TokenStream {
             }
         }
     });
+    let finders = indexed_fields(input).map(|(f, index)| {
+        let ident = f.ident;
+        let name = format_ident!(
+            "find_by_{}",
+            ident.to_string().trim_start_matches("r#"),
+            span = ident.span()
+        );
+        let column = index.column.value();
+        let doc = format!(
+            "The rows of `{table}` whose `{ident}` equals `value` (prepared as blind index \
+             `{column}` says: normalised, transformed), found through the index and opened; \
+             a truncated index's false positives are dropped before returning."
+        );
+        if input.tenant.is_some() {
+            quote! {
+                #[doc = #doc]
+                #vis async fn #name<'__c, __E>(
+                    __envelope: &#krate::Envelope,
+                    __executor: __E,
+                    __tenant: &str,
+                    __value: &str,
+                ) -> #krate::Result<::std::vec::Vec<Self>>
+                #where_clause
+                {
+                    #krate::model::table::find_by_index(
+                        __envelope, __executor, #column, ::core::option::Option::Some(__tenant), __value,
+                    )
+                    .await
+                }
+            }
+        } else {
+            quote! {
+                #[doc = #doc]
+                #vis async fn #name<'__c, __E>(
+                    __envelope: &#krate::Envelope,
+                    __executor: __E,
+                    __value: &str,
+                ) -> #krate::Result<::std::vec::Vec<Self>>
+                #where_clause
+                {
+                    #krate::model::table::find_by_index(
+                        __envelope, __executor, #column, ::core::option::Option::None, __value,
+                    )
+                    .await
+                }
+            }
+        }
+    });
     let insert_doc = format!(
         "Seal this row and `INSERT` it into `{table}` (one `seal_many` call, one statement)."
     );
@@ -866,8 +1036,26 @@ fn inherent_methods(input: &Input<'_>, p: &Paths) -> TokenStream {
             }
 
             #(#field_sealers)*
+
+            #(#finders)*
         }
     }
+}
+
+/// Encrypted fields with a blind index, with the index, in field order (the
+/// order of `INDEXES`).
+fn indexed_fields<'i, 'a>(
+    input: &'i Input<'a>,
+) -> impl Iterator<Item = (&'i Field<'a>, &'i crate::attr::IndexAttr)> + 'i {
+    input.fields.iter().filter_map(|f| {
+        let index = f.encrypt.as_ref()?.index.as_ref()?;
+        Some((f, index))
+    })
+}
+
+/// The sealed row's field holding a blind index's value.
+fn index_ident(index: &crate::attr::IndexAttr) -> syn::Ident {
+    syn::Ident::new(&index.column.value(), index.column.span())
 }
 
 /// Encrypted fields migrating from a plaintext column, with that column.

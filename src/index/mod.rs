@@ -32,9 +32,12 @@
 //! order of the index definition (`("ab","c")` and `("a","bc")` differ; NULL
 //! differs from the empty string).
 
+mod column;
 mod normalize;
 mod plan;
 
+pub(crate) use column::check_tenant;
+pub use column::{IndexColumn, IndexText, lookup_value, of_model};
 pub use normalize::{Normalization, Transform};
 pub use plan::{BitsPlan, DEFAULT_EXPECTED_ROWS, plan};
 

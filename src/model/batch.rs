@@ -118,7 +118,40 @@ pub async fn seal_fields<M: Encrypted>(
 pub async fn seal_all<M: Encrypted>(envelope: &Envelope, models: &[M]) -> Result<Vec<M::Sealed>> {
     let fields: Vec<usize> = (0..M::DESCRIPTION.encrypted.len()).collect();
     let mut values = seal_fields(envelope, models, &fields).await?.into_iter();
-    models.iter().map(|m| m.__assemble(&mut values)).collect()
+    let mut rows = models
+        .iter()
+        .map(|m| m.__assemble(&mut values))
+        .collect::<Result<Vec<_>>>()?;
+    let indexes = index_values(envelope, models).await?;
+    if !M::INDEXES.is_empty() {
+        for (r, row) in rows.iter_mut().enumerate() {
+            for i in 0..M::INDEXES.len() {
+                row.__set_index(i, indexes[r * M::INDEXES.len() + i].clone());
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The blind-index values of every model, row by row (`models.len() *
+/// INDEXES.len()` entries; `None` for a NULL field). Each index key is
+/// resolved once and cached for the life of the process.
+pub async fn index_values<M: Encrypted>(
+    envelope: &Envelope,
+    models: &[M],
+) -> Result<Vec<Option<crate::index::BlindIndexValue>>> {
+    let mut out = Vec::with_capacity(models.len() * M::INDEXES.len());
+    for m in models {
+        let tenant = m.tenant();
+        for (i, index) in M::INDEXES.iter().enumerate() {
+            out.push(
+                index
+                    .value(envelope, M::TABLE, tenant.as_deref(), m.__index_text(i))
+                    .await?,
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// The data keys of a batch: those that resolved, and the error of each that

@@ -102,6 +102,18 @@ pub trait Encrypted: Sized + Send + Sync + 'static {
     /// plaintext column, and an update of the encrypted column sets the
     /// plaintext one to NULL.
     const MIGRATING: &'static [(&'static str, &'static str)] = &[];
+    /// The blind indexes of the model (`#[encrypt(index(...))]`), in field
+    /// order: sealing, `insert`, `update` and `update_fields` fill their
+    /// columns; `find_by_<field>` looks rows up by them.
+    const INDEXES: &'static [crate::index::IndexColumn] = &[];
+
+    /// The text blind index `index` (of [`Encrypted::INDEXES`]) reads from
+    /// this model; `None` for a NULL field. Generated.
+    #[doc(hidden)]
+    fn __index_text(&self, index: usize) -> Option<&str> {
+        let _ = index;
+        None
+    }
 
     /// The row id the values are bound to, or `None` if a part of the primary
     /// key is not set yet (an `Option` id that is `None`).
@@ -195,6 +207,13 @@ pub trait SealedRow: Sized + Send + Sync + 'static {
     /// Generated; [`SealedRow::open_with`] and the batch openers call it.
     #[doc(hidden)]
     fn __open(self, keys: &KeySet) -> std::result::Result<Self::Model, batch::OpenFailure>;
+
+    /// Set the value of blind index `index` (of [`Encrypted::INDEXES`]).
+    /// Generated; the batch sealer calls it.
+    #[doc(hidden)]
+    fn __set_index(&mut self, index: usize, value: Option<crate::index::BlindIndexValue>) {
+        let _ = (index, value);
+    }
 
     /// Decrypt with data keys already resolved (see [`open_all`]). A value whose
     /// key is not in `keys` fails with [`Error::UnknownKey`]. Each value is

@@ -39,6 +39,11 @@ pub trait Dialect: Database<Arguments: IntoArguments<Self>> {
     fn rows_affected(result: &Self::QueryResult) -> u64;
     /// Bind a stored value (`None`: SQL NULL).
     fn bind_sealed(args: &mut Self::Arguments, value: Option<&Sealed>) -> Result<(), BoxError>;
+    /// Bind a blind-index value (`None`: SQL NULL).
+    fn bind_index(
+        args: &mut Self::Arguments,
+        value: Option<&crate::index::BlindIndexValue>,
+    ) -> Result<(), BoxError>;
 }
 
 fn push_quoted(sql: &mut String, name: &str, quote: char) {
@@ -73,6 +78,12 @@ macro_rules! dialect {
             fn bind_sealed(
                 args: &mut Self::Arguments,
                 value: Option<&Sealed>,
+            ) -> Result<(), BoxError> {
+                args.add(value)
+            }
+            fn bind_index(
+                args: &mut Self::Arguments,
+                value: Option<&crate::index::BlindIndexValue>,
             ) -> Result<(), BoxError> {
                 args.add(value)
             }
@@ -211,24 +222,27 @@ where
     E::Database: Dialect,
 {
     let columns = M::COLUMNS.len();
+    let indexes = M::INDEXES.len();
     if models.is_empty() {
         return Ok(());
     }
-    if models.len() * columns > <E::Database as Dialect>::MAX_PARAMS {
+    if models.len() * (columns + indexes) > <E::Database as Dialect>::MAX_PARAMS {
         return Err(Error::Config(format!(
             "inserting {} rows of {} needs {} bind parameters; this database allows {} per statement: insert in smaller batches",
             models.len(),
             M::DESCRIPTION.name,
-            models.len() * columns,
+            models.len() * (columns + indexes),
             <E::Database as Dialect>::MAX_PARAMS
         )));
     }
     let fields: Vec<usize> = (0..M::DESCRIPTION.encrypted.len()).collect();
     let sealed = batch::seal_fields(envelope, models, &fields).await?;
+    let index_values = batch::index_values(envelope, models).await?;
     let mut sql = String::from("INSERT INTO ");
     <E::Database as Dialect>::push_ident(&mut sql, M::TABLE);
     sql.push_str(" (");
-    for (i, name) in M::COLUMNS.iter().enumerate() {
+    let index_columns = M::INDEXES.iter().map(|i| &i.column);
+    for (i, name) in M::COLUMNS.iter().chain(index_columns).enumerate() {
         if i > 0 {
             sql.push_str(", ");
         }
@@ -244,6 +258,12 @@ where
                 sql.push_str(", ");
             }
             bind_column(model, i, &sealed[r * per_row..(r + 1) * per_row], &mut args)?;
+            <E::Database as Dialect>::push_param(&mut sql, args.len());
+        }
+        for value in &index_values[r * indexes..(r + 1) * indexes] {
+            sql.push_str(", ");
+            <E::Database as Dialect>::bind_index(&mut args, value.as_ref())
+                .map_err(encode_error::<M>)?;
             <E::Database as Dialect>::push_param(&mut sql, args.len());
         }
         sql.push(')');
@@ -346,6 +366,26 @@ where
             <E::Database as Dialect>::push_ident(&mut sql, plain);
             sql.push_str(" = NULL");
         }
+        // The field's blind indexes follow its value.
+        for (x, index) in M::INDEXES.iter().enumerate() {
+            if index.field != M::COLUMNS[i] {
+                continue;
+            }
+            let value = index
+                .value(
+                    envelope,
+                    M::TABLE,
+                    model.tenant().as_deref(),
+                    model.__index_text(x),
+                )
+                .await?;
+            sql.push_str(", ");
+            <E::Database as Dialect>::push_ident(&mut sql, index.column);
+            sql.push_str(" = ");
+            <E::Database as Dialect>::bind_index(&mut args, value.as_ref())
+                .map_err(encode_error::<M>)?;
+            <E::Database as Dialect>::push_param(&mut sql, args.len());
+        }
     }
     push_where(&mut sql, model, with_tenant, &mut args)?;
     if execute::<M, E>(executor, sql, args).await? == 0 {
@@ -368,7 +408,13 @@ where
 {
     let mut sql = String::from("SELECT ");
     let plain = M::MIGRATING.iter().map(|(_, p)| p);
-    for (i, name) in M::COLUMNS.iter().chain(plain).enumerate() {
+    let index_columns = M::INDEXES.iter().map(|i| &i.column);
+    for (i, name) in M::COLUMNS
+        .iter()
+        .chain(plain)
+        .chain(index_columns)
+        .enumerate()
+    {
         if i > 0 {
             sql.push_str(", ");
         }
@@ -398,6 +444,73 @@ where
             super::SealedRow::open(sealed, envelope).await.map(Some)
         }
     }
+}
+
+/// The rows of model `M` whose field indexed by blind index `column` equals
+/// `value` (normalised and transformed as the index says), within `tenant`
+/// for a tenant-bound model: one indexed `SELECT ... WHERE <column> = ?`, then
+/// every candidate opened and kept only if its own prepared field equals the
+/// prepared `value` and it belongs to `tenant`, so a truncated index's false
+/// positives never reach the caller. A candidate that fails to open is an
+/// error (as in every read).
+pub async fn find_by_index<'c, M, E>(
+    envelope: &Envelope,
+    executor: E,
+    column: &str,
+    tenant: Option<&str>,
+    value: &str,
+) -> Result<Vec<M>>
+where
+    M: Table<E::Database>,
+    E: Executor<'c>,
+    E::Database: Dialect,
+{
+    let (x, index) = crate::index::of_model::<M>(column)?;
+    crate::index::check_tenant::<M>(tenant)?;
+    let bind = index
+        .value(envelope, M::TABLE, tenant, Some(value))
+        .await?
+        .expect("a value was given");
+    let mut sql = String::from("SELECT ");
+    let plain = M::MIGRATING.iter().map(|(_, p)| p);
+    let index_columns = M::INDEXES.iter().map(|i| &i.column);
+    for (i, name) in M::COLUMNS
+        .iter()
+        .chain(plain)
+        .chain(index_columns)
+        .enumerate()
+    {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        <E::Database as Dialect>::push_ident(&mut sql, name);
+    }
+    sql.push_str(" FROM ");
+    <E::Database as Dialect>::push_ident(&mut sql, M::TABLE);
+    sql.push_str(" WHERE ");
+    <E::Database as Dialect>::push_ident(&mut sql, index.column);
+    sql.push_str(" = ");
+    <E::Database as Dialect>::push_param(&mut sql, 1);
+    let mut args = <E::Database as Database>::Arguments::default();
+    <E::Database as Dialect>::bind_index(&mut args, Some(&bind)).map_err(encode_error::<M>)?;
+    let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
+        .fetch_all(executor)
+        .await
+        .map_err(query_error::<M>)?;
+    let sealed = rows
+        .iter()
+        .map(M::sealed_from_row)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(query_error::<M>)?;
+    let wanted = index.prepare(value);
+    let opened = super::batch::open_all(envelope, sealed).await?;
+    Ok(opened
+        .into_iter()
+        .filter(|m| {
+            m.tenant().as_deref() == tenant
+                && m.__index_text(x).map(|t| index.prepare(t)) == Some(wanted.clone())
+        })
+        .collect())
 }
 
 #[cfg(test)]

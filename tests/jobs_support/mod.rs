@@ -209,6 +209,29 @@ pub fn cli(db_url: &str, key_file: &Path) -> Command {
     c
 }
 
+/// The README's `Patient` model in an application's own tool
+/// (`examples/patient_tool.rs`: `sqlx_envelope::cli::main_with_models`), with
+/// the environment of [`cli`]. `cargo test` builds it with the examples.
+pub fn patient_tool(db_url: &str, key_file: &Path) -> Command {
+    let bin = Path::new(env!("CARGO_BIN_EXE_sqlx-envelope"))
+        .with_file_name("examples")
+        .join("patient_tool");
+    assert!(
+        bin.is_file(),
+        "{} is missing: `cargo build --all-features --example patient_tool` (cargo test builds it with the examples)",
+        bin.display()
+    );
+    let mut c = Command::new(bin);
+    c.env_remove("SQLX_ENVELOPE_KMS_KEY_IDS")
+        .env_remove("SQLX_ENVELOPE_KMS_UNWRAP_ONLY_KEY_IDS")
+        .env_remove("SQLX_ENVELOPE_WORKER_ID")
+        .env("DATABASE_URL", db_url)
+        .env("SQLX_ENVELOPE_LOCAL_KEYS_FILE", key_file)
+        .env("SQLX_ENVELOPE_LOG", "warn")
+        .arg("--no-progress");
+    c
+}
+
 /// Retire every active data key (an operator's rotation); the retired ids,
 /// sorted.
 pub async fn retire_active(envelope: &Envelope) -> Vec<KeyId> {
