@@ -4,14 +4,17 @@
 //! found only in its own), a UNIQUE constraint on a full-length index violated
 //! and reported as the database's error, a truncated index (last four digits
 //! of a phone, 4 bits) whose false positives never reach the caller, and
-//! updates that move a row's index with its value.
+//! updates that move a row's index with its value, and the index job that
+//! fills an index for rows written before it existed.
 #![cfg(all(
     feature = "postgres",
     feature = "mysql",
     feature = "sqlite",
-    feature = "uuid"
+    feature = "uuid",
+    feature = "chrono"
 ))]
 
+mod jobs_support;
 mod support;
 #[macro_use]
 mod derive_support;
@@ -44,6 +47,22 @@ macro_rules! scenario {
             pub phone: Option<String>,
         }
 
+        /// The same table during an index-key rotation: the e-mail carries
+        /// its index twice, under key versions 1 and 2.
+        #[derive(Encrypted, Debug, Clone, PartialEq)]
+        #[envelope(table = "members", tenant = "org")]
+        pub struct MemberV2 {
+            pub id: Uuid,
+            pub org: String,
+            #[encrypt(
+                index(column = "email_bidx", normalize = "nfkc, trim, lowercase", bits = 256),
+                index(column = "email_bidx_v2", normalize = "nfkc, trim, lowercase", bits = 256, version = 2)
+            )]
+            pub email: String,
+            #[encrypt(pad = 16, index(column = "phone_last4", transform = "last_digits(4)", bits = 4))]
+            pub phone: Option<String>,
+        }
+
         fn member(org: &str, email: &str, phone: Option<&str>) -> Member {
             Member {
                 id: Uuid::new_v4(),
@@ -65,7 +84,7 @@ macro_rules! scenario {
             db.exec(&format!(
                 "CREATE TABLE members (id {uuid} PRIMARY KEY, org VARCHAR(64) NOT NULL, \
                  email {blob} NOT NULL, phone {blob} NULL, email_bidx {bidx} NOT NULL, \
-                 phone_last4 {bidx} NULL, UNIQUE (org, email_bidx))"
+                 phone_last4 {bidx} NULL, email_bidx_v2 {bidx} NULL, UNIQUE (org, email_bidx))"
             ))
             .await;
             db.exec("CREATE INDEX members_phone_last4 ON members (phone_last4)")
@@ -176,6 +195,27 @@ macro_rules! scenario {
                 );
             }
 
+            // Rows written before the index existed: the index job fills it
+            // (resumable, compare-and-swap), and lookups find them again.
+            db.exec("UPDATE members SET phone_last4 = NULL").await;
+            assert!(Member::find_by_phone(&envelope, pool, "acme", "1234").await.expect("find").is_empty());
+            let jp = super::jobs_support::job_pool(db);
+            let mut o = sqlx_envelope::jobs::JobOptions::default();
+            o.worker_id = "index".into();
+            o.batch_size = 7;
+            o.chunk_rows = 20;
+            let r = sqlx_envelope::jobs::Job::index_column::<Member>(envelope.clone(), jp.clone(), "phone_last4")
+                .expect("index job")
+                .options(o)
+                .run()
+                .await
+                .expect("index backfill");
+            let phones = 2 + others.iter().filter(|m| m.phone.is_some()).count() as u64;
+            assert_eq!((r.written, r.failed, r.remaining), (phones, 0, 0), "{kind:?}");
+            assert_eq!(Member::find_by_phone(&envelope, pool, "acme", "1234").await.expect("find"), vec![ada.clone()]);
+            let wrong = sqlx_envelope::jobs::Job::index_column::<Member>(envelope.clone(), jp.clone(), "nope");
+            assert!(wrong.is_err());
+
             // UNIQUE (org, email_bidx): the same e-mail, spelled differently, in
             // the same org is the database's own unique violation.
             let dup = member("acme", "ADA@example.com", None);
@@ -222,6 +262,32 @@ macro_rules! scenario {
                     .await
                     .expect("without index columns");
             assert_eq!(opened.len(), 62);
+            // An index-key rotation: version 2 beside version 1, filled by the
+            // index job while lookups use version 1, then used alone.
+            assert!(MemberV2::find_by_email_bidx_v2(&envelope, pool, "acme", "lovelace@example.com").await.expect("find").is_empty());
+            let old_way = MemberV2::find_by_email_bidx(&envelope, pool, "acme", "lovelace@example.com").await.expect("find");
+            assert_eq!(old_way.len(), 1, "{kind:?}");
+            let mut o = sqlx_envelope::jobs::JobOptions::default();
+            o.worker_id = "rotate".into();
+            let r = sqlx_envelope::jobs::Job::index_column::<MemberV2>(envelope.clone(), jp.clone(), "email_bidx_v2")
+                .expect("index job")
+                .options(o)
+                .run()
+                .await
+                .expect("fill v2");
+            assert_eq!((r.written, r.failed, r.remaining), (62, 0, 0), "{kind:?}");
+            let new_way = MemberV2::find_by_email_bidx_v2(&envelope, pool, "acme", " LOVELACE@example.com").await.expect("find");
+            assert_eq!(new_way, old_way, "{kind:?}: version 2 finds what version 1 found");
+            let differ: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE email_bidx = email_bidx_v2")
+                .fetch_one(pool)
+                .await
+                .expect("count");
+            assert_eq!(differ, 0, "{kind:?}: a new key version gives new index values");
+            let late = MemberV2 { id: Uuid::new_v4(), org: "acme".into(), email: "late@example.com".into(), phone: None };
+            late.insert(&envelope, pool).await.expect("insert fills both versions");
+            assert_eq!(MemberV2::find_by_email_bidx_v2(&envelope, pool, "acme", "late@example.com").await.expect("find"), vec![late.clone()]);
+            assert_eq!(MemberV2::find_by_email_bidx(&envelope, pool, "acme", "late@example.com").await.expect("find"), vec![late]);
+
             // A tenant-bound model is looked up within one tenant.
             let err =
                 sqlx_envelope::index::lookup_value::<Member>(&envelope, "email_bidx", None, "x")

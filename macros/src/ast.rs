@@ -38,8 +38,8 @@ pub struct Encrypt<'a> {
     /// `migrating_from = "col"`: the plaintext column read while the
     /// encrypted one is NULL.
     pub migrating_from: Option<String>,
-    /// `index(...)`: a blind index of this field.
-    pub index: Option<crate::attr::IndexAttr>,
+    /// `index(...)`: the blind indexes of this field.
+    pub indexes: Vec<crate::attr::IndexAttr>,
 }
 
 impl Encrypt<'_> {
@@ -136,7 +136,7 @@ impl<'a> Input<'a> {
                             "`migrating_from` cannot be combined with `hide_null`: a NULL plaintext is not backfilled, so those rows would keep SQL NULL where `hide_null` stores a value; migrate the field without `hide_null`",
                         ));
                     }
-                    if let Some(index) = &a.index {
+                    for index in &a.indexes {
                         let c = index.column.value();
                         let valid = c
                             .chars()
@@ -157,7 +157,7 @@ impl<'a> Input<'a> {
                         pad: a.pad.unwrap_or(0),
                         json: a.json,
                         migrating_from: a.migrating_from.map(|c| c.value()),
-                        index: a.index,
+                        indexes: a.indexes,
                     })
                 }
             };

@@ -143,12 +143,11 @@ pub struct EncryptAttr {
     pub pad: Option<usize>,
     pub json: bool,
     pub migrating_from: Option<LitStr>,
-    pub index: Option<IndexAttr>,
+    pub indexes: Vec<IndexAttr>,
 }
 
 /// `index = "col"` / `index(column = "col", ...)` on an encrypted field.
 pub struct IndexAttr {
-    pub span: Span,
     pub column: LitStr,
     pub nfkc: bool,
     pub trim: bool,
@@ -170,7 +169,6 @@ fn parse_index(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<IndexAttr> 
     if meta.input.peek(syn::Token![=]) {
         let column: LitStr = meta.value()?.parse()?;
         return Ok(IndexAttr {
-            span,
             column,
             nfkc: false,
             trim: false,
@@ -183,7 +181,6 @@ fn parse_index(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<IndexAttr> 
         });
     }
     let mut out = IndexAttr {
-        span,
         column: LitStr::new("", span),
         nfkc: false,
         trim: false,
@@ -328,7 +325,7 @@ pub fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> Option<EncryptAt
             pad: None,
             json: false,
             migrating_from: None,
-            index: None,
+            indexes: Vec::new(),
         };
         if let syn::Meta::List(_) = attr.meta {
             let parsed = attr.parse_nested_meta(|meta| {
@@ -350,13 +347,17 @@ pub fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> Option<EncryptAt
                     }
                     "index" => {
                         let index = parse_index(&meta)?;
-                        if enc.index.is_some() {
+                        if enc
+                            .indexes
+                            .iter()
+                            .any(|i| i.column.value() == index.column.value())
+                        {
                             return Err(syn::Error::new(
-                                index.span,
-                                "one blind index per field for now: index a second form of the value in a field of its own",
+                                index.column.span(),
+                                "duplicate blind index column",
                             ));
                         }
-                        enc.index = Some(index);
+                        enc.indexes.push(index);
                         Ok(())
                     }
                     "migrating_from" => {

@@ -910,11 +910,18 @@ fn inherent_methods(input: &Input<'_>, p: &Paths) -> TokenStream {
     });
     let finders = indexed_fields(input).map(|(f, index)| {
         let ident = f.ident;
-        let name = format_ident!(
-            "find_by_{}",
-            ident.to_string().trim_start_matches("r#"),
-            span = ident.span()
-        );
+        // `find_by_<field>`; a field with several indexes (an index-key
+        // rotation): `find_by_<index column>` for each.
+        let several = f.encrypt.as_ref().is_some_and(|e| e.indexes.len() > 1);
+        let name = if several {
+            format_ident!("find_by_{}", index.column.value(), span = index.column.span())
+        } else {
+            format_ident!(
+                "find_by_{}",
+                ident.to_string().trim_start_matches("r#"),
+                span = ident.span()
+            )
+        };
         let column = index.column.value();
         let doc = format!(
             "The rows of `{table}` whose `{ident}` equals `value` (prepared as blind index \
@@ -1042,14 +1049,16 @@ fn inherent_methods(input: &Input<'_>, p: &Paths) -> TokenStream {
     }
 }
 
-/// Encrypted fields with a blind index, with the index, in field order (the
-/// order of `INDEXES`).
+/// Every blind index with its field, in field order (the order of
+/// `INDEXES`).
 fn indexed_fields<'i, 'a>(
     input: &'i Input<'a>,
 ) -> impl Iterator<Item = (&'i Field<'a>, &'i crate::attr::IndexAttr)> + 'i {
-    input.fields.iter().filter_map(|f| {
-        let index = f.encrypt.as_ref()?.index.as_ref()?;
-        Some((f, index))
+    input.fields.iter().flat_map(|f| {
+        f.encrypt
+            .iter()
+            .flat_map(|e| e.indexes.iter())
+            .map(move |index| (f, index))
     })
 }
 

@@ -72,6 +72,9 @@ impl Job {
         if let JobKind::Encrypt { plain, .. } | JobKind::Decrypt { plain, .. } = &self.kind {
             cols.push(d.quote(plain));
         }
+        if let JobKind::Index { index } = &self.kind {
+            cols.push(d.quote(index));
+        }
         let sql = format!(
             "SELECT {} FROM {} WHERE 1 = 0",
             cols.join(", "),

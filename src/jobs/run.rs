@@ -54,6 +54,13 @@ pub enum JobKind {
         /// Its type.
         kind: PlainKind,
     },
+    /// Fill the (NULL) blind-index column `index` from the target column's
+    /// values: for rows written before the index existed, and for a new index
+    /// version's column during an index-key rotation.
+    Index {
+        /// The index column.
+        index: Ident,
+    },
 }
 
 impl JobKind {
@@ -62,6 +69,7 @@ impl JobKind {
             JobKind::Reencrypt { .. } => "reencrypt",
             JobKind::Encrypt { .. } => "encrypt",
             JobKind::Decrypt { .. } => "decrypt",
+            JobKind::Index { .. } => "index",
         }
     }
 }
@@ -178,6 +186,8 @@ pub struct Job {
     /// PostgreSQL: the SQL type of a typed plaintext column decrypt-out
     /// writes (cast from text), looked up once.
     pub(super) plain_sql_type: std::sync::OnceLock<String>,
+    /// The blind index an index job computes, and its model's table.
+    index: Option<(&'static str, &'static crate::index::IndexColumn)>,
     /// The first failed rows of this run.
     failed_examples: Mutex<Vec<FailedRow>>,
 }
@@ -202,6 +212,7 @@ impl Job {
             cancel: CancelToken::new(),
             plain_sql_type: std::sync::OnceLock::new(),
             failed_examples: Mutex::new(Vec::new()),
+            index: None,
         }
     }
 
@@ -289,6 +300,32 @@ impl Job {
         ))
     }
 
+    /// Fill blind index `index` (a column of `M::INDEXES`) of model `M` for
+    /// every row whose indexed value is set and whose index is NULL: each
+    /// value is opened, prepared as the index says and hashed under the
+    /// row's tenant, and the index written with a compare-and-swap on the
+    /// encrypted value (a row the application rewrote meanwhile already has
+    /// its index). Resumable and multi-worker like every job.
+    pub fn index_column<M: crate::model::Encrypted>(
+        envelope: Envelope,
+        pool: JobPool,
+        index: &str,
+    ) -> JobResult<Self> {
+        let (_, spec) = crate::index::of_model::<M>(index)?;
+        spec.spec(M::TABLE)?;
+        let target = Target::for_model::<M>(spec.field)?;
+        let mut job = Self::new(
+            envelope,
+            pool,
+            target,
+            JobKind::Index {
+                index: Ident::new(spec.column)?,
+            },
+        );
+        job.index = Some((M::TABLE, spec));
+        Ok(job)
+    }
+
     /// Set the options.
     pub fn options(mut self, opts: JobOptions) -> Self {
         self.opts = opts;
@@ -324,6 +361,9 @@ impl Job {
             }
             JobKind::Decrypt { plain, .. } => {
                 format!("decrypt:{}.{}->{}", t.table, t.column, plain)
+            }
+            JobKind::Index { index } => {
+                format!("index:{}.{}->{}", t.table, t.column, index)
             }
         };
         match &self.opts.tenant {
@@ -382,6 +422,12 @@ impl Job {
             JobKind::Encrypt { plain, .. } | JobKind::Decrypt { plain, .. } => {
                 v["plain"] = serde_json::json!(plain.as_str());
             }
+            JobKind::Index { index } => {
+                v["index"] = serde_json::json!(index.as_str());
+                if let Some((_, i)) = self.index {
+                    v["index_version"] = serde_json::json!(i.version);
+                }
+            }
         }
         v.to_string()
     }
@@ -423,6 +469,14 @@ impl Job {
                 (
                     vec![col.clone()],
                     format!("{col} IS NOT NULL AND {plain} IS NULL"),
+                    vec![],
+                )
+            }
+            JobKind::Index { index } => {
+                let index = d.quote(index);
+                (
+                    vec![col.clone()],
+                    format!("{col} IS NOT NULL AND {index} IS NULL"),
                     vec![],
                 )
             }
@@ -787,6 +841,31 @@ impl Job {
             (JobKind::Decrypt { kind, .. }, Val::Bytes(v)) => {
                 let pt = self.envelope.open_bytes(ctx, v).await?;
                 Ok(self.decode_plain(pt, *kind)?)
+            }
+            (JobKind::Index { .. }, Val::Bytes(v)) => {
+                let (table, index) = self.index.expect("an index job has its index");
+                let pt = self.envelope.open_bytes(ctx, v).await?;
+                let text = match c.codec.decode(pt.into_zeroizing())? {
+                    PlainValue::Text(t) => t,
+                    PlainValue::Null => return Ok(Val::Null),
+                    _ => {
+                        return Err(JobError::Invalid(format!(
+                            "{c} does not hold text: blind indexes read text fields"
+                        )));
+                    }
+                };
+                if dry {
+                    return Ok(Val::Null);
+                }
+                Ok(
+                    match index
+                        .value(&self.envelope, table, ctx.tenant, Some(&text))
+                        .await?
+                    {
+                        Some(v) => Val::Bytes(v.as_bytes().to_vec()),
+                        None => Val::Null,
+                    },
+                )
             }
             _ => Err(crate::Error::Config("unexpected column type".into()).into()),
         }

@@ -190,6 +190,16 @@ impl Job {
                     pg_type(*kind),
                 )]
             }
+            JobKind::Index { index } => {
+                let index = d.quote(index);
+                vec![(
+                    index.clone(),
+                    format!("{t}.{index} IS NULL AND {t}.{col} = v.o0"),
+                    "v.n0".to_owned(),
+                    "bytea",
+                    "bytea",
+                )]
+            }
             JobKind::Decrypt { plain, kind } => {
                 let plain = d.quote(plain);
                 // PostgreSQL does not assign text to a typed column implicitly.
