@@ -27,24 +27,26 @@ macro_rules! scenario {
         use sqlx_envelope::{CacheLimits, Encrypted, Envelope, QueryAsExt};
         use uuid::Uuid;
 
-        /// A member of an organisation, found by e-mail (unique per org) and
-        /// by the last four digits of a phone number.
+        /// A member of an organisation, found by e-mail (unique per org), by
+        /// the last four digits of a phone number, and by surname and birth
+        /// date together (a compound index over a text and a date field).
         #[derive(Encrypted, Debug, Clone, PartialEq)]
-        #[envelope(table = "members", tenant = "org")]
+        #[envelope(
+            table = "members",
+            tenant = "org",
+            index(column = "surname_born_bidx", fields = "surname, born", normalize = "trim, lowercase", bits = 16)
+        )]
         pub struct Member {
             pub id: Uuid,
             pub org: String,
-            #[encrypt(index(
-                column = "email_bidx",
-                normalize = "nfkc, trim, lowercase",
-                bits = 256
-            ))]
+            #[encrypt(index(column = "email_bidx", normalize = "nfkc, trim, lowercase", bits = 256))]
             pub email: String,
-            #[encrypt(
-                pad = 16,
-                index(column = "phone_last4", transform = "last_digits(4)", bits = 4)
-            )]
+            #[encrypt(pad = 16, index(column = "phone_last4", transform = "last_digits(4)", bits = 4))]
             pub phone: Option<String>,
+            #[encrypt]
+            pub surname: String,
+            #[encrypt]
+            pub born: chrono::NaiveDate,
         }
 
         /// The same table during an index-key rotation: the e-mail carries
@@ -64,11 +66,14 @@ macro_rules! scenario {
         }
 
         fn member(org: &str, email: &str, phone: Option<&str>) -> Member {
+            let n = email.len() as u32;
             Member {
                 id: Uuid::new_v4(),
                 org: org.into(),
                 email: email.into(),
                 phone: phone.map(str::to_owned),
+                surname: ["Lovelace", "Byron", "Somerville"][(n % 3) as usize].into(),
+                born: chrono::NaiveDate::from_ymd_opt(1815, 12, 1 + n % 3).expect("date"),
             }
         }
 
@@ -84,7 +89,8 @@ macro_rules! scenario {
             db.exec(&format!(
                 "CREATE TABLE members (id {uuid} PRIMARY KEY, org VARCHAR(64) NOT NULL, \
                  email {blob} NOT NULL, phone {blob} NULL, email_bidx {bidx} NOT NULL, \
-                 phone_last4 {bidx} NULL, email_bidx_v2 {bidx} NULL, UNIQUE (org, email_bidx))"
+                 phone_last4 {bidx} NULL, email_bidx_v2 {bidx} NULL, surname {blob} NULL, born {blob} NULL, \
+                 surname_born_bidx {bidx} NULL, UNIQUE (org, email_bidx))"
             ))
             .await;
             db.exec("CREATE INDEX members_phone_last4 ON members (phone_last4)")
@@ -147,7 +153,7 @@ macro_rules! scenario {
                     &envelope,
                     "phone_last4",
                     Some("acme"),
-                    "1234",
+                    &["1234"],
                 )
                 .await
                 .expect("value");
@@ -194,6 +200,22 @@ macro_rules! scenario {
                     "{kind:?}"
                 );
             }
+
+            // A compound index over a text and a date field: both must match.
+            let mut everyone = vec![ada.clone()];
+            everyone.extend(others.iter().cloned());
+            let (surname, born) = (ada.surname.clone(), ada.born);
+            let want: Vec<&Member> = everyone.iter().filter(|m| m.surname == surname && m.born == born).collect();
+            let found = Member::find_by_surname_born_bidx(&envelope, pool, "acme", &format!(" {} ", surname.to_uppercase()), &born.to_string())
+                .await
+                .expect("compound");
+            assert_eq!(found.len(), want.len(), "{kind:?}");
+            assert!(want.iter().all(|m| found.contains(m)), "{kind:?}");
+            let other_day = (born + chrono::Days::new(1)).to_string();
+            let none = Member::find_by_surname_born_bidx(&envelope, pool, "acme", &surname, &other_day).await.expect("compound");
+            assert!(none.iter().all(|m| m.born.to_string() == other_day), "{kind:?}");
+            let err = sqlx_envelope::jobs::Job::index_column::<Member>(envelope.clone(), super::jobs_support::job_pool(db), "surname_born_bidx");
+            assert!(err.is_err(), "compound indexes are filled by writes");
 
             // Rows written before the index existed: the index job fills it
             // (resumable, compare-and-swap), and lookups find them again.
@@ -256,7 +278,7 @@ macro_rules! scenario {
             let sealed = moved.seal(&envelope).await.expect("seal");
             assert!(sealed.email_bidx.is_some() && sealed.phone_last4.is_some());
             let opened: Vec<Member> =
-                sqlx::query_as::<_, MemberSealed>("SELECT id, org, email, phone FROM members")
+                sqlx::query_as::<_, MemberSealed>("SELECT id, org, email, phone, surname, born FROM members")
                     .opened(&envelope)
                     .fetch_all(pool)
                     .await
@@ -290,7 +312,7 @@ macro_rules! scenario {
 
             // A tenant-bound model is looked up within one tenant.
             let err =
-                sqlx_envelope::index::lookup_value::<Member>(&envelope, "email_bidx", None, "x")
+                sqlx_envelope::index::lookup_value::<Member>(&envelope, "email_bidx", None, &["x"])
                     .await
                     .expect_err("tenant");
             assert!(err.to_string().contains("within one tenant"), "{err}");

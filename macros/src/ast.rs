@@ -16,6 +16,16 @@ pub struct Input<'a> {
     /// `#[envelope(id_not_secret)]`.
     pub id_not_secret: bool,
     pub fields: Vec<Field<'a>>,
+    /// Every blind index: the fields' own in field order, then the compound
+    /// ones of `#[envelope(index(...))]`; the order of `INDEXES`.
+    pub indexes: Vec<Index>,
+}
+
+/// One blind index and the fields (indices into `Input::fields`) it hashes,
+/// in order.
+pub struct Index {
+    pub attr: crate::attr::IndexAttr,
+    pub fields: Vec<usize>,
 }
 
 pub struct Field<'a> {
@@ -38,7 +48,8 @@ pub struct Encrypt<'a> {
     /// `migrating_from = "col"`: the plaintext column read while the
     /// encrypted one is NULL.
     pub migrating_from: Option<String>,
-    /// `index(...)`: the blind indexes of this field.
+    /// `index(...)`: the blind indexes of this field, while parsing (then
+    /// moved into `Input::indexes`).
     pub indexes: Vec<crate::attr::IndexAttr>,
 }
 
@@ -253,6 +264,49 @@ impl<'a> Input<'a> {
                 ));
             }
         }
+        let mut indexes = Vec::new();
+        for (i, f) in fields.iter_mut().enumerate() {
+            if let Some(e) = f.encrypt.as_mut() {
+                for attr in std::mem::take(&mut e.indexes) {
+                    indexes.push(Index {
+                        attr,
+                        fields: vec![i],
+                    });
+                }
+            }
+        }
+        for attr in sattrs.indexes {
+            let mut ids = Vec::new();
+            for name in &attr.fields {
+                match fields.iter().position(|f| *name == unraw(f.ident)) {
+                    Some(i) if fields[i].encrypt.is_some() && !ids.contains(&i) => ids.push(i),
+                    Some(i) if ids.contains(&i) => errors.push(syn::Error::new(
+                        name.span(),
+                        format!("`{name}` is listed twice in the index"),
+                    )),
+                    Some(_) => errors.push(syn::Error::new(
+                        name.span(),
+                        format!("`{name}` is not encrypted: a blind index covers `#[encrypt]` fields (query a clear field directly)"),
+                    )),
+                    None => errors.push(syn::Error::new(
+                        name.span(),
+                        format!("no field `{name}` in this struct"),
+                    )),
+                }
+            }
+            indexes.push(Index { attr, fields: ids });
+        }
+        let mut seen: Vec<String> = Vec::new();
+        for index in &indexes {
+            let c = index.attr.column.value();
+            if seen.contains(&c) || fields.iter().any(|f| f.column() == c) {
+                errors.push(syn::Error::new(
+                    index.attr.column.span(),
+                    format!("column `{c}` is already used by another index or field"),
+                ));
+            }
+            seen.push(c);
+        }
         errors.finish()?;
 
         let table = sattrs
@@ -266,6 +320,7 @@ impl<'a> Input<'a> {
             tenant,
             id_not_secret: sattrs.id_not_secret.is_some(),
             fields,
+            indexes,
         })
     }
 }

@@ -35,9 +35,11 @@ pub struct StructAttrs {
     pub tenant: Option<Ident>,
     /// `id_not_secret`: the primary key may appear in error messages.
     pub id_not_secret: Option<Span>,
+    /// `index(column = "...", fields = "a, b", ...)`: compound blind indexes.
+    pub indexes: Vec<IndexAttr>,
 }
 
-const STRUCT_KEYS: &str = "expected `table = \"...\"`, `id = \"field\"`, `id(field, ...)`, `tenant = \"field\"` or `id_not_secret`";
+const STRUCT_KEYS: &str = "expected `table = \"...\"`, `id = \"field\"`, `id(field, ...)`, `tenant = \"field\"`, `id_not_secret` or `index(column = \"...\", fields = \"a, b\", ...)`";
 
 pub fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAttrs {
     let mut out = StructAttrs::default();
@@ -108,6 +110,17 @@ pub fn struct_attrs(attrs: &[Attribute], errors: &mut Errors) -> StructAttrs {
                     let id = field_name(&lit)?;
                     set_once(&mut out.tenant, id, &meta.path, "tenant")
                 }
+                "index" => {
+                    let index = parse_index(&meta, true)?;
+                    if index.fields.len() < 2 {
+                        return Err(syn::Error::new(
+                            index.column.span(),
+                            "a compound index names two or more encrypted fields: `fields = \"name, date_of_birth\"` (one field: put `index(...)` on the field)",
+                        ));
+                    }
+                    out.indexes.push(index);
+                    Ok(())
+                }
                 "id_not_secret" => {
                     if !(meta.input.is_empty() || meta.input.peek(syn::Token![,])) {
                         return Err(meta.error(
@@ -148,6 +161,8 @@ pub struct EncryptAttr {
 
 /// `index = "col"` / `index(column = "col", ...)` on an encrypted field.
 pub struct IndexAttr {
+    /// The fields of a compound index (struct level), in hashing order.
+    pub fields: Vec<Ident>,
     pub column: LitStr,
     pub nfkc: bool,
     pub trim: bool,
@@ -164,11 +179,12 @@ const INDEX_KEYS: &str = "expected `column = \"...\"`, `normalize = \"nfkc, trim
      `normalize_with = \"path::to::fn\"`, `transform = \"email_domain\" | \"digits_only\" | \"last_digits(N)\"`, \
      `bits = N`, `expected_rows = N` or `version = N`";
 
-fn parse_index(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<IndexAttr> {
+fn parse_index(meta: &syn::meta::ParseNestedMeta<'_>, compound: bool) -> syn::Result<IndexAttr> {
     let span = meta.path.span();
-    if meta.input.peek(syn::Token![=]) {
+    if meta.input.peek(syn::Token![=]) && !compound {
         let column: LitStr = meta.value()?.parse()?;
         return Ok(IndexAttr {
+            fields: Vec::new(),
             column,
             nfkc: false,
             trim: false,
@@ -181,6 +197,7 @@ fn parse_index(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<IndexAttr> 
         });
     }
     let mut out = IndexAttr {
+        fields: Vec::new(),
         column: LitStr::new("", span),
         nfkc: false,
         trim: false,
@@ -198,6 +215,16 @@ fn parse_index(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<IndexAttr> 
             "column" => {
                 let lit: LitStr = m.value()?.parse()?;
                 set_once(&mut column, lit, &m.path, "column")
+            }
+            "fields" if compound => {
+                let lit: LitStr = m.value()?.parse()?;
+                for name in lit.value().split([',', ' ']).filter(|s| !s.is_empty()) {
+                    let id = syn::parse_str::<Ident>(name).map_err(|_| {
+                        syn::Error::new(lit.span(), format!("`{name}` is not a field name"))
+                    })?;
+                    out.fields.push(Ident::new(&id.to_string(), lit.span()));
+                }
+                Ok(())
             }
             "normalize" => {
                 let lit: LitStr = m.value()?.parse()?;
@@ -346,7 +373,7 @@ pub fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> Option<EncryptAt
                         set_once(&mut enc.column, lit, &meta.path, "column")
                     }
                     "index" => {
-                        let index = parse_index(&meta)?;
+                        let index = parse_index(&meta, false)?;
                         if enc
                             .indexes
                             .iter()

@@ -77,17 +77,17 @@ fn sealed_row(input: &Input<'_>, p: &Paths) -> TokenStream {
         };
         quote!(#[doc = #doc] #fvis #ident: #ty)
     });
-    let index_fields = indexed_fields(input).map(|(f, index)| {
-        let (fvis, name) = (f.vis, index_ident(index));
+    let index_fields = all_indexes(input).map(|(index, fs)| {
+        let (fvis, name) = (fs[0].vis, index_ident(index));
+        let names: Vec<String> = fs.iter().map(|f| format!("`{model_name}::{}`", f.ident)).collect();
         let doc = format!(
-            "Blind index `{}` of `{model_name}::{}`: filled when the row is sealed, read when \
-             the query selects it.",
+            "Blind index `{}` of {}: filled when the row is sealed, read when the query selects it.",
             index.column.value(),
-            f.ident
+            names.join(", ")
         );
         quote!(#[doc = #doc] #fvis #name: ::core::option::Option<::sqlx_envelope::index::BlindIndexValue>)
     });
-    let index_from_row = indexed_fields(input).map(|(_, index)| {
+    let index_from_row = all_indexes(input).map(|(index, _)| {
         let name = index_ident(index);
         let column = index.column.value();
         // Tolerant: a query that does not select the index column still reads
@@ -98,7 +98,7 @@ fn sealed_row(input: &Input<'_>, p: &Paths) -> TokenStream {
             ::core::result::Result::Err(__e) => return ::core::result::Result::Err(__e),
         })
     });
-    let index_bound: Vec<TokenStream> = indexed_fields(input)
+    let index_bound: Vec<TokenStream> = all_indexes(input)
         .take(1)
         .map(|_| {
             quote!(::core::option::Option<::sqlx_envelope::index::BlindIndexValue>: #sqlx::Decode<'__r, <__R as #sqlx::Row>::Database> + #sqlx::Type<<__R as #sqlx::Row>::Database>)
@@ -366,15 +366,15 @@ fn encrypted_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
             let name = plaintext_ident(f);
             quote!(#name: ::core::option::Option::None)
         })
-        .chain(indexed_fields(input).map(|(_, index)| {
+        .chain(all_indexes(input).map(|(index, _)| {
             let name = index_ident(index);
             quote!(#name: ::core::option::Option::None)
         }))
         .collect();
-    let index_defs: Vec<TokenStream> = indexed_fields(input)
-        .map(|(f, index)| {
+    let index_defs: Vec<TokenStream> = all_indexes(input)
+        .map(|(index, fs)| {
             let column = index.column.value();
-            let field = f.column();
+            let field_columns: Vec<String> = fs.iter().map(|f| f.column()).collect();
             let (nfkc, trim, lowercase) = (index.nfkc, index.trim, index.lowercase);
             let custom = match &index.normalize_with {
                 Some(path) => quote!(::core::option::Option::Some(#path)),
@@ -400,7 +400,7 @@ fn encrypted_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
             quote! {
                 #krate::index::IndexColumn {
                     column: #column,
-                    field: #field,
+                    fields: &[#(#field_columns),*],
                     normalization: #krate::index::Normalization {
                         nfkc: #nfkc,
                         trim: #trim,
@@ -415,19 +415,21 @@ fn encrypted_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
             }
         })
         .collect();
-    let index_text_arms: Vec<TokenStream> = indexed_fields(input)
+    let index_text_arms: Vec<TokenStream> = all_indexes(input)
         .enumerate()
-        .map(|(n, (f, _))| {
-            let e = f.encrypt.as_ref().expect("encrypted field");
-            let ident = f.ident;
-            let inner = e.option_of.unwrap_or(f.ty);
-            let get =
-                quote_spanned!(span_of(inner)=> <#inner as #krate::index::IndexText>::index_text);
-            if e.option_of.is_some() {
-                quote!(#n => self.#ident.as_ref().map(|__v| #get(__v)))
-            } else {
-                quote!(#n => ::core::option::Option::Some(#get(&self.#ident)))
-            }
+        .map(|(n, (_, fs))| {
+            let parts = fs.iter().map(|f| {
+                let e = f.encrypt.as_ref().expect("encrypted field");
+                let ident = f.ident;
+                let inner = e.option_of.unwrap_or(f.ty);
+                let get = quote_spanned!(span_of(inner)=> <#inner as #krate::index::IndexText>::index_text);
+                if e.option_of.is_some() {
+                    quote!(self.#ident.as_ref().map(|__v| #get(__v)))
+                } else {
+                    quote!(::core::option::Option::Some(#get(&self.#ident)))
+                }
+            });
+            quote!(#n => ::std::vec![#(#parts),*])
         })
         .collect();
     let migrating: Vec<TokenStream> = migrating_fields(input)
@@ -477,10 +479,13 @@ fn encrypted_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
             const MIGRATING: &'static [(&'static str, &'static str)] = &[#(#migrating),*];
             const INDEXES: &'static [#krate::index::IndexColumn] = &[#(#index_defs),*];
 
-            fn __index_text(&self, __index: usize) -> ::core::option::Option<&str> {
+            fn __index_parts(
+                &self,
+                __index: usize,
+            ) -> ::std::vec::Vec<::core::option::Option<::std::borrow::Cow<'_, str>>> {
                 match __index {
                     #(#index_text_arms,)*
-                    _ => ::core::option::Option::None,
+                    _ => ::std::vec::Vec::new(),
                 }
             }
             const DESCRIPTION: &'static #private::ModelDescription = &#private::ModelDescription {
@@ -609,9 +614,9 @@ fn sealed_row_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
         })
     });
 
-    let set_index_arms: Vec<TokenStream> = indexed_fields(input)
+    let set_index_arms: Vec<TokenStream> = all_indexes(input)
         .enumerate()
-        .map(|(n, (_, index))| {
+        .map(|(n, (index, _))| {
             let name = index_ident(index);
             quote!(#n => self.#name = __value)
         })
@@ -908,58 +913,61 @@ fn inherent_methods(input: &Input<'_>, p: &Paths) -> TokenStream {
             }
         }
     });
-    let finders = indexed_fields(input).map(|(f, index)| {
-        let ident = f.ident;
-        // `find_by_<field>`; a field with several indexes (an index-key
-        // rotation): `find_by_<index column>` for each.
-        let several = f.encrypt.as_ref().is_some_and(|e| e.indexes.len() > 1);
-        let name = if several {
-            format_ident!("find_by_{}", index.column.value(), span = index.column.span())
-        } else {
+    let finders = all_indexes(input).map(|(index, fs)| {
+        let column = index.column.value();
+        // `find_by_<field>` for a field's only index; `find_by_<index column>`
+        // for a compound index and for each index of a field with several
+        // (an index-key rotation).
+        let single = fs.len() == 1
+            && input
+                .indexes
+                .iter()
+                .filter(|i| i.fields.len() == 1 && std::ptr::eq(&input.fields[i.fields[0]], fs[0]))
+                .count()
+                == 1;
+        let name = if single {
             format_ident!(
                 "find_by_{}",
-                ident.to_string().trim_start_matches("r#"),
-                span = ident.span()
+                fs[0].ident.to_string().trim_start_matches("r#"),
+                span = fs[0].ident.span()
             )
-        };
-        let column = index.column.value();
-        let doc = format!(
-            "The rows of `{table}` whose `{ident}` equals `value` (prepared as blind index \
-             `{column}` says: normalised, transformed), found through the index and opened; \
-             a truncated index's false positives are dropped before returning."
-        );
-        if input.tenant.is_some() {
-            quote! {
-                #[doc = #doc]
-                #vis async fn #name<'__c, __E>(
-                    __envelope: &#krate::Envelope,
-                    __executor: __E,
-                    __tenant: &str,
-                    __value: &str,
-                ) -> #krate::Result<::std::vec::Vec<Self>>
-                #where_clause
-                {
-                    #krate::model::table::find_by_index(
-                        __envelope, __executor, #column, ::core::option::Option::Some(__tenant), __value,
-                    )
-                    .await
-                }
-            }
         } else {
-            quote! {
-                #[doc = #doc]
-                #vis async fn #name<'__c, __E>(
-                    __envelope: &#krate::Envelope,
-                    __executor: __E,
-                    __value: &str,
-                ) -> #krate::Result<::std::vec::Vec<Self>>
-                #where_clause
-                {
-                    #krate::model::table::find_by_index(
-                        __envelope, __executor, #column, ::core::option::Option::None, __value,
-                    )
-                    .await
-                }
+            format_ident!("find_by_{}", column, span = index.column.span())
+        };
+        let params: Vec<syn::Ident> = fs
+            .iter()
+            .map(|f| format_ident!("__{}", f.ident.to_string().trim_start_matches("r#")))
+            .collect();
+        let names: Vec<String> = fs.iter().map(|f| format!("`{}`", f.ident)).collect();
+        let doc = format!(
+            "The rows of `{table}` whose {} equal the given values (each prepared as blind index \
+             `{column}` says: normalised, transformed; a non-text field in its text form), found \
+             through the index and opened; a truncated index's false positives are dropped \
+             before returning.",
+            names.join(", ")
+        );
+        let (tenant_param, tenant_arg) = if input.tenant.is_some() {
+            (
+                quote!(__tenant: &str,),
+                quote!(::core::option::Option::Some(__tenant)),
+            )
+        } else {
+            (quote!(), quote!(::core::option::Option::None))
+        };
+        quote! {
+            #[doc = #doc]
+            #vis async fn #name<'__c, __E>(
+                __envelope: &#krate::Envelope,
+                __executor: __E,
+                #tenant_param
+                #(#params: &str,)*
+            ) -> #krate::Result<::std::vec::Vec<Self>>
+            #where_clause
+            {
+                #krate::model::table::find_by_index(
+                    __envelope, __executor, #column, #tenant_arg, &[#(#params),*],
+                )
+                .await
             }
         }
     });
@@ -1049,16 +1057,15 @@ fn inherent_methods(input: &Input<'_>, p: &Paths) -> TokenStream {
     }
 }
 
-/// Every blind index with its field, in field order (the order of
-/// `INDEXES`).
-fn indexed_fields<'i, 'a>(
+/// Every blind index with the fields it hashes (the order of `INDEXES`).
+fn all_indexes<'i, 'a>(
     input: &'i Input<'a>,
-) -> impl Iterator<Item = (&'i Field<'a>, &'i crate::attr::IndexAttr)> + 'i {
-    input.fields.iter().flat_map(|f| {
-        f.encrypt
-            .iter()
-            .flat_map(|e| e.indexes.iter())
-            .map(move |index| (f, index))
+) -> impl Iterator<Item = (&'i crate::attr::IndexAttr, Vec<&'i Field<'a>>)> + 'i {
+    input.indexes.iter().map(|index| {
+        (
+            &index.attr,
+            index.fields.iter().map(|&i| &input.fields[i]).collect(),
+        )
     })
 }
 

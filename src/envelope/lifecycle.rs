@@ -97,6 +97,9 @@ impl Envelope {
         // Let moka drop what it removed now, not at its next maintenance.
         inner.cache.unwrapped.run_pending_tasks().await;
         inner.cache.branches.run_pending_tasks().await;
+        // moka's `iter` sees only entries its maintenance has applied: apply
+        // pending inserts first, or a key just cached as active is missed.
+        inner.cache.active.run_pending_tasks().await;
         for (scope, a) in inner.cache.active.iter() {
             if a.key.id() == id {
                 a.revoke();
@@ -105,6 +108,7 @@ impl Envelope {
         }
         inner.cache.seal_front.remove_key(id);
         inner.cache.active.run_pending_tasks().await;
+        inner.index_keys.run_pending_tasks().await;
         for (slot, k) in inner.index_keys.iter() {
             if k.id() == id {
                 inner.index_keys.invalidate(&*slot).await;

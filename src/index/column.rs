@@ -1,5 +1,6 @@
-//! A blind index a model declares with `#[encrypt(index(...))]`: its column,
-//! the encrypted field it indexes, and how that field's text is prepared.
+//! A blind index a model declares with `#[encrypt(index(...))]` (one field) or
+//! `#[envelope(index(..., fields = "a, b"))]` (compound): its column, the
+//! encrypted fields it hashes, and how their text is prepared.
 
 use std::borrow::Cow;
 
@@ -15,8 +16,9 @@ pub struct IndexColumn {
     /// The index column (binary: `BYTEA`, `VARBINARY(32)`, `BLOB`), and the
     /// index's name.
     pub column: &'static str,
-    /// The encrypted column whose plaintext it indexes.
-    pub field: &'static str,
+    /// The encrypted columns whose plaintexts it hashes, in order (one for a
+    /// field's index, several for a compound index).
+    pub fields: &'static [&'static str],
     /// How the text is normalised before it is hashed.
     pub normalization: Normalization,
     /// What part of the normalised text is indexed.
@@ -66,23 +68,50 @@ impl IndexColumn {
         }
     }
 
-    /// The index value of `text` (`None`, SQL NULL, for a NULL field) in
-    /// `table` for `tenant`.
+    /// The index value of `parts` (the text of each field, in order) in
+    /// `table` for `tenant`. A one-field index of a NULL field is `None` (SQL
+    /// NULL); in a compound index a NULL part hashes as NULL, distinct from
+    /// every text.
     pub async fn value(
         &self,
         envelope: &Envelope,
         table: &'static str,
         tenant: Option<&str>,
-        text: Option<&str>,
+        parts: &[Option<&str>],
     ) -> Result<Option<BlindIndexValue>> {
-        let Some(text) = text else {
+        if parts.len() != self.fields.len() {
+            return Err(Error::Config(format!(
+                "blind index {} covers {} field(s) ({}), {} value(s) given",
+                self.column,
+                self.fields.len(),
+                self.fields.join(", "),
+                parts.len()
+            )));
+        }
+        if parts.len() == 1 && parts[0].is_none() {
             return Ok(None);
-        };
+        }
         let spec = self.spec(table)?;
-        let prepared = self.prepare(text);
-        compute(envelope, &spec, tenant, &[Part::Text(&prepared)])
-            .await
-            .map(Some)
+        let prepared: Vec<Option<Cow<'_, str>>> =
+            parts.iter().map(|p| p.map(|t| self.prepare(t))).collect();
+        let hashed: Vec<Part<'_>> = prepared
+            .iter()
+            .map(|p| match p {
+                Some(t) => Part::Text(t),
+                None => Part::Null,
+            })
+            .collect();
+        compute(envelope, &spec, tenant, &hashed).await.map(Some)
+    }
+
+    /// Whether a row's `parts` equal the looked-up `values` once both are
+    /// prepared (what drops a truncated index's false positives).
+    pub fn matches(&self, parts: &[Option<Cow<'_, str>>], values: &[&str]) -> bool {
+        parts.len() == values.len()
+            && parts
+                .iter()
+                .zip(values)
+                .all(|(p, v)| p.as_deref().map(|p| self.prepare(p)) == Some(self.prepare(v)))
     }
 }
 
@@ -105,23 +134,24 @@ pub fn of_model<M: crate::model::Encrypted>(column: &str) -> Result<(usize, &'st
         })
 }
 
-/// The value to bind to look rows of model `M` up by its index `column`:
-/// `WHERE <column> = <this>`. With a truncated index the rows found include
-/// false positives: open them and keep those whose field, prepared with
-/// [`IndexColumn::prepare`], equals the prepared `value` (what the generated
-/// `find_by_<field>` does).
+/// The value to bind to look rows of model `M` up by its index `column`
+/// (`values`: one per indexed field, in order): `WHERE <column> = <this>`.
+/// With a truncated index the rows found include false positives: open them
+/// and keep those whose fields, prepared with [`IndexColumn::prepare`], equal
+/// the prepared values (what the generated `find_by_...` does).
 pub async fn lookup_value<M: crate::model::Encrypted>(
     envelope: &Envelope,
     column: &str,
     tenant: Option<&str>,
-    value: &str,
+    values: &[&str],
 ) -> Result<BlindIndexValue> {
     let (_, index) = of_model::<M>(column)?;
     check_tenant::<M>(tenant)?;
+    let parts: Vec<Option<&str>> = values.iter().map(|v| Some(*v)).collect();
     Ok(index
-        .value(envelope, M::TABLE, tenant, Some(value))
+        .value(envelope, M::TABLE, tenant, &parts)
         .await?
-        .expect("a value was given"))
+        .expect("values were given"))
 }
 
 /// A tenant-bound model is looked up within one tenant; a model without
@@ -140,26 +170,51 @@ pub(crate) fn check_tenant<M: crate::model::Encrypted>(tenant: Option<&str>) -> 
     }
 }
 
-/// The text a blind index reads from a field: implemented for `String` and
-/// `str`. Index a field of another type through its text form in a `String`
-/// field of its own, or wait for typed indexes.
+/// The text a blind index reads from a field: the text itself for `String`,
+/// the usual text form for integers, `bool`, `char`, UUIDs (hyphenated,
+/// lowercase) and dates (`YYYY-MM-DD`). A lookup gives values in the same form.
 #[diagnostic::on_unimplemented(
-    message = "a blind index reads text: `{Self}` is not a text field",
-    label = "index a `String` or `Option<String>` field"
+    message = "a blind index reads text: `{Self}` has no text form for an index",
+    label = "index a `String`, an integer, `bool`, `char`, `Uuid` or `NaiveDate` field"
 )]
 pub trait IndexText {
     /// The text to index.
-    fn index_text(&self) -> &str;
+    fn index_text(&self) -> Cow<'_, str>;
 }
 
 impl IndexText for String {
-    fn index_text(&self) -> &str {
-        self
+    fn index_text(&self) -> Cow<'_, str> {
+        Cow::Borrowed(self)
     }
 }
 
 impl IndexText for str {
-    fn index_text(&self) -> &str {
-        self
+    fn index_text(&self) -> Cow<'_, str> {
+        Cow::Borrowed(self)
+    }
+}
+
+macro_rules! display_text {
+    ($($t:ty),*) => {$(
+        impl IndexText for $t {
+            fn index_text(&self) -> Cow<'_, str> {
+                Cow::Owned(self.to_string())
+            }
+        }
+    )*};
+}
+display_text!(i8, i16, i32, i64, i128, u8, u16, u32, u64, u128, bool, char);
+
+#[cfg(feature = "uuid")]
+impl IndexText for uuid::Uuid {
+    fn index_text(&self) -> Cow<'_, str> {
+        Cow::Owned(self.hyphenated().to_string())
+    }
+}
+
+#[cfg(feature = "chrono")]
+impl IndexText for chrono::NaiveDate {
+    fn index_text(&self) -> Cow<'_, str> {
+        Cow::Owned(self.format("%Y-%m-%d").to_string())
     }
 }

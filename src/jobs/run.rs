@@ -313,7 +313,13 @@ impl Job {
     ) -> JobResult<Self> {
         let (_, spec) = crate::index::of_model::<M>(index)?;
         spec.spec(M::TABLE)?;
-        let target = Target::for_model::<M>(spec.field)?;
+        let [field] = spec.fields else {
+            return Err(JobError::Invalid(format!(
+                "{index} is a compound index over {}: an index job fills one-field indexes; fill a compound index by re-saving its rows (update_fields on one of its fields)",
+                spec.fields.join(", ")
+            )));
+        };
+        let target = Target::for_model::<M>(field)?;
         let mut job = Self::new(
             envelope,
             pool,
@@ -859,7 +865,7 @@ impl Job {
                 }
                 Ok(
                     match index
-                        .value(&self.envelope, table, ctx.tenant, Some(&text))
+                        .value(&self.envelope, table, ctx.tenant, &[Some(text.as_str())])
                         .await?
                     {
                         Some(v) => Val::Bytes(v.as_bytes().to_vec()),

@@ -144,9 +144,11 @@ pub async fn index_values<M: Encrypted>(
     for m in models {
         let tenant = m.tenant();
         for (i, index) in M::INDEXES.iter().enumerate() {
+            let parts = m.__index_parts(i);
+            let parts: Vec<Option<&str>> = parts.iter().map(|p| p.as_deref()).collect();
             out.push(
                 index
-                    .value(envelope, M::TABLE, tenant.as_deref(), m.__index_text(i))
+                    .value(envelope, M::TABLE, tenant.as_deref(), &parts)
                     .await?,
             );
         }

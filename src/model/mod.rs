@@ -107,12 +107,13 @@ pub trait Encrypted: Sized + Send + Sync + 'static {
     /// columns; `find_by_<field>` looks rows up by them.
     const INDEXES: &'static [crate::index::IndexColumn] = &[];
 
-    /// The text blind index `index` (of [`Encrypted::INDEXES`]) reads from
-    /// this model; `None` for a NULL field. Generated.
+    /// The text of each field blind index `index` (of
+    /// [`Encrypted::INDEXES`]) hashes, in order; `None` for a NULL field.
+    /// Generated.
     #[doc(hidden)]
-    fn __index_text(&self, index: usize) -> Option<&str> {
+    fn __index_parts(&self, index: usize) -> Vec<Option<std::borrow::Cow<'_, str>>> {
         let _ = index;
-        None
+        Vec::new()
     }
 
     /// The row id the values are bound to, or `None` if a part of the primary

@@ -366,26 +366,28 @@ where
             <E::Database as Dialect>::push_ident(&mut sql, plain);
             sql.push_str(" = NULL");
         }
-        // The field's blind indexes follow its value.
-        for (x, index) in M::INDEXES.iter().enumerate() {
-            if index.field != M::COLUMNS[i] {
-                continue;
-            }
-            let value = index
-                .value(
-                    envelope,
-                    M::TABLE,
-                    model.tenant().as_deref(),
-                    model.__index_text(x),
-                )
-                .await?;
-            sql.push_str(", ");
-            <E::Database as Dialect>::push_ident(&mut sql, index.column);
-            sql.push_str(" = ");
-            <E::Database as Dialect>::bind_index(&mut args, value.as_ref())
-                .map_err(encode_error::<M>)?;
-            <E::Database as Dialect>::push_param(&mut sql, args.len());
+    }
+    // The blind indexes of the written fields follow their values (a
+    // compound index once, whichever of its fields are written).
+    let tenant = model.tenant();
+    for (x, index) in M::INDEXES.iter().enumerate() {
+        if !columns
+            .iter()
+            .any(|&i| index.fields.contains(&M::COLUMNS[i]))
+        {
+            continue;
         }
+        let parts = model.__index_parts(x);
+        let parts: Vec<Option<&str>> = parts.iter().map(|p| p.as_deref()).collect();
+        let value = index
+            .value(envelope, M::TABLE, tenant.as_deref(), &parts)
+            .await?;
+        sql.push_str(", ");
+        <E::Database as Dialect>::push_ident(&mut sql, index.column);
+        sql.push_str(" = ");
+        <E::Database as Dialect>::bind_index(&mut args, value.as_ref())
+            .map_err(encode_error::<M>)?;
+        <E::Database as Dialect>::push_param(&mut sql, args.len());
     }
     push_where(&mut sql, model, with_tenant, &mut args)?;
     if execute::<M, E>(executor, sql, args).await? == 0 {
@@ -446,19 +448,19 @@ where
     }
 }
 
-/// The rows of model `M` whose field indexed by blind index `column` equals
-/// `value` (normalised and transformed as the index says), within `tenant`
-/// for a tenant-bound model: one indexed `SELECT ... WHERE <column> = ?`, then
-/// every candidate opened and kept only if its own prepared field equals the
-/// prepared `value` and it belongs to `tenant`, so a truncated index's false
-/// positives never reach the caller. A candidate that fails to open is an
-/// error (as in every read).
+/// The rows of model `M` whose fields hashed by blind index `column` equal
+/// `values` (one per field, in order; normalised and transformed as the
+/// index says), within `tenant` for a tenant-bound model: one indexed
+/// `SELECT ... WHERE <column> = ?`, then every candidate opened and kept only
+/// if its own prepared fields equal the prepared values and it belongs to
+/// `tenant`, so a truncated index's false positives never reach the caller. A
+/// candidate that fails to open is an error (as in every read).
 pub async fn find_by_index<'c, M, E>(
     envelope: &Envelope,
     executor: E,
     column: &str,
     tenant: Option<&str>,
-    value: &str,
+    values: &[&str],
 ) -> Result<Vec<M>>
 where
     M: Table<E::Database>,
@@ -467,10 +469,11 @@ where
 {
     let (x, index) = crate::index::of_model::<M>(column)?;
     crate::index::check_tenant::<M>(tenant)?;
+    let parts: Vec<Option<&str>> = values.iter().map(|v| Some(*v)).collect();
     let bind = index
-        .value(envelope, M::TABLE, tenant, Some(value))
+        .value(envelope, M::TABLE, tenant, &parts)
         .await?
-        .expect("a value was given");
+        .expect("values were given");
     let mut sql = String::from("SELECT ");
     let plain = M::MIGRATING.iter().map(|(_, p)| p);
     let index_columns = M::INDEXES.iter().map(|i| &i.column);
@@ -502,14 +505,10 @@ where
         .map(M::sealed_from_row)
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(query_error::<M>)?;
-    let wanted = index.prepare(value);
     let opened = super::batch::open_all(envelope, sealed).await?;
     Ok(opened
         .into_iter()
-        .filter(|m| {
-            m.tenant().as_deref() == tenant
-                && m.__index_text(x).map(|t| index.prepare(t)) == Some(wanted.clone())
-        })
+        .filter(|m| m.tenant().as_deref() == tenant && index.matches(&m.__index_parts(x), values))
         .collect())
 }
 
