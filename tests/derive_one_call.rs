@@ -91,7 +91,7 @@ macro_rules! scenario {
             db.exec(&format!(
                 "CREATE TABLE patients (id {uuid} PRIMARY KEY, clinic VARCHAR(64) NOT NULL, \
                  ward VARCHAR(64) NOT NULL, name {blob} NOT NULL, date_of_birth {blob} NOT NULL, \
-                 notes {blob} NOT NULL, phone {blob} NULL)"
+                 notes {blob} NOT NULL, phone {blob} NULL, name_bidx {blob} NULL)"
             ))
             .await;
             db.exec(&format!(
@@ -112,6 +112,12 @@ macro_rules! scenario {
             assert_eq!(stored_name.len(), OVERHEAD + "Ada Lovelace".len());
             assert!(!stored_name.windows(3).any(|w| w == b"Ada"));
             assert_eq!(raw(pool, "phone", ada.id).await, None, "NULL stays NULL");
+
+            // Found by name through the blind index: case and spacing do not
+            // matter, other names do.
+            assert_eq!(named(&envelope, pool, "north", " ada LOVELACE").await.expect("find"), vec![ada.clone()], "{kind:?}");
+            assert!(named(&envelope, pool, "north", "Ada Byron").await.expect("find").is_empty());
+            assert!(named(&envelope, pool, "south", "Ada Lovelace").await.expect("find").is_empty());
 
             // Update of one named field: only `phone` is sealed and written.
             let ada = change_phone(&envelope, pool, ada.id, "+44 20 7946 0958")

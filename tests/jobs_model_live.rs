@@ -134,7 +134,7 @@ macro_rules! scenario {
                 "CREATE TABLE patients (id {uuid} PRIMARY KEY, clinic VARCHAR(64) NOT NULL, \
                  ward VARCHAR(64) NOT NULL, name {blob} NULL, date_of_birth {blob} NULL, \
                  notes {blob} NULL, phone {blob} NULL, name_plain VARCHAR(200) NULL, \
-                 dob_plain DATE NULL, notes_plain {json} NULL, phone_plain VARCHAR(40) NULL)"
+                 dob_plain DATE NULL, notes_plain {json} NULL, phone_plain VARCHAR(40) NULL, name_bidx {blob} NULL)"
             ))
             .await;
 

@@ -496,6 +496,7 @@ fn encrypted_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
                 encrypted: &[#(#desc_encrypted),*],
                 columns: &[#(#all_cols),*],
                 id_not_secret: #id_not_secret,
+                indexes: &[#(#index_defs),*],
             };
 
             fn row_id(&self) -> ::core::option::Option<#krate::RowId> {

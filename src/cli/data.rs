@@ -107,6 +107,35 @@ pub struct BackfillArgs {
     pub job: JobArgs,
 }
 
+/// `index`.
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    /// A model registered in this binary (type name or table).
+    #[arg(long)]
+    pub model: String,
+    /// The blind index to fill (its column), e.g. name_bidx.
+    #[arg(long)]
+    pub index: String,
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+/// `index`: fill a blind index for rows written before it existed (or a new
+/// index version's column during an index-key rotation).
+pub async fn index(g: &Global, a: IndexArgs, models: &Models) -> CmdResult {
+    let m = model(models, &a.model)?;
+    let (pool, envelope) = g.envelope().await?;
+    let job = Job::index_column_of(envelope, pool, m, &a.index)?.options(a.job.options());
+    let r = run_job(g, job, a.job.restart, "index").await?;
+    if r.remaining > 0 && !r.dry_run {
+        return Err(Failure::RowsRemain(format!(
+            "{} row(s) of {} still have no {} (failed or written meanwhile): run the same command again (a finished job makes a new pass)",
+            r.remaining, m.table, a.index
+        )));
+    }
+    Ok(())
+}
+
 /// `drop-plaintext`.
 #[derive(Debug, Args)]
 pub struct DropArgs {

@@ -119,6 +119,8 @@ enum Command {
     DropPlaintext(data::DropArgs),
     /// Re-encrypt the rows of a column that use retired data keys (resumable, multi-worker).
     Reencrypt(data::ReencryptArgs),
+    /// Fill a model's blind index for rows written before it existed (embedded tool, --model).
+    Index(data::IndexArgs),
     /// Rows per data key and per master key, for every encrypted column.
     Status(report::StatusArgs),
     /// Check encrypted columns; exit 3 if rows remain on the given keys or do not decrypt.
@@ -233,6 +235,7 @@ async fn run(cli: Cli, models: &Models) -> CmdResult {
         Command::Decrypt(a) => data::backfill(g, a, true, models).await,
         Command::DropPlaintext(a) => data::drop_plaintext(g, a).await,
         Command::Reencrypt(a) => data::reencrypt(g, a, models).await,
+        Command::Index(a) => data::index(g, a, models).await,
         Command::Status(a) => report::status(g, a, models).await,
         Command::Verify(a) => report::verify(g, a, models).await,
     }

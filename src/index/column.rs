@@ -104,6 +104,49 @@ impl IndexColumn {
         compute(envelope, &spec, tenant, &hashed).await.map(Some)
     }
 
+    /// This index keyed for `tenant` in `table` (one key lookup and one HMAC
+    /// key setup), for computing the values of many rows with
+    /// [`IndexColumn::value_with`].
+    pub async fn keyed(
+        &self,
+        envelope: &Envelope,
+        table: &'static str,
+        tenant: Option<&str>,
+    ) -> Result<super::Keyed> {
+        let spec = self.spec(table)?;
+        let key = envelope
+            .index_key(spec.table, spec.name, tenant, spec.version)
+            .await?;
+        Ok(super::Keyed::new(
+            key.expose(),
+            &spec,
+            tenant,
+            self.fields.len(),
+        ))
+    }
+
+    /// [`IndexColumn::value`] with a keyed HMAC from [`IndexColumn::keyed`]
+    /// (same table and tenant).
+    pub fn value_with(
+        &self,
+        keyed: &super::Keyed,
+        parts: &[Option<&str>],
+    ) -> Option<BlindIndexValue> {
+        if parts.len() == 1 && parts[0].is_none() {
+            return None;
+        }
+        let prepared: Vec<Option<Cow<'_, str>>> =
+            parts.iter().map(|p| p.map(|t| self.prepare(t))).collect();
+        let hashed: Vec<Part<'_>> = prepared
+            .iter()
+            .map(|p| match p {
+                Some(t) => Part::Text(t),
+                None => Part::Null,
+            })
+            .collect();
+        Some(keyed.value(&hashed))
+    }
+
     /// Whether a row's `parts` equal the looked-up `values` once both are
     /// prepared (what drops a truncated index's false positives).
     pub fn matches(&self, parts: &[Option<Cow<'_, str>>], values: &[&str]) -> bool {

@@ -163,38 +163,80 @@ pub fn compute_with(
     tenant: Option<&str>,
     parts: &[Part<'_>],
 ) -> BlindIndexValue {
-    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
-    let mut head = Vec::with_capacity(64 + spec.table.len() + spec.name.len());
-    head.extend_from_slice(DOMAIN);
-    put_lp(&mut head, spec.table.as_bytes());
-    put_lp(&mut head, spec.name.as_bytes());
-    match tenant {
-        None => head.push(0),
-        Some(t) => {
-            head.push(1);
-            put_lp(&mut head, t.as_bytes());
+    Keyed::new(key, spec, tenant, parts.len()).value(parts)
+}
+
+/// An index key's HMAC with the input's fixed head (domain, table, index,
+/// tenant, bits, number of parts) already absorbed: what a batch computes
+/// once per index and tenant, then clones for each row.
+#[derive(Clone)]
+pub struct Keyed {
+    mac: hmac::Hmac<Sha256>,
+    bits: u16,
+    parts: usize,
+}
+
+impl fmt::Debug for Keyed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyed")
+            .field("bits", &self.bits)
+            .field("parts", &self.parts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keyed {
+    /// Key the HMAC and absorb the head for inputs of `parts` parts, for
+    /// index `spec` and `tenant`.
+    pub fn new(key: &[u8; 32], spec: &IndexSpec, tenant: Option<&str>, parts: usize) -> Self {
+        let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
+        let mut head = Vec::with_capacity(64 + spec.table.len() + spec.name.len());
+        head.extend_from_slice(DOMAIN);
+        put_lp(&mut head, spec.table.as_bytes());
+        put_lp(&mut head, spec.name.as_bytes());
+        match tenant {
+            None => head.push(0),
+            Some(t) => {
+                head.push(1);
+                put_lp(&mut head, t.as_bytes());
+            }
+        }
+        head.extend_from_slice(&spec.bits.to_be_bytes());
+        let n = u16::try_from(parts).expect("fewer than 65536 index parts");
+        head.extend_from_slice(&n.to_be_bytes());
+        mac.update(&head);
+        Keyed {
+            mac,
+            bits: spec.bits,
+            parts,
         }
     }
-    head.extend_from_slice(&spec.bits.to_be_bytes());
-    let n = u16::try_from(parts.len()).expect("fewer than 65536 index parts");
-    head.extend_from_slice(&n.to_be_bytes());
-    mac.update(&head);
-    let mut len = [0u8; 4];
-    for p in parts {
-        let (tag, bytes): (u8, &[u8]) = match p {
-            Part::Null => (0, &[]),
-            Part::Text(t) => (1, t.as_bytes()),
-            Part::Bytes(b) => (2, b),
-        };
-        mac.update(&[tag]);
-        if tag != 0 {
-            len.copy_from_slice(&(bytes.len() as u32).to_be_bytes());
-            mac.update(&len);
-            mac.update(bytes);
+
+    /// The index value of `parts` (as many as given to [`Keyed::new`]).
+    pub fn value(&self, parts: &[Part<'_>]) -> BlindIndexValue {
+        assert_eq!(
+            parts.len(),
+            self.parts,
+            "an index input has a fixed number of parts"
+        );
+        let mut mac = self.mac.clone();
+        let mut len = [0u8; 4];
+        for p in parts {
+            let (tag, bytes): (u8, &[u8]) = match p {
+                Part::Null => (0, &[]),
+                Part::Text(t) => (1, t.as_bytes()),
+                Part::Bytes(b) => (2, b),
+            };
+            mac.update(&[tag]);
+            if tag != 0 {
+                len.copy_from_slice(&(bytes.len() as u32).to_be_bytes());
+                mac.update(&len);
+                mac.update(bytes);
+            }
         }
+        let full = mac.finalize().into_bytes();
+        BlindIndexValue(truncate(&full, self.bits))
     }
-    let full = mac.finalize().into_bytes();
-    BlindIndexValue(truncate(&full, spec.bits))
 }
 
 /// The leftmost `bits` bits of `full`, the unused low bits of the last byte

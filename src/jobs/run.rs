@@ -311,15 +311,41 @@ impl Job {
         pool: JobPool,
         index: &str,
     ) -> JobResult<Self> {
-        let (_, spec) = crate::index::of_model::<M>(index)?;
-        spec.spec(M::TABLE)?;
+        Self::index_column_of(envelope, pool, M::DESCRIPTION, index)
+    }
+
+    /// [`Job::index_column`] from a model's description (what the CLI's
+    /// `index --model` uses).
+    pub fn index_column_of(
+        envelope: Envelope,
+        pool: JobPool,
+        model: &'static crate::model::ModelDescription,
+        index: &str,
+    ) -> JobResult<Self> {
+        let spec = model
+            .indexes
+            .iter()
+            .find(|i| i.column == index)
+            .ok_or_else(|| {
+                JobError::Invalid(format!(
+                    "model {} has no blind index {index:?} (indexes: {})",
+                    model.name,
+                    model
+                        .indexes
+                        .iter()
+                        .map(|i| i.column)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+        spec.spec(model.table)?;
         let [field] = spec.fields else {
             return Err(JobError::Invalid(format!(
                 "{index} is a compound index over {}: an index job fills one-field indexes; fill a compound index by re-saving its rows (update_fields on one of its fields)",
                 spec.fields.join(", ")
             )));
         };
-        let target = Target::for_model::<M>(field)?;
+        let target = Target::from_description(model, field)?;
         let mut job = Self::new(
             envelope,
             pool,
@@ -328,7 +354,7 @@ impl Job {
                 index: Ident::new(spec.column)?,
             },
         );
-        job.index = Some((M::TABLE, spec));
+        job.index = Some((model.table, spec));
         Ok(job)
     }
 

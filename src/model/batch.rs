@@ -141,16 +141,30 @@ pub async fn index_values<M: Encrypted>(
     models: &[M],
 ) -> Result<Vec<Option<crate::index::BlindIndexValue>>> {
     let mut out = Vec::with_capacity(models.len() * M::INDEXES.len());
+    if M::INDEXES.is_empty() {
+        return Ok(out);
+    }
+    // One key lookup and HMAC key setup per index and tenant of the batch
+    // (a batch holds few tenants: a list beats hashing each row's tenant).
+    let mut keyed: Vec<(usize, Option<String>, crate::index::Keyed)> = Vec::new();
     for m in models {
         let tenant = m.tenant();
         for (i, index) in M::INDEXES.iter().enumerate() {
+            let at = match keyed
+                .iter()
+                .position(|(x, t, _)| *x == i && t.as_deref() == tenant.as_deref())
+            {
+                Some(at) => at,
+                None => {
+                    let k = index.keyed(envelope, M::TABLE, tenant.as_deref()).await?;
+                    keyed.push((i, tenant.clone(), k));
+                    keyed.len() - 1
+                }
+            };
+            let k = &keyed[at].2;
             let parts = m.__index_parts(i);
             let parts: Vec<Option<&str>> = parts.iter().map(|p| p.as_deref()).collect();
-            out.push(
-                index
-                    .value(envelope, M::TABLE, tenant.as_deref(), &parts)
-                    .await?,
-            );
+            out.push(index.value_with(k, &parts));
         }
     }
     Ok(out)

@@ -144,6 +144,9 @@ pub struct ModelDescription {
     /// `#[envelope(id_not_secret)]`: the primary key may appear in error
     /// messages (which row of a batch did not open).
     pub id_not_secret: bool,
+    /// The blind indexes ([`crate::model::Encrypted::INDEXES`]).
+    #[serde(skip)]
+    pub indexes: &'static [crate::index::IndexColumn],
 }
 
 impl ModelDescription {
