@@ -94,13 +94,13 @@ impl SealFront {
     /// Drop every entry that seals under data key `id` (revoked), so no copy
     /// of the key stays reachable from the front.
     pub fn remove_key(&self, id: KeyId) {
-        let holds = |m: &HashMap<Place, Arc<ActiveKey>>| m.values().any(|a| a.key.id() == id);
+        let holds = |m: &HashMap<Place, Arc<ActiveKey>>| m.values().any(|a| a.id() == id);
         if !holds(&self.map.load()) {
             return;
         }
         self.map.rcu(|m| {
             let mut m = HashMap::clone(m);
-            m.retain(|_, a| a.key.id() != id);
+            m.retain(|_, a| a.id() != id);
             m
         });
     }

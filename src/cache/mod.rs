@@ -268,7 +268,11 @@ fn reached(now: Duration, slack: Duration, start: Duration, limit: Duration) -> 
 /// A data key this process seals under, with its reserved uses and bytes.
 #[derive(Debug)]
 pub(crate) struct ActiveKey {
-    pub key: Arc<DataKey>,
+    id: KeyId,
+    /// The data key; emptied by [`ActiveKey::revoke`], so that a revoked
+    /// entry that the cache's memory reclamation keeps for a while (moka frees
+    /// removed entries through an epoch-based collector) holds no key.
+    key: arc_swap::ArcSwapOption<DataKey>,
     /// Coarse-clock reading at mint, taken before the key was activated in the
     /// store (so this process stops sealing before the recorded horizon).
     born: Duration,
@@ -280,7 +284,8 @@ pub(crate) struct ActiveKey {
 impl ActiveKey {
     pub fn new(key: Arc<DataKey>, born: Duration) -> Self {
         ActiveKey {
-            key,
+            id: key.id(),
+            key: arc_swap::ArcSwapOption::new(Some(key)),
             born,
             uses: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -288,9 +293,26 @@ impl ActiveKey {
         }
     }
 
-    /// Never use this entry again (it left the cache).
+    /// Never use this entry again (it left the cache), and let go of its key.
     pub fn revoke(&self) {
         self.revoked.store(true, Ordering::Release);
+        self.key.store(None);
+    }
+
+    /// The data key's id.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// Run `f` with the data key, unless the entry was revoked.
+    #[inline]
+    pub fn with_key<R>(&self, f: impl FnOnce(&DataKey) -> R) -> Option<R> {
+        self.key.load().as_deref().map(f)
+    }
+
+    /// The data key, unless the entry was revoked.
+    pub fn data_key(&self) -> Option<Arc<DataKey>> {
+        self.key.load_full()
     }
 
     pub fn is_revoked(&self) -> bool {
@@ -347,7 +369,8 @@ impl ActiveKey {
 /// An unwrapped data key in the decrypt cache.
 #[derive(Debug)]
 pub(crate) struct CachedKey {
-    pub key: Arc<DataKey>,
+    /// The data key; emptied by [`CachedKey::revoke`] (see [`ActiveKey`]).
+    key: arc_swap::ArcSwapOption<DataKey>,
     /// Coarse-clock reading when it was loaded.
     pub loaded: Duration,
     /// When the last refresh failed (nanoseconds of the clock, 0 = never).
@@ -358,19 +381,32 @@ pub(crate) struct CachedKey {
 impl CachedKey {
     pub fn new(key: Arc<DataKey>, loaded: Duration) -> Self {
         CachedKey {
-            key,
+            key: arc_swap::ArcSwapOption::new(Some(key)),
             loaded,
             failed_at: AtomicU64::new(0),
             revoked: AtomicBool::new(false),
         }
     }
 
+    /// Never use this entry again, and let go of its key.
     pub fn revoke(&self) {
         self.revoked.store(true, Ordering::Release);
+        self.key.store(None);
     }
 
     pub fn is_revoked(&self) -> bool {
         self.revoked.load(Ordering::Acquire)
+    }
+
+    /// Run `f` with the data key, unless the entry was revoked.
+    #[inline]
+    pub fn with_key<R>(&self, f: impl FnOnce(&DataKey) -> R) -> Option<R> {
+        self.key.load().as_deref().map(f)
+    }
+
+    /// The data key, unless the entry was revoked.
+    pub fn data_key(&self) -> Option<Arc<DataKey>> {
+        self.key.load_full()
     }
 
     /// Whether the entry is within `ttl` at the coarse reading `now` (lagging

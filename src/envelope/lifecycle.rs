@@ -101,7 +101,7 @@ impl Envelope {
         // pending inserts first, or a key just cached as active is missed.
         inner.cache.active.run_pending_tasks().await;
         for (scope, a) in inner.cache.active.iter() {
-            if a.key.id() == id {
+            if a.id() == id {
                 a.revoke();
                 inner.cache.active.invalidate(&*scope).await;
             }

@@ -51,8 +51,11 @@ impl Envelope {
         let slack = inner.clock.coarse_resolution();
         let ttl = inner.cache.limits.decrypt_ttl;
         let opened = inner.cache.open_front.with(header.key_id, |c| {
-            c.fresh(now, slack, ttl)
-                .then(|| format::open_parsed(&c.key, &header, ctx, value))
+            if c.fresh(now, slack, ttl) {
+                c.with_key(|k| format::open_parsed(k, &header, ctx, value))
+            } else {
+                None
+            }
         })??;
         bump(&inner.counters.decrypt_hits);
         Some(opened.map(Plaintext::new))
@@ -70,18 +73,23 @@ impl Envelope {
             let slack = inner.clock.coarse_resolution();
             let ttl = inner.cache.limits.decrypt_ttl;
             let snap = inner.cache.open_front.snapshot();
-            let mut prev: Option<(KeyId, &CachedKey)> = None;
+            let mut prev: Option<(KeyId, Arc<DataKey>)> = None;
             for (ctx, v) in items {
                 let h = format::parse_header(v)?;
-                let key = match prev {
+                let key = match prev.take() {
                     Some((id, k)) if id == h.key_id => k,
                     _ => match snap.get(&h.key_id) {
-                        Some(c) if !c.is_revoked() && c.fresh(now, slack, ttl) => &**c,
+                        Some(c) if !c.is_revoked() && c.fresh(now, slack, ttl) => {
+                            match c.data_key() {
+                                Some(k) => k,
+                                None => break,
+                            }
+                        }
                         _ => break,
                     },
                 };
+                out.push(format::open_parsed(&key, &h, ctx, v).map(Plaintext::new)?);
                 prev = Some((h.key_id, key));
-                out.push(format::open_parsed(&key.key, &h, ctx, v).map(Plaintext::new)?);
             }
             inner
                 .counters
@@ -151,7 +159,13 @@ impl Envelope {
             match inner
                 .cache
                 .open_front
-                .with(id, |c| c.fresh(now, slack, ttl).then(|| c.key.clone()))
+                .with(id, |c| {
+                    if c.fresh(now, slack, ttl) {
+                        c.data_key()
+                    } else {
+                        None
+                    }
+                })
                 .flatten()
             {
                 Some(k) => {
@@ -281,7 +295,12 @@ impl Envelope {
             move |fresh| front.put(id, fresh),
         )
         .await?;
-        Ok(cached.key.clone())
+        match cached.data_key() {
+            Some(k) => Ok(k),
+            // Revoked between its load and now (a state change): read the
+            // key's record again, which says why it no longer opens.
+            None => Box::pin(self.load_data_key(id, None)).await,
+        }
     }
 }
 

@@ -25,8 +25,14 @@ impl Envelope {
         check_row(ctx)?;
         self.register_column(ctx).await?;
         let len = plaintext.len() as u64;
-        let active = self.active_key(ctx, 1, len).await?;
-        let sealed = Sealed::from_trusted(format::seal(&active.key, ctx, plaintext));
+        let (active, sealed) = loop {
+            let active = self.active_key(ctx, 1, len).await?;
+            // Empty only if revoked since its reservation (a state change):
+            // take the next active key.
+            if let Some(s) = active.with_key(|k| format::seal(k, ctx, plaintext)) {
+                break (active, Sealed::from_trusted(s));
+            }
+        };
         if len <= self.inner.cache.limits.max_bytes {
             self.front_put(ctx, &active);
         }
@@ -54,7 +60,7 @@ impl Envelope {
                 .with(PlaceRef(ctx.table, ctx.column, ctx.tenant), |a| {
                     a.reserve(1, len, now, slack, l.max_age, l)
                         .ok()
-                        .map(|()| format::seal(&a.key, ctx, plaintext))
+                        .and_then(|()| a.with_key(|k| format::seal(k, ctx, plaintext)))
                 })??;
         bump(&inner.counters.encrypt_hits);
         Some(Ok(Sealed::from_trusted(sealed)))
@@ -105,14 +111,18 @@ impl Envelope {
             }
             let first = &items[members[0]].0;
             let active = self.active_key(first, count, bytes).await?;
+            let Some(key) = active.data_key() else {
+                // Revoked since its reservation: value by value.
+                for &i in &members {
+                    out[i] = Some(self.seal(&items[i].0, items[i].1).await?);
+                }
+                continue;
+            };
             let nonces = format::random_nonces(members.len());
             for (&i, nonce) in members.iter().zip(nonces) {
                 let (ctx, pt) = &items[i];
                 out[i] = Some(Sealed::from_trusted(format::seal_with_nonce(
-                    &active.key,
-                    ctx,
-                    nonce,
-                    pt,
+                    &key, ctx, nonce, pt,
                 )));
                 self.front_put(ctx, &active);
             }
@@ -208,7 +218,7 @@ impl Envelope {
             let one_off = self
                 .mint_data_key(&scope_name, ctx.tenant, Duration::ZERO)
                 .await?;
-            self.demote(one_off.key.id()).await;
+            self.demote(one_off.id()).await;
             return Ok(one_off);
         }
         let scope: ScopeKey = match ctx.tenant {
@@ -246,7 +256,7 @@ impl Envelope {
                         old.revoke();
                         if let Some(c) = counter {
                             bump(c);
-                            self.demote(old.key.id()).await;
+                            self.demote(old.id()).await;
                         }
                     }
                     Ok(fresh)
@@ -263,7 +273,7 @@ impl Envelope {
                             .is_ok()
                         {
                             bump(&inner.counters.served_in_grace);
-                            tracing::warn!(target: "sqlx_envelope::cache", key_id = old.key.id().get(), error = %e, "keyring unavailable; sealing under an aged data key within outage grace");
+                            tracing::warn!(target: "sqlx_envelope::cache", key_id = old.id().get(), error = %e, "keyring unavailable; sealing under an aged data key within outage grace");
                             return Ok(old.clone());
                         }
                     }
