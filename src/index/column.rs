@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use super::{BlindIndexValue, IndexSpec, Normalization, Part, Transform, compute, plan};
+use super::{BlindIndexValue, IndexSpec, Normalization, Part, Transform, plan};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 
@@ -91,17 +91,8 @@ impl IndexColumn {
         if parts.len() == 1 && parts[0].is_none() {
             return Ok(None);
         }
-        let spec = self.spec(table)?;
-        let prepared: Vec<Option<Cow<'_, str>>> =
-            parts.iter().map(|p| p.map(|t| self.prepare(t))).collect();
-        let hashed: Vec<Part<'_>> = prepared
-            .iter()
-            .map(|p| match p {
-                Some(t) => Part::Text(t),
-                None => Part::Null,
-            })
-            .collect();
-        compute(envelope, &spec, tenant, &hashed).await.map(Some)
+        let keyed = self.keyed(envelope, table, tenant).await?;
+        Ok(self.value_with(&keyed, parts))
     }
 
     /// This index keyed for `tenant` in `table` (one key lookup and one HMAC

@@ -161,6 +161,28 @@ fn bind_column<M: Table<DB>, DB: Dialect>(
     .map_err(encode_error::<M>)
 }
 
+/// `SELECT <every column the sealed row reads> FROM <table>`: the model's
+/// columns, the plaintext columns of migrating fields and the blind indexes.
+fn select_from<M: Encrypted, DB: Dialect>() -> String {
+    let mut sql = String::from("SELECT ");
+    let plain = M::MIGRATING.iter().map(|(_, p)| p);
+    let index_columns = M::INDEXES.iter().map(|i| &i.column);
+    for (i, name) in M::COLUMNS
+        .iter()
+        .chain(plain)
+        .chain(index_columns)
+        .enumerate()
+    {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        DB::push_ident(&mut sql, name);
+    }
+    sql.push_str(" FROM ");
+    DB::push_ident(&mut sql, M::TABLE);
+    sql
+}
+
 fn is_key<M: Encrypted>(column: usize) -> bool {
     M::PRIMARY_KEY.contains(&M::COLUMNS[column])
 }
@@ -408,22 +430,7 @@ where
     E: Executor<'c>,
     E::Database: Dialect,
 {
-    let mut sql = String::from("SELECT ");
-    let plain = M::MIGRATING.iter().map(|(_, p)| p);
-    let index_columns = M::INDEXES.iter().map(|i| &i.column);
-    for (i, name) in M::COLUMNS
-        .iter()
-        .chain(plain)
-        .chain(index_columns)
-        .enumerate()
-    {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        <E::Database as Dialect>::push_ident(&mut sql, name);
-    }
-    sql.push_str(" FROM ");
-    <E::Database as Dialect>::push_ident(&mut sql, M::TABLE);
+    let mut sql = select_from::<M, E::Database>();
     sql.push_str(" WHERE ");
     for (n, name) in M::PRIMARY_KEY.iter().enumerate() {
         if n > 0 {
@@ -474,22 +481,7 @@ where
         .value(envelope, M::TABLE, tenant, &parts)
         .await?
         .expect("values were given");
-    let mut sql = String::from("SELECT ");
-    let plain = M::MIGRATING.iter().map(|(_, p)| p);
-    let index_columns = M::INDEXES.iter().map(|i| &i.column);
-    for (i, name) in M::COLUMNS
-        .iter()
-        .chain(plain)
-        .chain(index_columns)
-        .enumerate()
-    {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        <E::Database as Dialect>::push_ident(&mut sql, name);
-    }
-    sql.push_str(" FROM ");
-    <E::Database as Dialect>::push_ident(&mut sql, M::TABLE);
+    let mut sql = select_from::<M, E::Database>();
     sql.push_str(" WHERE ");
     <E::Database as Dialect>::push_ident(&mut sql, index.column);
     sql.push_str(" = ");

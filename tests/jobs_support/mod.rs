@@ -198,15 +198,11 @@ pub async fn open_all(
 /// The CLI binary with the database and key file configured and nothing else
 /// inherited from the environment that could change its behaviour.
 pub fn cli(db_url: &str, key_file: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sqlx-envelope"));
-    c.env_remove("SQLX_ENVELOPE_KMS_KEY_IDS")
-        .env_remove("SQLX_ENVELOPE_KMS_UNWRAP_ONLY_KEY_IDS")
-        .env_remove("SQLX_ENVELOPE_WORKER_ID")
-        .env("DATABASE_URL", db_url)
-        .env("SQLX_ENVELOPE_LOCAL_KEYS_FILE", key_file)
-        .env("SQLX_ENVELOPE_LOG", "warn")
-        .arg("--no-progress");
-    c
+    tool_env(
+        Command::new(env!("CARGO_BIN_EXE_sqlx-envelope")),
+        db_url,
+        key_file,
+    )
 }
 
 /// The README's `Patient` model in an application's own tool
@@ -221,7 +217,12 @@ pub fn patient_tool(db_url: &str, key_file: &Path) -> Command {
         "{} is missing: `cargo build --all-features --example patient_tool` (cargo test builds it with the examples)",
         bin.display()
     );
-    let mut c = Command::new(bin);
+    tool_env(Command::new(bin), db_url, key_file)
+}
+
+/// The environment every CLI run of the tests gets: this database, this key
+/// file, no KMS keys or worker id from the caller's environment.
+fn tool_env(mut c: Command, db_url: &str, key_file: &Path) -> Command {
     c.env_remove("SQLX_ENVELOPE_KMS_KEY_IDS")
         .env_remove("SQLX_ENVELOPE_KMS_UNWRAP_ONLY_KEY_IDS")
         .env_remove("SQLX_ENVELOPE_WORKER_ID")
