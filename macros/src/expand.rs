@@ -477,7 +477,8 @@ fn encrypted_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
             const COLUMNS: &'static [&'static str] = &[#(#all_cols),*];
             const ENCRYPTED_COLUMNS: &'static [&'static str] = &[#(#enc_cols),*];
             const MIGRATING: &'static [(&'static str, &'static str)] = &[#(#migrating),*];
-            const INDEXES: &'static [#krate::index::IndexColumn] = &[#(#index_defs),*];
+            const INDEXES: &'static [#krate::index::IndexColumn] =
+                <Self as #krate::model::Encrypted>::DESCRIPTION.indexes;
 
             fn __index_parts(
                 &self,
@@ -727,40 +728,33 @@ fn open_field(f: &Field<'_>, table: &str, p: &Paths) -> TokenStream {
             #private::open_field(__keys, &__ctx, #value, __FRAME)
         }}
     };
-    if e.migrating_from.is_some() {
+    // One stored value (a `Sealed`) opened and decoded into the field's value;
+    // a hidden NULL is `None` with `hide_null`, an error otherwise.
+    let option = e.option_of.is_some();
+    let decoded = |value: TokenStream| {
+        let open = open(value);
+        let some = if option {
+            quote!((#decode).map(::core::option::Option::Some))
+        } else {
+            quote!(#decode)
+        };
+        let hidden_null = if option && e.hide_null {
+            quote!(::core::result::Result::Ok(::core::option::Option::None))
+        } else {
+            quote!(::core::result::Result::Err(#private::unexpected_null(#column)))
+        };
+        quote!(#open.and_then(|__b| match __b {
+            ::core::option::Option::Some(__b) => #some,
+            ::core::option::Option::None => #hidden_null,
+        }))
+    };
+    if let Some(plain_col) = e.migrating_from.as_deref() {
         // The encrypted value when present (an error if it does not open:
         // never a fallback), else the plaintext column, else NULL.
-        let opened = match (e.option_of.is_some(), e.hide_null) {
-            (false, _) => {
-                let open = open(quote!(__v));
-                quote!(#open.and_then(|__b| match __b {
-                    ::core::option::Option::Some(__b) => #decode,
-                    ::core::option::Option::None => {
-                        ::core::result::Result::Err(#private::unexpected_null(#column))
-                    }
-                }))
-            }
-            (true, false) => {
-                let open = open(quote!(__v));
-                quote!(#open.and_then(|__b| match __b {
-                    ::core::option::Option::Some(__b) => (#decode).map(::core::option::Option::Some),
-                    ::core::option::Option::None => {
-                        ::core::result::Result::Err(#private::unexpected_null(#column))
-                    }
-                }))
-            }
-            (true, true) => {
-                let open = open(quote!(__v));
-                quote!(#open.and_then(|__b| match __b {
-                    ::core::option::Option::Some(__b) => (#decode).map(::core::option::Option::Some),
-                    ::core::option::Option::None => ::core::result::Result::Ok(::core::option::Option::None),
-                }))
-            }
-        };
+        let opened = decoded(quote!(__v));
         let plain = plaintext_ident(f);
-        let plain_col = e.migrating_from.as_deref().unwrap_or_default();
         let unwrap_json = if e.json { quote!(.0) } else { quote!() };
-        let from_plain = if e.option_of.is_some() {
+        let from_plain = if option {
             quote!(::core::result::Result::Ok(self.#plain.map(|__p| __p #unwrap_json)))
         } else {
             quote!(match self.#plain {
@@ -775,35 +769,15 @@ fn open_field(f: &Field<'_>, table: &str, p: &Paths) -> TokenStream {
             ::core::option::Option::None => #from_plain,
         });
     }
-    match (e.option_of.is_some(), e.hide_null) {
-        (false, _) => {
-            let open = open(quote!(self.#ident));
-            quote!(#open.and_then(|__b| match __b {
-                ::core::option::Option::Some(__b) => #decode,
-                ::core::option::Option::None => {
-                    ::core::result::Result::Err(#private::unexpected_null(#column))
-                }
-            }))
-        }
-        (true, false) => {
-            let open = open(quote!(__v));
-            quote!(match self.#ident {
-                ::core::option::Option::Some(__v) => #open.and_then(|__b| match __b {
-                    ::core::option::Option::Some(__b) => (#decode).map(::core::option::Option::Some),
-                    ::core::option::Option::None => {
-                        ::core::result::Result::Err(#private::unexpected_null(#column))
-                    }
-                }),
-                ::core::option::Option::None => ::core::result::Result::Ok(::core::option::Option::None),
-            })
-        }
-        (true, true) => {
-            let open = open(quote!(self.#ident));
-            quote!(#open.and_then(|__b| match __b {
-                ::core::option::Option::Some(__b) => (#decode).map(::core::option::Option::Some),
-                ::core::option::Option::None => ::core::result::Result::Ok(::core::option::Option::None),
-            }))
-        }
+    if e.nullable_sealed() {
+        // SQL NULL is `None`.
+        let opened = decoded(quote!(__v));
+        quote!(match self.#ident {
+            ::core::option::Option::Some(__v) => #opened,
+            ::core::option::Option::None => ::core::result::Result::Ok(::core::option::Option::None),
+        })
+    } else {
+        decoded(quote!(self.#ident))
     }
 }
 

@@ -64,6 +64,7 @@ impl IndexColumn {
     pub fn prepare<'a>(&self, text: &'a str) -> Cow<'a, str> {
         match self.normalization.apply(text) {
             Cow::Borrowed(b) => self.transform.apply(b),
+            Cow::Owned(o) if self.transform == Transform::Identity => Cow::Owned(o),
             Cow::Owned(o) => Cow::Owned(self.transform.apply(&o).into_owned()),
         }
     }
@@ -138,28 +139,40 @@ impl IndexColumn {
         Some(keyed.value(&hashed))
     }
 
-    /// Whether a row's `parts` equal the looked-up `values` once both are
-    /// prepared (what drops a truncated index's false positives).
-    pub fn matches(&self, parts: &[Option<Cow<'_, str>>], values: &[&str]) -> bool {
-        parts.len() == values.len()
+    /// Whether a row's `parts` equal looked-up values already prepared with
+    /// [`IndexColumn::prepare`] (what drops a truncated index's false
+    /// positives).
+    pub fn matches(&self, parts: &[Option<Cow<'_, str>>], prepared: &[Cow<'_, str>]) -> bool {
+        parts.len() == prepared.len()
             && parts
                 .iter()
-                .zip(values)
-                .all(|(p, v)| p.as_deref().map(|p| self.prepare(p)) == Some(self.prepare(v)))
+                .zip(prepared)
+                .all(|(p, v)| p.as_deref().is_some_and(|p| self.prepare(p) == *v))
     }
 }
 
-/// The index of model `M` stored in column `column`.
+/// The index of model `M` stored in column `column`, with its position in
+/// [`crate::model::Encrypted::INDEXES`].
 pub fn of_model<M: crate::model::Encrypted>(column: &str) -> Result<(usize, &'static IndexColumn)> {
-    M::INDEXES
+    of_description(M::DESCRIPTION, column)
+}
+
+/// [`of_model`] from a model's description.
+pub fn of_description(
+    model: &'static crate::model::ModelDescription,
+    column: &str,
+) -> Result<(usize, &'static IndexColumn)> {
+    model
+        .indexes
         .iter()
         .enumerate()
         .find(|(_, i)| i.column == column)
         .ok_or_else(|| {
             Error::Config(format!(
                 "model {} has no blind index {column:?} (indexes: {})",
-                M::DESCRIPTION.name,
-                M::INDEXES
+                model.name,
+                model
+                    .indexes
                     .iter()
                     .map(|i| i.column)
                     .collect::<Vec<_>>()
@@ -190,7 +203,7 @@ pub async fn lookup_value<M: crate::model::Encrypted>(
 
 /// A tenant-bound model is looked up within one tenant; a model without
 /// tenants with none.
-pub(crate) fn check_tenant<M: crate::model::Encrypted>(tenant: Option<&str>) -> Result<()> {
+fn check_tenant<M: crate::model::Encrypted>(tenant: Option<&str>) -> Result<()> {
     match (M::TENANT, tenant) {
         (Some(col), None) => Err(Error::Config(format!(
             "model {} is bound to tenants (column {col}): look it up within one tenant",

@@ -36,8 +36,7 @@ mod column;
 mod normalize;
 mod plan;
 
-pub(crate) use column::check_tenant;
-pub use column::{IndexColumn, IndexText, lookup_value, of_model};
+pub use column::{IndexColumn, IndexText, lookup_value, of_description, of_model};
 pub use normalize::{Normalization, Transform};
 pub use plan::{BitsPlan, DEFAULT_EXPECTED_ROWS, plan};
 

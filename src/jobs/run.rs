@@ -188,6 +188,8 @@ pub struct Job {
     pub(super) plain_sql_type: std::sync::OnceLock<String>,
     /// The blind index an index job computes, and its model's table.
     index: Option<(&'static str, &'static crate::index::IndexColumn)>,
+    /// An index job's keyed HMAC per tenant.
+    index_keyed: Mutex<Vec<(Option<String>, crate::index::Keyed)>>,
     /// The first failed rows of this run.
     failed_examples: Mutex<Vec<FailedRow>>,
 }
@@ -213,6 +215,7 @@ impl Job {
             plain_sql_type: std::sync::OnceLock::new(),
             failed_examples: Mutex::new(Vec::new()),
             index: None,
+            index_keyed: Mutex::new(Vec::new()),
         }
     }
 
@@ -322,22 +325,7 @@ impl Job {
         model: &'static crate::model::ModelDescription,
         index: &str,
     ) -> JobResult<Self> {
-        let spec = model
-            .indexes
-            .iter()
-            .find(|i| i.column == index)
-            .ok_or_else(|| {
-                JobError::Invalid(format!(
-                    "model {} has no blind index {index:?} (indexes: {})",
-                    model.name,
-                    model
-                        .indexes
-                        .iter()
-                        .map(|i| i.column)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
+        let (_, spec) = crate::index::of_description(model, index)?;
         spec.spec(model.table)?;
         let [field] = spec.fields else {
             return Err(JobError::Invalid(format!(
@@ -877,27 +865,36 @@ impl Job {
             (JobKind::Index { .. }, Val::Bytes(v)) => {
                 let (table, index) = self.index.expect("an index job has its index");
                 let pt = self.envelope.open_bytes(ctx, v).await?;
-                let text = match c.codec.decode(pt.into_zeroizing())? {
-                    PlainValue::Text(t) => t,
+                // The field's text as `IndexText` gives it to the derive.
+                let value = c.codec.decode(pt.into_zeroizing())?;
+                let text = match &value {
                     PlainValue::Null => return Ok(Val::Null),
+                    PlainValue::Text(_)
+                    | PlainValue::Int(_)
+                    | PlainValue::Bool(_)
+                    | PlainValue::Char(_)
+                    | PlainValue::Uuid(_)
+                    | PlainValue::Date { .. } => {
+                        // PostgreSQL's spelling of booleans is `true`/`false`.
+                        match plaintext::render(Dialect::Postgres, &value) {
+                            Some(Rendered::Text(t)) => t,
+                            _ => unreachable!("these values render as text"),
+                        }
+                    }
                     _ => {
                         return Err(JobError::Invalid(format!(
-                            "{c} does not hold text: blind indexes read text fields"
+                            "{c} holds values a blind index cannot read (text, integers, bool, char, UUID and dates can be indexed)"
                         )));
                     }
                 };
                 if dry {
                     return Ok(Val::Null);
                 }
-                Ok(
-                    match index
-                        .value(&self.envelope, table, ctx.tenant, &[Some(text.as_str())])
-                        .await?
-                    {
-                        Some(v) => Val::Bytes(v.as_bytes().to_vec()),
-                        None => Val::Null,
-                    },
-                )
+                let keyed = self.index_keyed(table, index, ctx.tenant).await?;
+                Ok(match index.value_with(&keyed, &[Some(text.as_str())]) {
+                    Some(v) => Val::Bytes(v.as_bytes().to_vec()),
+                    None => Val::Null,
+                })
             }
             _ => Err(crate::Error::Config("unexpected column type".into()).into()),
         }
@@ -988,6 +985,32 @@ impl Job {
         report.remaining = report.scanned;
         report.failed_examples = self.take_failed_examples();
         Ok(report)
+    }
+
+    /// An index job's keyed HMAC for `tenant`: one key lookup and key setup
+    /// per tenant for the whole job, not one per row.
+    async fn index_keyed(
+        &self,
+        table: &'static str,
+        index: &crate::index::IndexColumn,
+        tenant: Option<&str>,
+    ) -> JobResult<crate::index::Keyed> {
+        let cached = self
+            .index_keyed
+            .lock()
+            .expect("index key lock")
+            .iter()
+            .find(|(t, _)| t.as_deref() == tenant)
+            .map(|(_, k)| k.clone());
+        if let Some(k) = cached {
+            return Ok(k);
+        }
+        let k = index.keyed(&self.envelope, table, tenant).await?;
+        self.index_keyed
+            .lock()
+            .expect("index key lock")
+            .push((tenant.map(str::to_owned), k.clone()));
+        Ok(k)
     }
 
     fn take_failed_examples(&self) -> Vec<FailedRow> {

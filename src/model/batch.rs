@@ -122,12 +122,10 @@ pub async fn seal_all<M: Encrypted>(envelope: &Envelope, models: &[M]) -> Result
         .iter()
         .map(|m| m.__assemble(&mut values))
         .collect::<Result<Vec<_>>>()?;
-    let indexes = index_values(envelope, models).await?;
-    if !M::INDEXES.is_empty() {
-        for (r, row) in rows.iter_mut().enumerate() {
-            for i in 0..M::INDEXES.len() {
-                row.__set_index(i, indexes[r * M::INDEXES.len() + i].clone());
-            }
+    let mut indexes = index_values(envelope, models).await?.into_iter();
+    for row in &mut rows {
+        for i in 0..M::INDEXES.len() {
+            row.__set_index(i, indexes.next().flatten());
         }
     }
     Ok(rows)

@@ -475,12 +475,7 @@ where
     E::Database: Dialect,
 {
     let (x, index) = crate::index::of_model::<M>(column)?;
-    crate::index::check_tenant::<M>(tenant)?;
-    let parts: Vec<Option<&str>> = values.iter().map(|v| Some(*v)).collect();
-    let bind = index
-        .value(envelope, M::TABLE, tenant, &parts)
-        .await?
-        .expect("values were given");
+    let bind = crate::index::lookup_value::<M>(envelope, column, tenant, values).await?;
     let mut sql = select_from::<M, E::Database>();
     sql.push_str(" WHERE ");
     <E::Database as Dialect>::push_ident(&mut sql, index.column);
@@ -498,9 +493,10 @@ where
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(query_error::<M>)?;
     let opened = super::batch::open_all(envelope, sealed).await?;
+    let wanted: Vec<_> = values.iter().map(|v| index.prepare(v)).collect();
     Ok(opened
         .into_iter()
-        .filter(|m| m.tenant().as_deref() == tenant && index.matches(&m.__index_parts(x), values))
+        .filter(|m| m.tenant().as_deref() == tenant && index.matches(&m.__index_parts(x), &wanted))
         .collect())
 }
 
