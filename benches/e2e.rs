@@ -14,8 +14,9 @@
 //!   envelope seals each batch with one `seal_many` first, as an application
 //!   writing a page of rows would;
 //! - select: keyset pages of `BATCH` rows; the envelope opens every value of a
-//!   page from the bytes the row already holds (`KeySet::open_in_place`, keys
-//!   resolved once per page), while the next page is being fetched.
+//!   page from the bytes the row already holds, the values under one data key
+//!   together (`KeySet::open_batch_in_place`, keys resolved once per page),
+//!   while the next page is being fetched.
 
 use std::time::Instant;
 
@@ -115,17 +116,24 @@ fn cpu_features() -> Vec<&'static str> {
 
 type Page = Vec<(i64, Vec<u8>, Vec<u8>)>;
 
-/// Open every value of a page in place; returns how many rows checked out.
+/// Open every value of a page in place, the values under one data key
+/// together (`KeySet::open_batch_in_place`); returns how many rows checked
+/// out.
 fn open_page(keys: &sqlx_envelope::KeySet, table: &str, page: Page) -> usize {
+    let rows: Vec<(i64, RowId)> = page
+        .iter()
+        .map(|(id, _, _)| (*id, RowId::from(*id)))
+        .collect();
+    let mut items = Vec::with_capacity(page.len() * 2);
+    for ((_, email, ssn), (_, row)) in page.into_iter().zip(&rows) {
+        items.push((Context::new(table, "email", row), email));
+        items.push((Context::new(table, "ssn", row), ssn));
+    }
+    let opened = keys.open_batch_in_place(items);
     let mut n = 0;
-    for (id, email, ssn) in page {
-        let row = RowId::from(id);
-        let e = keys
-            .open_in_place(&Context::new(table, "email", &row), email)
-            .unwrap();
-        let s = keys
-            .open_in_place(&Context::new(table, "ssn", &row), ssn)
-            .unwrap();
+    for (pair, (id, _)) in opened.chunks(2).zip(&rows) {
+        let e = pair[0].as_ref().unwrap();
+        let s = pair[1].as_ref().unwrap();
         assert_eq!(&e[..8], &((id - 1) as u64).to_be_bytes());
         assert_eq!(s.len(), 64);
         n += 1;
@@ -355,6 +363,54 @@ async fn pgcrypto(pool: &sqlx::PgPool, d: &Data) -> Runs {
     }
 }
 
+/// A pool on a schema of its own, dropped and created again: every run starts
+/// from an empty key store (each run's local master key is new).
+async fn pg_pool(url: &str, schema: &str) -> sqlx::PgPool {
+    use std::str::FromStr as _;
+    let admin = sqlx::PgPool::connect(url)
+        .await
+        .expect("PostgreSQL is required (scripts/bench.sh starts it)");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    admin.close().await;
+    // pgcrypto's functions stay reachable in public.
+    let opts = sqlx::postgres::PgConnectOptions::from_str(url)
+        .unwrap()
+        .options([("search_path", format!("{schema},public"))]);
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts)
+        .await
+        .unwrap()
+}
+
+/// A pool on a database of its own, dropped and created again.
+async fn mysql_pool(url: &str, database: &str) -> sqlx::MySqlPool {
+    use std::str::FromStr as _;
+    let admin = sqlx::MySqlPool::connect(url)
+        .await
+        .expect("MariaDB is required (scripts/bench.sh starts it)");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    admin.close().await;
+    let opts = sqlx::mysql::MySqlConnectOptions::from_str(url)
+        .unwrap()
+        .database(database);
+    sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts)
+        .await
+        .unwrap()
+}
+
 fn envelope(store: std::sync::Arc<dyn KeyStore>, keyring: std::sync::Arc<dyn Keyring>) -> Envelope {
     Envelope::builder()
         .keyring_arc(keyring)
@@ -416,89 +472,98 @@ async fn main() {
         }};
     }
 
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&pg_url)
-        .await
-        .expect("PostgreSQL is required (scripts/bench.sh starts it)");
-    compare!("postgres", pg, pool);
-    let pgc = pgcrypto(&pool, &d).await;
-    report.insert("postgres_pgcrypto".into(), pgc.json(n));
+    // `BENCH_DB=postgres,sqlite` runs only those databases.
+    let only = std::env::var("BENCH_DB").ok();
+    let wanted = |db: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|x| x.trim() == db))
+    };
+    let mut pgc_runs: Option<Runs> = None;
+    if wanted("postgres") {
+        let pool = pg_pool(&pg_url, "bench_e2e").await;
+        compare!("postgres", pg, pool);
+        let pgc = pgcrypto(&pool, &d).await;
+        report.insert("postgres_pgcrypto".into(), pgc.json(n));
+        pgc_runs = Some(pgc);
 
-    // KMS cost, through the real aws-sdk-kms client against the local endpoint:
-    // a cold read of everything the PostgreSQL runs wrote.
-    if std::env::var_os(moto::MOTO_VAR).is_some() {
-        let moto = moto::Moto::start();
-        let client = moto.client("us-east-1");
-        let key = moto.create_key(&client).await;
-        let kr = sqlx_envelope::keyring::kms::KmsKeyring::builder()
-            .client(client)
-            .key(&key)
-            .build()
-            .await
-            .unwrap();
-        let env = envelope(
-            std::sync::Arc::new(pg::store(&pool).await),
-            std::sync::Arc::new(kr.clone()),
-        );
-        let mut runs = Runs::default();
-        pg::envelope(&pool, &d, &env, &mut runs).await;
-        let cold = envelope(
-            std::sync::Arc::new(pg::store(&pool).await),
-            std::sync::Arc::new(kr.clone()),
-        );
-        let before = kr.metrics();
-        let rows: Vec<(i64, Vec<u8>, Vec<u8>)> =
-            sqlx::query_as("SELECT id, email, ssn FROM bench_enc ORDER BY id")
-                .fetch_all(&pool)
+        // KMS cost, through the real aws-sdk-kms client against the local endpoint:
+        // a cold read of everything the PostgreSQL runs wrote.
+        if std::env::var_os(moto::MOTO_VAR).is_some() {
+            let moto = moto::Moto::start();
+            let client = moto.client("us-east-1");
+            let key = moto.create_key(&client).await;
+            let kr = sqlx_envelope::keyring::kms::KmsKeyring::builder()
+                .client(client)
+                .key(&key)
+                .build()
                 .await
                 .unwrap();
-        let keys = cold
-            .keys_for(
-                rows.iter()
-                    .flat_map(|(_, e, s)| [e.as_slice(), s.as_slice()]),
+            // A key store of its own: the runs above wrapped their branch keys
+            // with the local master key.
+            let pool = pg_pool(&pg_url, "bench_e2e_kms").await;
+            let env = envelope(
+                std::sync::Arc::new(pg::store(&pool).await),
+                std::sync::Arc::new(kr.clone()),
+            );
+            let mut runs = Runs::default();
+            pg::envelope(&pool, &d, &env, &mut runs).await;
+            let cold = envelope(
+                std::sync::Arc::new(pg::store(&pool).await),
+                std::sync::Arc::new(kr.clone()),
+            );
+            let before = kr.metrics();
+            let rows: Vec<(i64, Vec<u8>, Vec<u8>)> =
+                sqlx::query_as("SELECT id, email, ssn FROM bench_enc ORDER BY id")
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            let keys = cold
+                .keys_for(
+                    rows.iter()
+                        .flat_map(|(_, e, s)| [e.as_slice(), s.as_slice()]),
+                )
+                .await
+                .unwrap();
+            assert_eq!(open_page(&keys, "bench_enc", rows), n);
+            let after = kr.metrics();
+            report.insert(
+                "kms".into(),
+                json!({
+                    "endpoint": "moto (local, loopback)",
+                    "values_written": 2 * n,
+                    "generate_data_key_calls_writes": env.stats().keyring_generate_calls,
+                    "data_keys_minted": env.stats().data_keys_minted,
+                    "decrypt_calls_cold_read": after.decrypt_calls - before.decrypt_calls,
+                    "distinct_data_keys_cold_read": keys.len(),
+                }),
+            );
+        } else {
+            report.insert(
+                "kms".into(),
+                json!({"not_run": "SQLX_ENVELOPE_MOTO_SERVER is not set (scripts/bench.sh sets it)"}),
+            );
+        }
+    }
+
+    if wanted("mariadb") {
+        let pool = mysql_pool(&my_url, "sqlx_envelope_bench_e2e").await;
+        compare!("mariadb", my, pool);
+    }
+
+    if wanted("sqlite") {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(dir.path().join("bench.db"))
+                    .create_if_missing(true)
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal),
             )
             .await
             .unwrap();
-        assert_eq!(open_page(&keys, "bench_enc", rows), n);
-        let after = kr.metrics();
-        report.insert(
-            "kms".into(),
-            json!({
-                "endpoint": "moto (local, loopback)",
-                "values_written": 2 * n,
-                "generate_data_key_calls_writes": env.stats().keyring_generate_calls,
-                "data_keys_minted": env.stats().data_keys_minted,
-                "decrypt_calls_cold_read": after.decrypt_calls - before.decrypt_calls,
-                "distinct_data_keys_cold_read": keys.len(),
-            }),
-        );
-    } else {
-        report.insert(
-            "kms".into(),
-            json!({"not_run": "SQLX_ENVELOPE_MOTO_SERVER is not set (scripts/bench.sh sets it)"}),
-        );
+        compare!("sqlite", lite, pool);
     }
-
-    let pool = sqlx::mysql::MySqlPoolOptions::new()
-        .max_connections(4)
-        .connect(&my_url)
-        .await
-        .expect("MariaDB is required (scripts/bench.sh starts it)");
-    compare!("mariadb", my, pool);
-
-    let dir = tempfile::tempdir().unwrap();
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(2)
-        .connect_with(
-            sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(dir.path().join("bench.db"))
-                .create_if_missing(true)
-                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal),
-        )
-        .await
-        .unwrap();
-    compare!("sqlite", lite, pool);
 
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
@@ -556,11 +621,13 @@ async fn main() {
         );
         println!("{db:<9} load average {load}");
     }
-    println!(
-        "postgres  pgcrypto   insert {:.0} rows/s, select {:.0} rows/s, {} bytes per 64-byte value (one run)",
-        n as f64 / pgc.insert[0],
-        n as f64 / pgc.select[0],
-        pgc.bytes_per_value
-    );
+    if let Some(pgc) = &pgc_runs {
+        println!(
+            "postgres  pgcrypto   insert {:.0} rows/s, select {:.0} rows/s, {} bytes per 64-byte value (one run)",
+            n as f64 / pgc.insert[0],
+            n as f64 / pgc.select[0],
+            pgc.bytes_per_value
+        );
+    }
     println!("report: {}", out.join("report.json").display());
 }

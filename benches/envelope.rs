@@ -3,10 +3,13 @@
 //!
 //! `cargo bench --bench envelope` (release, opt-level 3). Every variant and its
 //! baseline run in alternating rounds (so a change in machine load hits both),
-//! each round timing enough iterations for about 40 ms; the report gives the
-//! median ns per operation with the range over rounds, the ratio of medians to
-//! the baseline, the machine's load average before and after, and the CPU
-//! features AES-GCM can use. It is written to `target/bench/micro.json`.
+//! each round timing enough iterations for about 40 ms. The report gives the
+//! median ns per operation with the range over rounds, the ratio to the
+//! baseline (median and range of the per-round ratios: each round of a variant
+//! against its baseline's sample of the same round), the machine's load
+//! average before and after, and the CPU features AES-GCM can use. It is
+//! written to `target/bench/micro.json`. `BENCH_FILTER=seal_open_64` runs only
+//! the variants whose name contains it (and their baselines).
 //!
 //! Baselines: raw AES-256-GCM seal/open with the expanded key reused and a
 //! nonce from the operating system (what the envelope does for every value).
@@ -341,15 +344,33 @@ fn main() {
             },
         ),
     ];
+    // `BENCH_FILTER=open_64` keeps the variants whose name contains it, with
+    // their baselines (for a profiler, or a quick look at one figure).
+    if let Ok(f) = std::env::var("BENCH_FILTER") {
+        let keep: Vec<&'static str> = v
+            .iter()
+            .filter(|x| x.name.contains(f.as_str()))
+            .flat_map(|x| [Some(x.name), x.baseline])
+            .flatten()
+            .collect();
+        v.retain(|x| keep.contains(&x.name));
+    }
     run(&mut v);
     let load_after = loadavg();
     let features = cpu_features();
 
-    let med = |name: &str, v: &[Variant<'_>]| {
-        v.iter()
-            .find(|x| x.name == name)
-            .map(|x| median(&x.samples))
-            .expect("baseline exists")
+    // A variant's ratio is taken round by round against its baseline's
+    // sample of the same round (the two ran back to back, under the same
+    // load): the median of those ratios, with their range.
+    let round_ratios = |x: &Variant<'_>| -> Option<Vec<f64>> {
+        let b = v.iter().find(|b| Some(b.name) == x.baseline)?;
+        Some(
+            x.samples
+                .iter()
+                .zip(&b.samples)
+                .map(|(a, b)| a / b)
+                .collect(),
+        )
     };
     println!(
         "micro benchmarks (release; {ROUNDS} interleaved rounds of ~{} ms each)",
@@ -358,25 +379,34 @@ fn main() {
     println!("load average before: {load_before}; after: {load_after}");
     println!("CPU features: {}", features.join(" "));
     println!(
-        "{:<44} {:>12} {:>22} {:>9}",
-        "variant", "median ns", "range ns", "ratio"
+        "{:<44} {:>10} {:>20} {:>7} {:>13}",
+        "variant", "median ns", "range ns", "ratio", "ratio range"
     );
     let mut json = Vec::new();
     for x in &v {
         let m = median(&x.samples);
         let lo = x.samples.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = x.samples.iter().copied().fold(0.0, f64::max);
-        let ratio = x.baseline.map(|b| m / med(b, &v));
+        let ratios = round_ratios(x);
+        let ratio = ratios.as_deref().map(median);
+        let ratio_range = ratios.as_deref().map(|r| {
+            (
+                r.iter().copied().fold(f64::INFINITY, f64::min),
+                r.iter().copied().fold(0.0, f64::max),
+            )
+        });
         println!(
-            "{:<44} {:>12.1} {:>22} {:>9}",
+            "{:<44} {:>10.1} {:>20} {:>7} {:>13}",
             x.name,
             m,
             format!("{lo:.1}-{hi:.1}"),
             ratio.map_or("-".to_owned(), |r| format!("{r:.2}x")),
+            ratio_range.map_or("-".to_owned(), |(a, b)| format!("{a:.2}-{b:.2}x")),
         );
         json.push(serde_json::json!({
             "variant": x.name, "median_ns": m, "min_ns": lo, "max_ns": hi,
             "baseline": x.baseline, "ratio": ratio,
+            "ratio_min": ratio_range.map(|r| r.0), "ratio_max": ratio_range.map(|r| r.1),
         }));
     }
     let report = serde_json::json!({

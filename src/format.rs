@@ -35,9 +35,6 @@
 //!
 //! The known-answer vectors in `tests/format_vectors.rs` pin this layout.
 
-use aes_gcm::aead::AeadInOut;
-use aes_gcm::{Aes256Gcm, Nonce};
-
 use crate::context::Context;
 use crate::error::{Error, MalformedReason, Result};
 use crate::key::{DataKey, KeyId};
@@ -245,9 +242,7 @@ pub fn seal_with_nonce(
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plaintext);
     let tag = with_aad(key.id(), ctx, |aad| {
-        key.cipher()
-            .encrypt_inout_detached(&Nonce::from(nonce), aad, (&mut out[HEADER_LEN..]).into())
-            .expect("AES-GCM input within limits")
+        key.gcm().seal(&nonce, aad, &mut out[HEADER_LEN..])
     });
     out.extend_from_slice(&tag);
     out
@@ -285,14 +280,10 @@ pub(crate) fn open_in_place_parsed(
         return Err(Error::Authentication);
     }
     let ct_end = buf.len() - TAG_LEN;
-    let tag = aes_gcm::aead::Tag::<Aes256Gcm>::try_from(&buf[ct_end..]).expect("16 bytes");
+    let tag: [u8; TAG_LEN] = buf[ct_end..].try_into().expect("16 bytes");
     with_aad(key.id(), ctx, |aad| {
-        key.cipher().decrypt_inout_detached(
-            &Nonce::from(header.nonce),
-            aad,
-            (&mut buf[HEADER_LEN..ct_end]).into(),
-            &tag,
-        )
+        key.gcm()
+            .open(&header.nonce, aad, &mut buf[HEADER_LEN..ct_end], &tag)
     })
     .map_err(|_| Error::Authentication)?;
     let n = ct_end - HEADER_LEN;
@@ -322,15 +313,144 @@ pub(crate) fn open_parsed(
     }
     let ct_end = value.len() - TAG_LEN;
     let mut buf = zeroize::Zeroizing::new(value[HEADER_LEN..ct_end].to_vec());
-    let tag = aes_gcm::aead::Tag::<Aes256Gcm>::try_from(&value[ct_end..]).expect("16 bytes");
+    let tag: [u8; TAG_LEN] = value[ct_end..].try_into().expect("16 bytes");
     with_aad(key.id(), ctx, |aad| {
-        key.cipher().decrypt_inout_detached(
-            &Nonce::from(header.nonce),
-            aad,
-            buf.as_mut_slice().into(),
-            &tag,
-        )
+        key.gcm().open(&header.nonce, aad, buf.as_mut_slice(), &tag)
     })
     .map_err(|_| Error::Authentication)?;
     Ok(buf)
+}
+
+/// Most keystream blocks one run of a batch generates at once (16 KiB of
+/// scratch space): a batch is cut into runs of about this size.
+const RUN_BLOCKS: usize = 1024;
+
+/// One value of a batch opened under one key: where it is stored, its parsed
+/// header, its ciphertext (decrypted in place) and its tag.
+pub(crate) struct Opening<'a, 'c> {
+    pub ctx: &'a Context<'c>,
+    pub header: Header,
+    pub ct: &'a mut [u8],
+    pub tag: [u8; TAG_LEN],
+}
+
+/// Open a batch of values under `key` in place: the counter blocks of each run
+/// of values go through one block-cipher call (see [`crate::gcm`]). `ok[i]`
+/// tells whether value `i` opened (its tag matched and its header names
+/// `key`); a value that did not open is left as it was.
+pub(crate) fn open_batch(key: &DataKey, items: &mut [Opening<'_, '_>], ok: &mut Vec<bool>) {
+    ok.clear();
+    let mut aads: Vec<u8> = Vec::new();
+    let mut bounds: Vec<usize> = Vec::new();
+    let mut blocks = Vec::new();
+    let mut run_ok = Vec::new();
+    let mut rest = items;
+    while !rest.is_empty() {
+        let mut n = 0;
+        let mut total = 0;
+        while n < rest.len() && (n == 0 || total + rest[n].ct.len() / 16 + 2 <= RUN_BLOCKS) {
+            total += rest[n].ct.len() / 16 + 2;
+            n += 1;
+        }
+        let (run, tail) = std::mem::take(&mut rest).split_at_mut(n);
+        rest = tail;
+        aads.clear();
+        bounds.clear();
+        let mut one = Vec::new();
+        for item in run.iter() {
+            write_aad(&mut one, VERSION_V1, key.id(), item.ctx);
+            aads.extend_from_slice(&one);
+            bounds.push(aads.len());
+        }
+        let mut start = 0;
+        let mut gcm_items: Vec<crate::gcm::RunItem<'_>> = Vec::with_capacity(run.len());
+        let mut wrong_key = Vec::with_capacity(run.len());
+        for (item, &end) in run.iter_mut().zip(&bounds) {
+            wrong_key.push(item.header.key_id != key.id());
+            gcm_items.push(crate::gcm::RunItem {
+                nonce: item.header.nonce,
+                aad: &aads[start..end],
+                // A value under another key is not touched: an empty slice
+                // and a tag that cannot match.
+                data: if item.header.key_id == key.id() {
+                    &mut *item.ct
+                } else {
+                    &mut []
+                },
+                tag: item.tag,
+            });
+            start = end;
+        }
+        key.gcm().open_run(&mut gcm_items, &mut blocks, &mut run_ok);
+        ok.extend(run_ok.iter().zip(&wrong_key).map(|(o, w)| *o && !*w));
+    }
+}
+
+/// Seal values under `key`, one nonce each: the counter blocks of each run of
+/// values go through one block-cipher call (see [`crate::gcm`]). The nonces
+/// must be fresh (see [`random_nonces`]).
+pub(crate) fn seal_batch(
+    key: &DataKey,
+    values: &[(&Context<'_>, &[u8])],
+    nonces: &[[u8; NONCE_LEN]],
+) -> Vec<Vec<u8>> {
+    assert_eq!(values.len(), nonces.len(), "one nonce per value");
+    let mut out: Vec<Vec<u8>> = values
+        .iter()
+        .zip(nonces)
+        .map(|((_, pt), nonce)| {
+            let mut v = Vec::with_capacity(OVERHEAD + pt.len());
+            v.push(VERSION_V1);
+            v.extend_from_slice(&key.id().get().to_be_bytes());
+            v.extend_from_slice(nonce);
+            v.extend_from_slice(pt);
+            v
+        })
+        .collect();
+    let mut aads: Vec<u8> = Vec::new();
+    let mut bounds: Vec<usize> = Vec::new();
+    let mut blocks = Vec::new();
+    let mut one = Vec::new();
+    let mut i = 0;
+    while i < values.len() {
+        let mut n = 0;
+        let mut total = 0;
+        while i + n < values.len()
+            && (n == 0 || total + values[i + n].1.len() / 16 + 2 <= RUN_BLOCKS)
+        {
+            total += values[i + n].1.len() / 16 + 2;
+            n += 1;
+        }
+        aads.clear();
+        bounds.clear();
+        for (ctx, _) in &values[i..i + n] {
+            write_aad(&mut one, VERSION_V1, key.id(), ctx);
+            aads.extend_from_slice(&one);
+            bounds.push(aads.len());
+        }
+        let mut start = 0;
+        let mut items: Vec<crate::gcm::RunItem<'_>> = out[i..i + n]
+            .iter_mut()
+            .zip(&nonces[i..i + n])
+            .zip(&bounds)
+            .map(|((v, nonce), &end)| {
+                let item = crate::gcm::RunItem {
+                    nonce: *nonce,
+                    aad: &aads[start..end],
+                    data: &mut v[HEADER_LEN..],
+                    tag: [0; TAG_LEN],
+                };
+                start = end;
+                item
+            })
+            .collect();
+        key.gcm().seal_run(&mut items, &mut blocks);
+        let tags: Vec<[u8; TAG_LEN]> = items.iter().map(|t| t.tag).collect();
+        drop(items);
+        for (v, tag) in out[i..i + n].iter_mut().zip(tags) {
+            v.extend_from_slice(&tag);
+        }
+        i += n;
+    }
+    out
 }

@@ -9,7 +9,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use aes_gcm::{Aes256Gcm, KeyInit};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
@@ -243,14 +242,16 @@ impl fmt::Debug for KeyMaterial {
 /// key is wiped only when the last user is done with it.
 pub struct DataKey {
     id: KeyId,
-    cipher: Aes256Gcm,
+    gcm: crate::gcm::Gcm,
 }
 
 impl DataKey {
     /// Expand key material for the key `id`.
     pub fn new(id: KeyId, material: &KeyMaterial) -> Self {
-        let cipher = Aes256Gcm::new(material.expose().into());
-        DataKey { id, cipher }
+        DataKey {
+            id,
+            gcm: crate::gcm::Gcm::new(material.expose()),
+        }
     }
 
     /// The key's id.
@@ -258,8 +259,8 @@ impl DataKey {
         self.id
     }
 
-    pub(crate) fn cipher(&self) -> &Aes256Gcm {
-        &self.cipher
+    pub(crate) fn gcm(&self) -> &crate::gcm::Gcm {
+        &self.gcm
     }
 }
 

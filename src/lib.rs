@@ -42,6 +42,7 @@ pub mod context;
 pub mod envelope;
 pub mod error;
 pub mod format;
+mod gcm;
 pub mod hierarchy;
 pub mod index;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]

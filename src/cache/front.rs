@@ -129,11 +129,6 @@ impl OpenFront {
         Some(f(hit))
     }
 
-    /// The current map, for a batch that looks up many values.
-    pub fn snapshot(&self) -> arc_swap::Guard<Arc<HashMap<KeyId, Arc<CachedKey>>>> {
-        self.map.load()
-    }
-
     /// Publish `key` as the cached key `id`.
     pub fn put(&self, id: KeyId, key: &Arc<CachedKey>) {
         self.map.rcu(|m| {

@@ -61,50 +61,16 @@ impl Envelope {
         Some(opened.map(Plaintext::new))
     }
 
-    /// Decrypt many values, in one pass while their keys are cached (one lookup
-    /// per change of key, none while consecutive values share one); keys that
-    /// are not cached are resolved once each, together, before the remaining
-    /// values are opened. Fails on the first bad value.
+    /// Decrypt many values: their data keys are resolved first, each distinct
+    /// key once ([`Envelope::keys_for`]), then the values under one key are
+    /// decrypted together ([`KeySet::open_batch`]). Fails on the first bad
+    /// value.
     pub async fn open_many(&self, items: &[(Context<'_>, &[u8])]) -> Result<Vec<Plaintext>> {
-        let mut out = Vec::with_capacity(items.len());
-        {
-            let inner = &*self.inner;
-            let now = inner.clock.coarse();
-            let slack = inner.clock.coarse_resolution();
-            let ttl = inner.cache.limits.decrypt_ttl;
-            let snap = inner.cache.open_front.snapshot();
-            let mut prev: Option<(KeyId, Arc<DataKey>)> = None;
-            for (ctx, v) in items {
-                let h = format::parse_header(v)?;
-                let key = match prev.take() {
-                    Some((id, k)) if id == h.key_id => k,
-                    _ => match snap.get(&h.key_id) {
-                        Some(c) if !c.is_revoked() && c.fresh(now, slack, ttl) => {
-                            match c.data_key() {
-                                Some(k) => k,
-                                None => break,
-                            }
-                        }
-                        _ => break,
-                    },
-                };
-                out.push(format::open_parsed(&key, &h, ctx, v).map(Plaintext::new)?);
-                prev = Some((h.key_id, key));
-            }
-            inner
-                .counters
-                .decrypt_hits
-                .fetch_add(out.len() as u64, Ordering::Relaxed);
-        }
-        if out.len() == items.len() {
-            return Ok(out);
-        }
-        let rest = &items[out.len()..];
-        let keys = self.keys_for(rest.iter().map(|(_, v)| *v)).await?;
-        for (ctx, v) in rest {
-            out.push(keys.open(ctx, v)?);
-        }
-        Ok(out)
+        let keys = self.keys_for(items.iter().map(|(_, v)| *v)).await?;
+        keys.open_batch(items)
+            .into_iter()
+            .map(|r| r.map(Plaintext::new))
+            .collect()
     }
 
     /// Resolve the data keys of `values`, each distinct key once (one lookup per
@@ -341,6 +307,116 @@ impl KeySet {
     /// Whether no key was resolved.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// Open many stored values whose keys are in the set, one result per
+    /// value, in order. Values under one data key are decrypted together (the
+    /// counter blocks of a run of values go through one block-cipher call), so
+    /// a page of values costs much less than opening them one by one. Each
+    /// value is copied once, into the buffer its plaintext is returned in.
+    pub fn open_batch(&self, items: &[(Context<'_>, &[u8])]) -> Vec<Result<Zeroizing<Vec<u8>>>> {
+        let (ctxs, values): (Vec<&Context<'_>>, Vec<Vec<u8>>) =
+            items.iter().map(|(c, v)| (c, v.to_vec())).unzip();
+        self.open_batch_parts(&ctxs, values)
+    }
+
+    /// [`KeySet::open_batch`] on values the caller owns (as fetched from a
+    /// row): each is decrypted where it lies, no copy.
+    pub fn open_batch_in_place(
+        &self,
+        items: Vec<(Context<'_>, Vec<u8>)>,
+    ) -> Vec<Result<Zeroizing<Vec<u8>>>> {
+        let (ctxs, values): (Vec<Context<'_>>, Vec<Vec<u8>>) = items.into_iter().unzip();
+        let ctxs: Vec<&Context<'_>> = ctxs.iter().collect();
+        self.open_batch_parts(&ctxs, values)
+    }
+
+    fn open_batch_parts(
+        &self,
+        ctxs: &[&Context<'_>],
+        values: Vec<Vec<u8>>,
+    ) -> Vec<Result<Zeroizing<Vec<u8>>>> {
+        use zeroize::Zeroize as _;
+        let mut bufs: Vec<Zeroizing<Vec<u8>>> = values.into_iter().map(Zeroizing::new).collect();
+        let mut status: Vec<Option<Result<()>>> = Vec::with_capacity(bufs.len());
+        // Which key each value is under (an index into `groups`), or why not.
+        let mut groups: Vec<KeyId> = Vec::new();
+        let mut group_of: Vec<usize> = Vec::with_capacity(bufs.len());
+        let mut headers = Vec::with_capacity(bufs.len());
+        for buf in &bufs {
+            let parsed = format::parse_header(buf).and_then(|h| {
+                self.get(h.key_id)
+                    .map(|_| h)
+                    .ok_or(Error::UnknownKey(h.key_id))
+            });
+            match parsed {
+                Ok(h) => {
+                    let g = match groups.last() {
+                        Some(last) if *last == h.key_id => groups.len() - 1,
+                        _ => match groups.iter().position(|k| *k == h.key_id) {
+                            Some(g) => g,
+                            None => {
+                                groups.push(h.key_id);
+                                groups.len() - 1
+                            }
+                        },
+                    };
+                    group_of.push(g);
+                    headers.push(Some(h));
+                    status.push(None);
+                }
+                Err(e) => {
+                    group_of.push(usize::MAX);
+                    headers.push(None);
+                    status.push(Some(Err(e)));
+                }
+            }
+        }
+        let mut ok = Vec::new();
+        for (g, id) in groups.iter().enumerate() {
+            let key = self.get(*id).expect("resolved above");
+            let mut members = Vec::new();
+            let mut items: Vec<format::Opening<'_, '_>> = bufs
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| group_of[*i] == g)
+                .map(|(i, buf)| {
+                    members.push(i);
+                    let ct_end = buf.len() - format::TAG_LEN;
+                    let (head, tag) = buf.split_at_mut(ct_end);
+                    format::Opening {
+                        ctx: ctxs[i],
+                        header: headers[i].expect("parsed"),
+                        ct: &mut head[format::HEADER_LEN..],
+                        tag: (&*tag).try_into().expect("16 bytes"),
+                    }
+                })
+                .collect();
+            format::open_batch(key, &mut items, &mut ok);
+            drop(items);
+            for (&i, &good) in members.iter().zip(&ok) {
+                status[i] = Some(if good {
+                    Ok(())
+                } else {
+                    Err(Error::Authentication)
+                });
+            }
+        }
+        // Move each plaintext to the front of its buffer, wiping the rest.
+        status
+            .into_iter()
+            .zip(bufs)
+            .map(|(r, mut buf)| match r.expect("every value handled") {
+                Ok(()) => {
+                    let n = buf.len() - format::OVERHEAD;
+                    buf.copy_within(format::HEADER_LEN..format::HEADER_LEN + n, 0);
+                    buf[n..].zeroize();
+                    buf.truncate(n);
+                    Ok(buf)
+                }
+                Err(e) => Err(e),
+            })
+            .collect()
     }
 
     /// Open a stored value whose key is in the set (else

@@ -119,12 +119,12 @@ impl Envelope {
                 continue;
             };
             let nonces = format::random_nonces(members.len());
-            for (&i, nonce) in members.iter().zip(nonces) {
-                let (ctx, pt) = &items[i];
-                out[i] = Some(Sealed::from_trusted(format::seal_with_nonce(
-                    &key, ctx, nonce, pt,
-                )));
-                self.front_put(ctx, &active);
+            let values: Vec<(&Context<'_>, &[u8])> =
+                members.iter().map(|&i| (&items[i].0, items[i].1)).collect();
+            let sealed = format::seal_batch(&key, &values, &nonces);
+            for (&i, s) in members.iter().zip(sealed) {
+                out[i] = Some(Sealed::from_trusted(s));
+                self.front_put(&items[i].0, &active);
             }
         }
         Ok(out
