@@ -503,6 +503,132 @@ async fn batch_open_resolves_each_key_once() {
     }
 }
 
+/// Batches seal and open what one-by-one calls do (values of every length,
+/// under several data keys, a large batch split across cores), and in a batch
+/// a tampered, swapped, truncated or unknown-key value fails alone, with its
+/// own typed error, while the others open.
+#[tokio::test]
+async fn batches_match_one_by_one_and_a_bad_value_fails_alone() {
+    for kind in ALL {
+        let db = Db::connect(kind).await;
+        let env = support::envelope(&db, CacheLimits::default().max_uses(500));
+        let t = unique("runs");
+        let rows: Vec<RowId> = (0..3_000_i64).map(RowId::from).collect();
+        let plains: Vec<Vec<u8>> = (0..rows.len())
+            .map(|i| (0..i % 300).map(|j| (i * 31 + j) as u8).collect())
+            .collect();
+        let items: Vec<(Context<'_>, &[u8])> = rows
+            .iter()
+            .zip(&plains)
+            .map(|(r, p)| (Context::new(&t, "v", r), &p[..]))
+            .collect();
+        // 400 values per call under a 500-use limit: a new key every other
+        // call; then 2,200 values in one call, sealed value by value (more
+        // than one key can take).
+        let mut sealed = Vec::new();
+        for chunk in items[..800].chunks(400) {
+            sealed.extend(env.seal_many(chunk).await.unwrap());
+        }
+        sealed.extend(env.seal_many(&items[800..]).await.unwrap());
+        // And a large batch under one key, split across cores (another
+        // envelope, with its own master key: another table).
+        let big = support::envelope(&db, CacheLimits::default());
+        let t_big = unique("runs_big");
+        let big_items: Vec<(Context<'_>, &[u8])> = rows
+            .iter()
+            .zip(&plains)
+            .map(|(r, p)| (Context::new(&t_big, "v", r), &p[..]))
+            .collect();
+        let big_sealed = big.seal_many(&big_items).await.unwrap();
+        assert_eq!(
+            big_sealed
+                .iter()
+                .map(Sealed::key_id)
+                .collect::<HashSet<_>>()
+                .len(),
+            1
+        );
+        for (env, items, sealed) in [(&env, &items, &sealed), (&big, &big_items, &big_sealed)] {
+            for ((ctx, pt), s) in items.iter().zip(sealed).step_by(7) {
+                assert_eq!(&env.open(ctx, s).await.unwrap()[..], *pt, "{kind:?}");
+            }
+            let stored: Vec<(Context<'_>, &[u8])> = items
+                .iter()
+                .zip(sealed)
+                .map(|((c, _), s)| (*c, s.as_bytes()))
+                .collect();
+            let opened = env.open_many(&stored).await.unwrap();
+            assert!(opened.iter().zip(&plains).all(|(o, p)| o[..] == p[..]));
+        }
+        assert!(
+            sealed
+                .iter()
+                .map(Sealed::key_id)
+                .collect::<HashSet<_>>()
+                .len()
+                > 2
+        );
+
+        // One bad value of each kind among good ones.
+        let mut bytes: Vec<Vec<u8>> = sealed.iter().map(|s| s.as_bytes().to_vec()).collect();
+        let last = bytes[10].len() - 1;
+        bytes[10][last] ^= 1; // tampered tag
+        bytes[20][format::HEADER_LEN] ^= 0x40; // tampered ciphertext (value 20 is 20 bytes)
+        bytes[30] = bytes[31].clone(); // another row's value
+        bytes[40].truncate(format::OVERHEAD - 1); // truncated
+        bytes[50][1..9].copy_from_slice(&u64::MAX.to_be_bytes()); // a key not in the set
+        let keys = env
+            .keys_for_partial(bytes.iter().map(Vec::as_slice))
+            .await
+            .unwrap_err();
+        assert!(matches!(keys, Error::Malformed(_)), "{kind:?}: {keys:?}");
+        let keys = env
+            .keys_for(
+                bytes
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| ![40, 50].contains(i))
+                    .map(|(_, b)| b.as_slice()),
+            )
+            .await
+            .unwrap();
+        let stored: Vec<(Context<'_>, &[u8])> = items
+            .iter()
+            .zip(&bytes)
+            .map(|((c, _), b)| (*c, b.as_slice()))
+            .collect();
+        let owned: Vec<(Context<'_>, Vec<u8>)> = items
+            .iter()
+            .zip(&bytes)
+            .map(|((c, _), b)| (*c, b.clone()))
+            .collect();
+        for results in [keys.open_batch(&stored), keys.open_batch_in_place(owned)] {
+            assert_eq!(results.len(), items.len());
+            for (i, r) in results.iter().enumerate() {
+                match i {
+                    10 | 20 | 30 => assert!(
+                        matches!(r, Err(Error::Authentication)),
+                        "{kind:?} {i}: {r:?}"
+                    ),
+                    40 => assert!(matches!(r, Err(Error::Malformed(_))), "{kind:?}: {r:?}"),
+                    50 => assert!(matches!(r, Err(Error::UnknownKey(_))), "{kind:?}: {r:?}"),
+                    _ => assert_eq!(&r.as_ref().unwrap()[..], &plains[i][..], "{kind:?} {i}"),
+                }
+            }
+        }
+        let good: Vec<(Context<'_>, &[u8])> = stored
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| ![40, 50].contains(i))
+            .map(|(_, s)| *s)
+            .collect();
+        assert!(matches!(
+            env.open_many(&good).await,
+            Err(Error::Authentication)
+        ));
+    }
+}
+
 #[tokio::test]
 async fn no_key_nonce_pair_repeats_across_100k_encryptions() {
     let db = Db::connect(support::Kind::Sqlite).await;

@@ -16,6 +16,42 @@ use crate::store::{ColumnRecord, ColumnSource};
 /// Front entries (columns × tenants) kept before revoked ones are pruned.
 const FRONT_PRUNE: usize = 4_096;
 
+/// A batch of at least twice this many values under one key is sealed on
+/// several cores (parts of at least this many values), as when an application
+/// writes a page of rows: the database waits for the batch, so its cores are
+/// idle. Below it, a thread hand-off would cost more than it saves.
+const SEAL_SPLIT_MIN: usize = 1_024;
+
+/// Seal `values` under `key`, split across cores when the batch is large.
+fn seal_spread(
+    key: &crate::key::DataKey,
+    values: &[(&Context<'_>, &[u8])],
+    nonces: &[[u8; format::NONCE_LEN]],
+) -> Vec<Vec<u8>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let parts = (values.len() / SEAL_SPLIT_MIN).min(cores);
+    if parts <= 1 {
+        return format::seal_batch(key, values, nonces);
+    }
+    let per = values.len().div_ceil(parts);
+    std::thread::scope(|s| {
+        let others: Vec<_> = values
+            .chunks(per)
+            .zip(nonces.chunks(per))
+            .skip(1)
+            .map(|(v, n)| s.spawn(move || format::seal_batch(key, v, n)))
+            .collect();
+        let mut out = format::seal_batch(key, &values[..per], &nonces[..per]);
+        for part in others {
+            match part.join() {
+                Ok(sealed) => out.extend(sealed),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    })
+}
+
 impl Envelope {
     /// Encrypt `plaintext` for the value at `ctx`.
     pub async fn seal(&self, ctx: &Context<'_>, plaintext: &[u8]) -> Result<Sealed> {
@@ -121,7 +157,7 @@ impl Envelope {
             let nonces = format::random_nonces(members.len());
             let values: Vec<(&Context<'_>, &[u8])> =
                 members.iter().map(|&i| (&items[i].0, items[i].1)).collect();
-            let sealed = format::seal_batch(&key, &values, &nonces);
+            let sealed = seal_spread(&key, &values, &nonces);
             for (&i, s) in members.iter().zip(sealed) {
                 out[i] = Some(Sealed::from_trusted(s));
                 self.front_put(&items[i].0, &active);
