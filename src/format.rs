@@ -149,6 +149,11 @@ pub(crate) fn unhex(hex: &str) -> Option<Vec<u8>> {
 /// against this one.
 pub fn write_aad(out: &mut Vec<u8>, version: u8, key_id: KeyId, ctx: &Context<'_>) {
     out.clear();
+    append_aad(out, version, key_id, ctx);
+}
+
+/// [`write_aad`] after what `out` already holds.
+fn append_aad(out: &mut Vec<u8>, version: u8, key_id: KeyId, ctx: &Context<'_>) {
     out.reserve(
         AAD_DOMAIN.len()
             + 1
@@ -334,55 +339,71 @@ pub(crate) struct Opening<'a, 'c> {
     pub tag: [u8; TAG_LEN],
 }
 
+/// Cut values of byte lengths `lens` into runs of about [`RUN_BLOCKS`]
+/// keystream blocks each (a longer value is a run of its own).
+fn runs(lens: impl Iterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut total, mut end) = (0, 0, 0);
+    for (i, len) in lens.enumerate() {
+        let blocks = len / 16 + 2;
+        if i > start && total + blocks > RUN_BLOCKS {
+            out.push(start..i);
+            (start, total) = (i, 0);
+        }
+        total += blocks;
+        end = i + 1;
+    }
+    if start < end {
+        out.push(start..end);
+    }
+    out
+}
+
+/// The associated data of each of `ctxs` under `key`, back to back in `aads`,
+/// with where each one ends in `bounds`.
+fn write_aads<'a, 'c: 'a>(
+    key: &DataKey,
+    ctxs: impl Iterator<Item = &'a Context<'c>>,
+    aads: &mut Vec<u8>,
+    bounds: &mut Vec<usize>,
+) {
+    aads.clear();
+    bounds.clear();
+    for ctx in ctxs {
+        append_aad(aads, VERSION_V1, key.id(), ctx);
+        bounds.push(aads.len());
+    }
+}
+
 /// Open a batch of values under `key` in place: the counter blocks of each run
 /// of values go through one block-cipher call (see [`crate::gcm`]). `ok[i]`
 /// tells whether value `i` opened (its tag matched and its header names
 /// `key`); a value that did not open is left as it was.
 pub(crate) fn open_batch(key: &DataKey, items: &mut [Opening<'_, '_>], ok: &mut Vec<bool>) {
     ok.clear();
-    let mut aads: Vec<u8> = Vec::new();
-    let mut bounds: Vec<usize> = Vec::new();
-    let mut blocks = Vec::new();
-    let mut run_ok = Vec::new();
-    let mut rest = items;
-    while !rest.is_empty() {
-        let mut n = 0;
-        let mut total = 0;
-        while n < rest.len() && (n == 0 || total + rest[n].ct.len() / 16 + 2 <= RUN_BLOCKS) {
-            total += rest[n].ct.len() / 16 + 2;
-            n += 1;
-        }
-        let (run, tail) = std::mem::take(&mut rest).split_at_mut(n);
-        rest = tail;
-        aads.clear();
-        bounds.clear();
-        let mut one = Vec::new();
-        for item in run.iter() {
-            write_aad(&mut one, VERSION_V1, key.id(), item.ctx);
-            aads.extend_from_slice(&one);
-            bounds.push(aads.len());
-        }
+    let (mut aads, mut bounds, mut blocks, mut run_ok) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for range in runs(items.iter().map(|i| i.ct.len())) {
+        let run = &mut items[range];
+        write_aads(key, run.iter().map(|i| i.ctx), &mut aads, &mut bounds);
         let mut start = 0;
         let mut gcm_items: Vec<crate::gcm::RunItem<'_>> = Vec::with_capacity(run.len());
-        let mut wrong_key = Vec::with_capacity(run.len());
+        let mut ours = Vec::with_capacity(run.len());
         for (item, &end) in run.iter_mut().zip(&bounds) {
-            wrong_key.push(item.header.key_id != key.id());
+            let mine = item.header.key_id == key.id();
+            ours.push(mine);
             gcm_items.push(crate::gcm::RunItem {
                 nonce: item.header.nonce,
                 aad: &aads[start..end],
-                // A value under another key is not touched: an empty slice
-                // and a tag that cannot match.
-                data: if item.header.key_id == key.id() {
-                    &mut *item.ct
-                } else {
-                    &mut []
-                },
+                // A value under another key is not touched (its result is
+                // discarded).
+                data: if mine { &mut *item.ct } else { &mut [] },
                 tag: item.tag,
             });
             start = end;
         }
         key.gcm().open_run(&mut gcm_items, &mut blocks, &mut run_ok);
-        ok.extend(run_ok.iter().zip(&wrong_key).map(|(o, w)| *o && !*w));
+        ok.extend(run_ok.iter().zip(&ours).map(|(o, m)| *o && *m));
     }
 }
 
@@ -407,31 +428,18 @@ pub(crate) fn seal_batch(
             v
         })
         .collect();
-    let mut aads: Vec<u8> = Vec::new();
-    let mut bounds: Vec<usize> = Vec::new();
-    let mut blocks = Vec::new();
-    let mut one = Vec::new();
-    let mut i = 0;
-    while i < values.len() {
-        let mut n = 0;
-        let mut total = 0;
-        while i + n < values.len()
-            && (n == 0 || total + values[i + n].1.len() / 16 + 2 <= RUN_BLOCKS)
-        {
-            total += values[i + n].1.len() / 16 + 2;
-            n += 1;
-        }
-        aads.clear();
-        bounds.clear();
-        for (ctx, _) in &values[i..i + n] {
-            write_aad(&mut one, VERSION_V1, key.id(), ctx);
-            aads.extend_from_slice(&one);
-            bounds.push(aads.len());
-        }
+    let (mut aads, mut bounds, mut blocks) = (Vec::new(), Vec::new(), Vec::new());
+    for range in runs(values.iter().map(|(_, pt)| pt.len())) {
+        write_aads(
+            key,
+            values[range.clone()].iter().map(|(c, _)| *c),
+            &mut aads,
+            &mut bounds,
+        );
         let mut start = 0;
-        let mut items: Vec<crate::gcm::RunItem<'_>> = out[i..i + n]
+        let mut items: Vec<crate::gcm::RunItem<'_>> = out[range.clone()]
             .iter_mut()
-            .zip(&nonces[i..i + n])
+            .zip(&nonces[range.clone()])
             .zip(&bounds)
             .map(|((v, nonce), &end)| {
                 let item = crate::gcm::RunItem {
@@ -447,10 +455,9 @@ pub(crate) fn seal_batch(
         key.gcm().seal_run(&mut items, &mut blocks);
         let tags: Vec<[u8; TAG_LEN]> = items.iter().map(|t| t.tag).collect();
         drop(items);
-        for (v, tag) in out[i..i + n].iter_mut().zip(tags) {
+        for (v, tag) in out[range].iter_mut().zip(tags) {
             v.extend_from_slice(&tag);
         }
-        i += n;
     }
     out
 }
