@@ -241,16 +241,34 @@ pub fn seal_with_nonce(
     nonce: [u8; NONCE_LEN],
     plaintext: &[u8],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
-    out.push(VERSION_V1);
-    out.extend_from_slice(&key.id().get().to_be_bytes());
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(plaintext);
+    let mut out = header_and_plaintext(key, &nonce, plaintext);
     let tag = with_aad(key.id(), ctx, |aad| {
         key.gcm().seal(&nonce, aad, &mut out[HEADER_LEN..])
     });
     out.extend_from_slice(&tag);
     out
+}
+
+/// A value's header followed by its plaintext, with room for the tag: the
+/// buffer a seal encrypts in place.
+fn header_and_plaintext(key: &DataKey, nonce: &[u8; NONCE_LEN], plaintext: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
+    out.push(VERSION_V1);
+    out.extend_from_slice(&key.id().get().to_be_bytes());
+    out.extend_from_slice(nonce);
+    out.extend_from_slice(plaintext);
+    out
+}
+
+/// Move the plaintext of an opened value (decrypted where it lay) to the
+/// front of its buffer, wipe the header and tag bytes behind it and shorten
+/// the buffer to the plaintext.
+pub(crate) fn plaintext_to_front(buf: &mut zeroize::Zeroizing<Vec<u8>>) {
+    use zeroize::Zeroize as _;
+    let n = buf.len() - OVERHEAD;
+    buf.copy_within(HEADER_LEN..HEADER_LEN + n, 0);
+    buf[n..].zeroize();
+    buf.truncate(n);
 }
 
 /// Seal `plaintext` under `key` for `ctx` with a random nonce.
@@ -279,7 +297,6 @@ pub(crate) fn open_in_place_parsed(
     ctx: &Context<'_>,
     value: Vec<u8>,
 ) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-    use zeroize::Zeroize as _;
     let mut buf = zeroize::Zeroizing::new(value);
     if header.key_id != key.id() {
         return Err(Error::Authentication);
@@ -291,10 +308,7 @@ pub(crate) fn open_in_place_parsed(
             .open(&header.nonce, aad, &mut buf[HEADER_LEN..ct_end], &tag)
     })
     .map_err(|_| Error::Authentication)?;
-    let n = ct_end - HEADER_LEN;
-    buf.copy_within(HEADER_LEN..ct_end, 0);
-    buf[n..].zeroize();
-    buf.truncate(n);
+    plaintext_to_front(&mut buf);
     Ok(buf)
 }
 
@@ -330,27 +344,31 @@ pub(crate) fn open_parsed(
 /// scratch space): a batch is cut into runs of about this size.
 const RUN_BLOCKS: usize = 1024;
 
-/// One value of a batch opened under one key: where it is stored, its parsed
-/// header, its ciphertext (decrypted in place) and its tag.
+/// One value of a batch: the key named in its header, where it is stored, its
+/// nonce, its ciphertext (decrypted in place) and its tag.
 pub(crate) struct Opening<'a, 'c> {
+    pub key: &'a DataKey,
     pub ctx: &'a Context<'c>,
-    pub header: Header,
+    pub nonce: [u8; NONCE_LEN],
     pub ct: &'a mut [u8],
     pub tag: [u8; TAG_LEN],
 }
 
-/// Cut values of byte lengths `lens` into runs of about [`RUN_BLOCKS`]
-/// keystream blocks each (a longer value is a run of its own).
-fn runs(lens: impl Iterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
+/// Cut values (each its key's id and its byte length) into runs under one key
+/// of about [`RUN_BLOCKS`] keystream blocks each (a longer value is a run of
+/// its own).
+fn runs(values: impl Iterator<Item = (KeyId, usize)>) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let (mut start, mut total, mut end) = (0, 0, 0);
-    for (i, len) in lens.enumerate() {
+    let mut run_key = None;
+    for (i, (key, len)) in values.enumerate() {
         let blocks = len / 16 + 2;
-        if i > start && total + blocks > RUN_BLOCKS {
+        if i > start && (total + blocks > RUN_BLOCKS || run_key != Some(key)) {
             out.push(start..i);
             (start, total) = (i, 0);
         }
         total += blocks;
+        run_key = Some(key);
         end = i + 1;
     }
     if start < end {
@@ -375,35 +393,35 @@ fn write_aads<'a, 'c: 'a>(
     }
 }
 
-/// Open a batch of values under `key` in place: the counter blocks of each run
-/// of values go through one block-cipher call (see [`crate::gcm`]). `ok[i]`
-/// tells whether value `i` opened (its tag matched and its header names
-/// `key`); a value that did not open is left as it was.
-pub(crate) fn open_batch(key: &DataKey, items: &mut [Opening<'_, '_>], ok: &mut Vec<bool>) {
+/// Open a batch of values in place, each under the key its header names: the
+/// counter blocks of each run of values under one key go through one
+/// block-cipher call (see [`crate::gcm`]). `ok[i]` tells whether value `i`
+/// opened (its tag matched); a value that did not open is left as it was.
+pub(crate) fn open_batch(items: &mut [Opening<'_, '_>], ok: &mut Vec<bool>) {
     ok.clear();
     let (mut aads, mut bounds, mut blocks, mut run_ok) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for range in runs(items.iter().map(|i| i.ct.len())) {
+    for range in runs(items.iter().map(|i| (i.key.id(), i.ct.len()))) {
         let run = &mut items[range];
+        let key = run[0].key;
         write_aads(key, run.iter().map(|i| i.ctx), &mut aads, &mut bounds);
         let mut start = 0;
-        let mut gcm_items: Vec<crate::gcm::RunItem<'_>> = Vec::with_capacity(run.len());
-        let mut ours = Vec::with_capacity(run.len());
-        for (item, &end) in run.iter_mut().zip(&bounds) {
-            let mine = item.header.key_id == key.id();
-            ours.push(mine);
-            gcm_items.push(crate::gcm::RunItem {
-                nonce: item.header.nonce,
-                aad: &aads[start..end],
-                // A value under another key is not touched (its result is
-                // discarded).
-                data: if mine { &mut *item.ct } else { &mut [] },
-                tag: item.tag,
-            });
-            start = end;
-        }
+        let mut gcm_items: Vec<crate::gcm::RunItem<'_>> = run
+            .iter_mut()
+            .zip(&bounds)
+            .map(|(item, &end)| {
+                let aad = &aads[start..end];
+                start = end;
+                crate::gcm::RunItem {
+                    nonce: item.nonce,
+                    aad,
+                    data: &mut *item.ct,
+                    tag: item.tag,
+                }
+            })
+            .collect();
         key.gcm().open_run(&mut gcm_items, &mut blocks, &mut run_ok);
-        ok.extend(run_ok.iter().zip(&ours).map(|(o, m)| *o && *m));
+        ok.extend_from_slice(&run_ok);
     }
 }
 
@@ -419,17 +437,10 @@ pub(crate) fn seal_batch(
     let mut out: Vec<Vec<u8>> = values
         .iter()
         .zip(nonces)
-        .map(|((_, pt), nonce)| {
-            let mut v = Vec::with_capacity(OVERHEAD + pt.len());
-            v.push(VERSION_V1);
-            v.extend_from_slice(&key.id().get().to_be_bytes());
-            v.extend_from_slice(nonce);
-            v.extend_from_slice(pt);
-            v
-        })
+        .map(|((_, pt), nonce)| header_and_plaintext(key, nonce, pt))
         .collect();
     let (mut aads, mut bounds, mut blocks) = (Vec::new(), Vec::new(), Vec::new());
-    for range in runs(values.iter().map(|(_, pt)| pt.len())) {
+    for range in runs(values.iter().map(|(_, pt)| (key.id(), pt.len()))) {
         write_aads(
             key,
             values[range.clone()].iter().map(|(c, _)| *c),

@@ -148,18 +148,13 @@ impl<'a> Input<'a> {
                         ));
                     }
                     for index in &a.indexes {
-                        let c = index.column.value();
-                        let valid = c
-                            .chars()
-                            .next()
-                            .is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
-                            && c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
-                        if !valid {
-                            errors.push(syn::Error::new(
-                                index.column.span(),
-                                "a blind index column is named like a field: `[A-Za-z_][A-Za-z0-9_]*` (the sealed row gets a field of that name)",
-                            ));
-                        }
+                        check_index_column(&index.column, &mut errors);
+                    }
+                    if let (true, Some(index)) = (a.json, a.indexes.first()) {
+                        errors.push(syn::Error::new(
+                            index.column.span(),
+                            "a blind index cannot be built over a `json` field: its stored text is not a stable rendering of the value; index a typed field (text, integer, bool, char, UUID, date) instead",
+                        ));
                     }
                     Some(Encrypt {
                         column: a.column.map_or_else(|| unraw(ident), |c| c.value()),
@@ -294,6 +289,7 @@ impl<'a> Input<'a> {
                     )),
                 }
             }
+            check_index_column(&attr.column, &mut errors);
             indexes.push(Index { attr, fields: ids });
         }
         let mut seen: Vec<String> = Vec::new();
@@ -434,6 +430,23 @@ pub fn table_name(name: &str) -> String {
 /// The span of a type, for diagnostics.
 pub fn span_of(ty: &Type) -> Span {
     ty.span()
+}
+
+/// A blind index column becomes a field of the sealed row: it must be named
+/// like one.
+fn check_index_column(column: &syn::LitStr, errors: &mut Errors) {
+    let c = column.value();
+    let valid = c
+        .chars()
+        .next()
+        .is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
+        && c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+    if !valid {
+        errors.push(syn::Error::new(
+            column.span(),
+            "a blind index column is named like a field: `[A-Za-z_][A-Za-z0-9_]*` (the sealed row gets a field of that name)",
+        ));
+    }
 }
 
 #[cfg(test)]

@@ -165,7 +165,8 @@ pub struct CacheStats {
     pub encrypt_hits: u64,
     /// Seals that had to wait for a new active key.
     pub encrypt_misses: u64,
-    /// Opens served by a cached key.
+    /// Opens served by a cached key (a batch resolved through
+    /// [`crate::Envelope::keys_for`] counts one per distinct key).
     pub decrypt_hits: u64,
     /// Opens that had to load and unwrap a key.
     pub decrypt_misses: u64,

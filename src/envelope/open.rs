@@ -336,85 +336,49 @@ impl KeySet {
         ctxs: &[&Context<'_>],
         values: Vec<Vec<u8>>,
     ) -> Vec<Result<Zeroizing<Vec<u8>>>> {
-        use zeroize::Zeroize as _;
         let mut bufs: Vec<Zeroizing<Vec<u8>>> = values.into_iter().map(Zeroizing::new).collect();
-        let mut status: Vec<Option<Result<()>>> = Vec::with_capacity(bufs.len());
-        // Which key each value is under (an index into `groups`), or why not.
-        let mut groups: Vec<KeyId> = Vec::new();
-        let mut group_of: Vec<usize> = Vec::with_capacity(bufs.len());
-        let mut headers = Vec::with_capacity(bufs.len());
-        for buf in &bufs {
-            let parsed = format::parse_header(buf).and_then(|h| {
-                self.get(h.key_id)
-                    .map(|_| h)
-                    .ok_or(Error::UnknownKey(h.key_id))
+        // Values that cannot be opened at all (malformed, key not in the set)
+        // fail here; the others are opened together, run by run.
+        let mut status: Vec<Result<()>> = Vec::with_capacity(bufs.len());
+        let mut items: Vec<format::Opening<'_, '_>> = Vec::with_capacity(bufs.len());
+        for (buf, ctx) in bufs.iter_mut().zip(ctxs) {
+            let found = format::parse_header(buf).and_then(|h| {
+                let key = self.get(h.key_id).ok_or(Error::UnknownKey(h.key_id))?;
+                Ok((h, key))
             });
-            match parsed {
-                Ok(h) => {
-                    let g = match groups.last() {
-                        Some(last) if *last == h.key_id => groups.len() - 1,
-                        _ => match groups.iter().position(|k| *k == h.key_id) {
-                            Some(g) => g,
-                            None => {
-                                groups.push(h.key_id);
-                                groups.len() - 1
-                            }
-                        },
-                    };
-                    group_of.push(g);
-                    headers.push(Some(h));
-                    status.push(None);
-                }
-                Err(e) => {
-                    group_of.push(usize::MAX);
-                    headers.push(None);
-                    status.push(Some(Err(e)));
-                }
-            }
-        }
-        let mut ok = Vec::new();
-        for (g, id) in groups.iter().enumerate() {
-            let key = self.get(*id).expect("resolved above");
-            let mut members = Vec::new();
-            let mut items: Vec<format::Opening<'_, '_>> = bufs
-                .iter_mut()
-                .enumerate()
-                .filter(|(i, _)| group_of[*i] == g)
-                .map(|(i, buf)| {
-                    members.push(i);
+            match found {
+                Ok((header, key)) => {
                     let ct_end = buf.len() - format::TAG_LEN;
                     let (head, tag) = buf.split_at_mut(ct_end);
-                    format::Opening {
-                        ctx: ctxs[i],
-                        header: headers[i].expect("parsed"),
+                    items.push(format::Opening {
+                        key,
+                        ctx,
+                        nonce: header.nonce,
                         ct: &mut head[format::HEADER_LEN..],
                         tag: (&*tag).try_into().expect("16 bytes"),
-                    }
-                })
-                .collect();
-            format::open_batch(key, &mut items, &mut ok);
-            drop(items);
-            for (&i, &good) in members.iter().zip(&ok) {
-                status[i] = Some(if good {
-                    Ok(())
-                } else {
-                    Err(Error::Authentication)
-                });
+                    });
+                    status.push(Ok(()));
+                }
+                Err(e) => status.push(Err(e)),
             }
         }
-        // Move each plaintext to the front of its buffer, wiping the rest.
+        let mut ok = Vec::with_capacity(items.len());
+        format::open_batch(&mut items, &mut ok);
+        drop(items);
+        let mut opened = ok.into_iter();
+        for s in status.iter_mut().filter(|s| s.is_ok()) {
+            if !opened.next().expect("one result per value opened") {
+                *s = Err(Error::Authentication);
+            }
+        }
         status
             .into_iter()
             .zip(bufs)
-            .map(|(r, mut buf)| match r.expect("every value handled") {
-                Ok(()) => {
-                    let n = buf.len() - format::OVERHEAD;
-                    buf.copy_within(format::HEADER_LEN..format::HEADER_LEN + n, 0);
-                    buf[n..].zeroize();
-                    buf.truncate(n);
-                    Ok(buf)
-                }
-                Err(e) => Err(e),
+            .map(|(s, mut buf)| {
+                s.map(|()| {
+                    format::plaintext_to_front(&mut buf);
+                    buf
+                })
             })
             .collect()
     }

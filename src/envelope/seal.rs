@@ -158,9 +158,16 @@ impl Envelope {
             let values: Vec<(&Context<'_>, &[u8])> =
                 members.iter().map(|&i| (&items[i].0, items[i].1)).collect();
             let sealed = seal_spread(&key, &values, &nonces);
+            let mut last_place = None;
             for (&i, s) in members.iter().zip(sealed) {
                 out[i] = Some(Sealed::from_trusted(s));
-                self.front_put(&items[i].0, &active);
+                // Point each column (and tenant) of the group at the key once.
+                let ctx = &items[i].0;
+                let place = PlaceRef(ctx.table, ctx.column, ctx.tenant);
+                if last_place != Some(place) {
+                    self.front_put(ctx, &active);
+                    last_place = Some(place);
+                }
             }
         }
         Ok(out

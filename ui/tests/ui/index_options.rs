@@ -11,6 +11,8 @@ struct Member {
     name: String,
     #[encrypt(index(column = "nick bidx"))]
     nick: String,
+    #[encrypt(json, index(column = "profile_bidx"))]
+    profile: String,
 }
 
 fn main() {}
