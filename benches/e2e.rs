@@ -7,12 +7,25 @@
 //! interleaved (plaintext, envelope, plaintext, envelope, ...), so a change in
 //! machine load hits both. Every figure is reported as the median with its range
 //! over the runs, next to the machine's load average (before and after each
-//! database) and the CPU features AES-GCM can use; the whole report goes to
-//! `target/bench/report.json`.
+//! database), the share of all cores that were busy during each timed part
+//! (database server included, from `/proc/stat`) and the CPU features AES-GCM
+//! can use; the whole report goes to `target/bench/report.json`. Before each
+//! timed part, outside its time, the database is let settle (PostgreSQL
+//! `CHECKPOINT` and `VACUUM ANALYZE`, MariaDB `ANALYZE TABLE`, SQLite a WAL
+//! checkpoint), so background work left by one variant does not land in the
+//! other's time.
 //!
 //! - insert: multi-row `INSERT`s of `BATCH` rows, one transaction each; the
 //!   envelope seals each batch with one `seal_many` first, as an application
 //!   writing a page of rows would;
+//! - insert, pipelined (envelope only): the same, but page k + 1 is sealed on a
+//!   runtime worker while page k is written, as an application writing a
+//!   stream of pages can do, by an envelope built with `batch_threads(1)` (the
+//!   seal keeps to one core, the database has the other); compared with the
+//!   same plaintext insert;
+//! - insert, sealed beforehand (envelope only): every page sealed before the
+//!   timed part, which then only writes them: what the longer stored values
+//!   (37 bytes more per value) cost the database, sealing aside;
 //! - select: keyset pages of `BATCH` rows; the envelope opens every value of a
 //!   page from the bytes the row already holds, the values under one data key
 //!   together (`KeySet::open_batch_in_place`, keys resolved once per page),
@@ -55,7 +68,18 @@ fn data(n: usize) -> Data {
 #[derive(Default, Debug, Clone)]
 struct Runs {
     insert: Vec<f64>,
+    /// Envelope only: page k + 1 sealed while page k is written.
+    insert_pipelined: Vec<f64>,
+    /// Envelope only: of that, the time spent waiting for a page's seal.
+    insert_pipelined_wait: Vec<f64>,
+    /// Envelope only: pages sealed before the timed part, which only writes.
+    insert_presealed: Vec<f64>,
     select: Vec<f64>,
+    /// Share of all cores busy during each timed part, by run.
+    insert_busy: Vec<f64>,
+    insert_pipelined_busy: Vec<f64>,
+    insert_presealed_busy: Vec<f64>,
+    select_busy: Vec<f64>,
     bytes_per_value: f64,
 }
 
@@ -77,9 +101,26 @@ fn rate(rows: usize, secs: &[f64]) -> Value {
 
 impl Runs {
     fn json(&self, rows: usize) -> Value {
+        let optional = |v: &[f64]| {
+            if v.is_empty() {
+                Value::Null
+            } else {
+                rate(rows, v)
+            }
+        };
+        let busy = |v: &[f64]| if v.is_empty() { Value::Null } else { json!(v) };
         json!({
             "insert": rate(rows, &self.insert),
+            "insert_pipelined": optional(&self.insert_pipelined),
+            "insert_sealed_beforehand": optional(&self.insert_presealed),
+            "insert_pipelined_seconds_waiting_for_seals": self.insert_pipelined_wait,
             "select": rate(rows, &self.select),
+            "machine_cpu_busy_share": {
+                "insert": busy(&self.insert_busy),
+                "insert_pipelined": busy(&self.insert_pipelined_busy),
+                "insert_sealed_beforehand": busy(&self.insert_presealed_busy),
+                "select": busy(&self.select_busy),
+            },
             "stored_bytes_per_value": self.bytes_per_value,
         })
     }
@@ -93,6 +134,47 @@ fn ratio(a: &[f64], b: &[f64]) -> Value {
         "min": r.iter().copied().fold(f64::INFINITY, f64::min),
         "max": r.iter().copied().fold(0.0, f64::max),
     })
+}
+
+/// Busy and total CPU time of the whole machine so far (`/proc/stat`, in
+/// clock ticks): the database server's work counts too.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// The timed part of a run: wall time, and the share of all cores that were
+/// busy meanwhile (a figure taken while the machine was saturated, by the
+/// workload or by something else, shows as such).
+struct Timer {
+    start: Instant,
+    ticks: (u64, u64),
+}
+
+impl Timer {
+    fn start() -> Self {
+        Timer {
+            ticks: cpu_ticks(),
+            start: Instant::now(),
+        }
+    }
+
+    fn stop(self, secs: &mut Vec<f64>, busy: &mut Vec<f64>) {
+        secs.push(self.start.elapsed().as_secs_f64());
+        let now = cpu_ticks();
+        busy.push((now.0 - self.ticks.0) as f64 / (now.1 - self.ticks.1).max(1) as f64);
+    }
 }
 
 fn loadavg() -> String {
@@ -141,10 +223,50 @@ fn open_page(keys: &sqlx_envelope::KeySet, table: &str, page: Page) -> usize {
     n
 }
 
+/// Seal the two values of every row of a page on a runtime worker (from
+/// copies of the plaintext, as the plaintext insert copies its values).
+fn seal_page(
+    env: &Envelope,
+    table: &'static str,
+    d: &Data,
+    chunk: &[i64],
+) -> tokio::task::JoinHandle<Vec<(sqlx_envelope::Sealed, sqlx_envelope::Sealed)>> {
+    let env = env.clone();
+    let owned: Vec<(RowId, Vec<u8>, Vec<u8>)> = chunk
+        .iter()
+        .map(|id| {
+            let i = (*id - 1) as usize;
+            (RowId::from(*id), d.emails[i].clone(), d.ssns[i].clone())
+        })
+        .collect();
+    tokio::spawn(async move {
+        let mut items = Vec::with_capacity(owned.len() * 2);
+        for (row, e, s) in &owned {
+            items.push((Context::new(table, "email", row), &e[..]));
+            items.push((Context::new(table, "ssn", row), &s[..]));
+        }
+        let mut it = env.seal_many(&items).await.unwrap().into_iter();
+        owned
+            .iter()
+            .map(|_| (it.next().unwrap(), it.next().unwrap()))
+            .collect()
+    })
+}
+
 macro_rules! driver {
-    ($name:ident, $db:ty, $pool:ty, $store:ty, $blob:literal, $ph1:literal, $ph2:literal) => {
+    ($name:ident, $db:ty, $pool:ty, $store:ty, $blob:literal, $ph1:literal, $ph2:literal, [$($settle:literal),*]) => {
         mod $name {
             use super::*;
+
+            /// Before a timed part, outside its time: let the database finish
+            /// the background work the previous part left (dirty pages, WAL,
+            /// statistics), so that it does not land in this part's time.
+            async fn settle(pool: &$pool, table: &str) {
+                $(
+                    let sql = $settle.replace("{table}", table);
+                    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await.unwrap();
+                )*
+            }
 
             pub async fn setup(pool: &$pool, table: &str) {
                 let drop = format!("DROP TABLE IF EXISTS {table}");
@@ -185,7 +307,8 @@ macro_rules! driver {
             pub async fn plaintext(pool: &$pool, d: &Data, runs: &mut Runs) {
                 let table = "bench_plain";
                 setup(pool, table).await;
-                let t = Instant::now();
+                settle(pool, table).await;
+                let t = Timer::start();
                 for chunk in d.ids.chunks(BATCH) {
                     let cols = chunk
                         .iter()
@@ -196,8 +319,9 @@ macro_rules! driver {
                         .collect();
                     insert_batch(pool, table, chunk, cols).await;
                 }
-                runs.insert.push(t.elapsed().as_secs_f64());
-                let t = Instant::now();
+                t.stop(&mut runs.insert, &mut runs.insert_busy);
+                settle(pool, table).await;
+                let t = Timer::start();
                 let (mut n, mut after) = (0usize, 0i64);
                 loop {
                     let p = page(pool, table, after).await;
@@ -208,16 +332,17 @@ macro_rules! driver {
                     }
                     n += p.len();
                 }
-                runs.select.push(t.elapsed().as_secs_f64());
+                t.stop(&mut runs.select, &mut runs.select_busy);
                 assert_eq!(n, d.ids.len());
                 runs.bytes_per_value = 64.0;
             }
 
-            pub async fn envelope(pool: &$pool, d: &Data, env: &Envelope, runs: &mut Runs) {
+            pub async fn envelope(pool: &$pool, d: &Data, env: &Envelope, one_core: &Envelope, runs: &mut Runs) {
                 let table = "bench_enc";
                 setup(pool, table).await;
+                settle(pool, table).await;
                 let rows: Vec<RowId> = d.ids.iter().map(|i| RowId::from(*i)).collect();
-                let t = Instant::now();
+                let t = Timer::start();
                 let mut bytes = 0.0;
                 for chunk in d.ids.chunks(BATCH) {
                     let mut items = Vec::with_capacity(chunk.len() * 2);
@@ -235,12 +360,44 @@ macro_rules! driver {
                         .collect();
                     insert_batch(pool, table, chunk, cols).await;
                 }
-                runs.insert.push(t.elapsed().as_secs_f64());
+                t.stop(&mut runs.insert, &mut runs.insert_busy);
                 runs.bytes_per_value = bytes;
+
+                // Pipelined insert into a fresh table: page k + 1 is sealed
+                // on a runtime worker while page k is written.
+                setup(pool, table).await;
+                settle(pool, table).await;
+                let t = Timer::start();
+                let mut chunks = d.ids.chunks(BATCH);
+                let mut next = chunks.next().map(|c| (c, seal_page(one_core, table, d, c)));
+                let mut waited = 0.0;
+                while let Some((chunk, sealing)) = next.take() {
+                    let w = Instant::now();
+                    let cols = sealing.await.unwrap();
+                    waited += w.elapsed().as_secs_f64();
+                    next = chunks.next().map(|c| (c, seal_page(one_core, table, d, c)));
+                    insert_batch(pool, table, chunk, cols).await;
+                }
+                t.stop(&mut runs.insert_pipelined, &mut runs.insert_pipelined_busy);
+                runs.insert_pipelined_wait.push(waited);
+
+                // Sealed beforehand: only the writes are timed.
+                setup(pool, table).await;
+                let mut sealed = Vec::new();
+                for chunk in d.ids.chunks(BATCH) {
+                    sealed.push(seal_page(env, table, d, chunk).await.unwrap());
+                }
+                settle(pool, table).await;
+                let t = Timer::start();
+                for (chunk, cols) in d.ids.chunks(BATCH).zip(sealed) {
+                    insert_batch(pool, table, chunk, cols).await;
+                }
+                t.stop(&mut runs.insert_presealed, &mut runs.insert_presealed_busy);
 
                 // Select: open page k on a blocking thread while page k + 1 is
                 // fetched.
-                let t = Instant::now();
+                settle(pool, table).await;
+                let t = Timer::start();
                 let (mut n, mut after) = (0usize, 0i64);
                 let mut opening: Option<tokio::task::JoinHandle<usize>> = None;
                 loop {
@@ -256,7 +413,7 @@ macro_rules! driver {
                         .unwrap();
                     opening = Some(tokio::task::spawn_blocking(move || open_page(&keys, table, p)));
                 }
-                runs.select.push(t.elapsed().as_secs_f64());
+                t.stop(&mut runs.select, &mut runs.select_busy);
                 assert_eq!(n, d.ids.len());
             }
 
@@ -276,7 +433,8 @@ driver!(
     PgKeyStore,
     "BYTEA",
     "$1",
-    "$2"
+    "$2",
+    ["CHECKPOINT", "VACUUM ANALYZE {table}"]
 );
 driver!(
     my,
@@ -285,7 +443,8 @@ driver!(
     MySqlKeyStore,
     "LONGBLOB",
     "?",
-    "?"
+    "?",
+    ["ANALYZE TABLE {table}"]
 );
 driver!(
     lite,
@@ -294,7 +453,8 @@ driver!(
     SqliteKeyStore,
     "BLOB",
     "?",
-    "?"
+    "?",
+    ["PRAGMA wal_checkpoint(TRUNCATE)", "ANALYZE {table}"]
 );
 
 async fn pgcrypto(pool: &sqlx::PgPool, d: &Data) -> Runs {
@@ -360,6 +520,7 @@ async fn pgcrypto(pool: &sqlx::PgPool, d: &Data) -> Runs {
         insert: vec![insert],
         select: vec![t.elapsed().as_secs_f64()],
         bytes_per_value: f64::from(bytes),
+        ..Runs::default()
     }
 }
 
@@ -412,12 +573,24 @@ async fn mysql_pool(url: &str, database: &str) -> sqlx::MySqlPool {
 }
 
 fn envelope(store: std::sync::Arc<dyn KeyStore>, keyring: std::sync::Arc<dyn Keyring>) -> Envelope {
-    Envelope::builder()
+    envelope_threads(store, keyring, None)
+}
+
+/// An envelope whose batches use at most `threads` threads (default: all
+/// cores).
+fn envelope_threads(
+    store: std::sync::Arc<dyn KeyStore>,
+    keyring: std::sync::Arc<dyn Keyring>,
+    threads: Option<usize>,
+) -> Envelope {
+    let mut b = Envelope::builder()
         .keyring_arc(keyring)
         .store_arc(store)
-        .limits(CacheLimits::default().max_uses(1 << 20))
-        .build()
-        .unwrap()
+        .limits(CacheLimits::default().max_uses(1 << 20));
+    if let Some(n) = threads {
+        b = b.batch_threads(n);
+    }
+    b.build().unwrap()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -450,11 +623,13 @@ async fn main() {
     macro_rules! compare {
         ($name:literal, $m:ident, $pool:expr) => {{
             let load_before = loadavg();
-            let env = envelope(std::sync::Arc::new($m::store(&$pool).await), keyring.clone());
+            let store: std::sync::Arc<dyn KeyStore> = std::sync::Arc::new($m::store(&$pool).await);
+            let env = envelope(store.clone(), keyring.clone());
+            let one_core = envelope_threads(store, keyring.clone(), Some(1));
             let (mut plain, mut enc) = (Runs::default(), Runs::default());
             for _ in 0..reps {
                 $m::plaintext(&$pool, &d, &mut plain).await;
-                $m::envelope(&$pool, &d, &env, &mut enc).await;
+                $m::envelope(&$pool, &d, &env, &one_core, &mut enc).await;
             }
             let load = format!("{load_before} -> {}", loadavg());
             report.insert($name.into(), json!({
@@ -462,6 +637,8 @@ async fn main() {
                 "plaintext": plain.json(n), "envelope": enc.json(n),
                 "envelope_over_plaintext": {
                     "insert": ratio(&enc.insert, &plain.insert),
+                    "insert_pipelined": ratio(&enc.insert_pipelined, &plain.insert),
+                    "insert_sealed_beforehand": ratio(&enc.insert_presealed, &plain.insert),
                     "select": ratio(&enc.select, &plain.select),
                 },
                 "keyring_calls": {"generate": env.stats().keyring_generate_calls,
@@ -506,7 +683,7 @@ async fn main() {
                 std::sync::Arc::new(kr.clone()),
             );
             let mut runs = Runs::default();
-            pg::envelope(&pool, &d, &env, &mut runs).await;
+            pg::envelope(&pool, &d, &env, &env, &mut runs).await;
             let cold = envelope(
                 std::sync::Arc::new(pg::store(&pool).await),
                 std::sync::Arc::new(kr.clone()),
@@ -578,7 +755,7 @@ async fn main() {
         cpu_features().join(" ")
     );
     println!(
-        "{:<9} {:<10} {:>24} {:>24} {:>14} {:>14}",
+        "{:<9} {:<19} {:>24} {:>24} {:>14} {:>14}",
         "db",
         "variant",
         "insert rows/s (range)",
@@ -606,20 +783,43 @@ async fn main() {
             )
         };
         println!(
-            "{db:<9} {:<10} {:>24} {:>24}",
+            "{db:<9} {:<19} {:>24} {:>24}",
             "plaintext",
             fmt(n, &plain.insert),
             fmt(n, &plain.select)
         );
         println!(
-            "{db:<9} {:<10} {:>24} {:>24} {:>14} {:>14}",
+            "{db:<9} {:<19} {:>24} {:>24} {:>14} {:>14}",
             "envelope",
             fmt(n, &enc.insert),
             fmt(n, &enc.select),
             rs(&enc.insert, &plain.insert),
             rs(&enc.select, &plain.select)
         );
-        println!("{db:<9} load average {load}");
+        println!(
+            "{db:<9} {:<19} {:>24} {:>24} {:>14}   waiting for seals: {:.1} ms (median)",
+            "envelope, pipelined",
+            fmt(n, &enc.insert_pipelined),
+            "",
+            rs(&enc.insert_pipelined, &plain.insert),
+            1000.0 * median(&enc.insert_pipelined_wait),
+        );
+        println!(
+            "{db:<9} {:<19} {:>24} {:>24} {:>14}",
+            "envelope, presealed",
+            fmt(n, &enc.insert_presealed),
+            "",
+            rs(&enc.insert_presealed, &plain.insert),
+        );
+        let pct = |v: &[f64]| format!("{:.0}%", 100.0 * median(v));
+        println!(
+            "{db:<9} load average {load}; all cores busy (median): plaintext insert {} select {}, envelope insert {} pipelined {} select {}",
+            pct(&plain.insert_busy),
+            pct(&plain.select_busy),
+            pct(&enc.insert_busy),
+            pct(&enc.insert_pipelined_busy),
+            pct(&enc.select_busy)
+        );
     }
     if let Some(pgc) = &pgc_runs {
         println!(

@@ -1,5 +1,5 @@
 //! AES-256-GCM for stored values, composed from RustCrypto's `aes` block
-//! cipher and `ghash` universal hash: the two primitives the `aes-gcm` crate is
+//! cipher and `polyval` universal hash: the primitives the `aes-gcm` crate is
 //! made of, put together the same way (NIST SP 800-38D, 96-bit nonce, 128-bit
 //! tag), so the output is byte for byte what `aes-gcm` produces.
 //!
@@ -11,6 +11,12 @@
 //! values under one key ([`Gcm::open_run`], [`Gcm::seal_run`]) through one call
 //! for all of them, so the wide backend works on many blocks at once.
 //!
+//! GHASH is computed as POLYVAL over byte-reversed blocks (RFC 8452,
+//! appendix A), the way the `ghash` crate does it, but with the blocks of a
+//! value reversed into a buffer first and handed over eight at a time: the
+//! carry-less-multiply backend then takes them four per reduction instead of
+//! one call (and one reduction) per block.
+//!
 //! Tests check this module against `aes-gcm` (every length up to 600 bytes and
 //! around the chunk boundaries, both directions, tampering) and against NIST's
 //! test vectors; the value format's known-answer vectors pin the stored bytes.
@@ -18,7 +24,7 @@
 //! and nothing is decrypted before it matches.
 
 use aes::cipher::{BlockCipherEncrypt, KeyInit};
-use ghash::universal_hash::UniversalHash;
+use polyval::universal_hash::UniversalHash;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
@@ -41,7 +47,8 @@ const STACK_BLOCKS: usize = 9;
 /// key, both zeroized on drop.
 pub(crate) struct Gcm {
     aes: aes::Aes256,
-    ghash: ghash::GHash,
+    /// POLYVAL keyed with `mulX(reverse(H))`: GHASH over reversed blocks.
+    polyval: polyval::Polyval,
 }
 
 /// The tag did not match: nothing was decrypted.
@@ -64,9 +71,13 @@ impl Gcm {
         let aes = aes::Aes256::new(key.into());
         let mut h = Block::default();
         aes.encrypt_block(&mut h);
-        let ghash = ghash::GHash::new(&h);
+        let mut hp = polyval::hazmat::FieldElement::from(h).reverse().mulx();
         h.as_mut_slice().zeroize();
-        Gcm { aes, ghash }
+        let mut key = polyval::Key::from(hp);
+        let polyval = polyval::Polyval::new(&key);
+        hp.zeroize();
+        key.as_mut_slice().zeroize();
+        Gcm { aes, polyval }
     }
 
     /// Encrypt `data` in place; returns the tag.
@@ -194,18 +205,72 @@ impl Gcm {
 
     /// GHASH over the associated data and the ciphertext, masked.
     fn tag(&self, aad: &[u8], ct: &[u8], mask: &Block) -> [u8; TAG_LEN] {
-        let mut g = self.ghash.clone();
-        g.update_padded(aad);
-        g.update_padded(ct);
-        let mut lengths = Block::default();
+        let mut g = Ghash {
+            polyval: self.polyval.clone(),
+            buf: [Block::default(); GHASH_BUF],
+            n: 0,
+        };
+        g.absorb_padded(aad);
+        g.absorb_padded(ct);
+        let mut lengths = [0u8; 16];
         lengths[..8].copy_from_slice(&(aad.len() as u64 * 8).to_be_bytes());
         lengths[8..].copy_from_slice(&(ct.len() as u64 * 8).to_be_bytes());
-        g.update(&[lengths]);
-        let mut tag: [u8; TAG_LEN] = g.finalize().into();
+        g.absorb(&lengths);
+        let mut tag = g.finish();
         for (t, m) in tag.iter_mut().zip(mask.iter()) {
             *t ^= m;
         }
         tag
+    }
+}
+
+/// Blocks GHASH collects before it hands them to POLYVAL (two of POLYVAL's
+/// four-block groups).
+const GHASH_BUF: usize = 8;
+
+/// GHASH in progress: POLYVAL over blocks byte-reversed into `buf`.
+struct Ghash {
+    polyval: polyval::Polyval,
+    buf: [Block; GHASH_BUF],
+    n: usize,
+}
+
+impl Ghash {
+    /// Absorb one block (big-endian GHASH order).
+    #[inline]
+    fn absorb(&mut self, block: &[u8; 16]) {
+        self.buf[self.n] = Block::from(u128::from_be_bytes(*block).to_le_bytes());
+        self.n += 1;
+        if self.n == GHASH_BUF {
+            self.polyval.update(&self.buf);
+            self.n = 0;
+        }
+    }
+
+    /// Absorb `data`, its last block padded with zeros.
+    fn absorb_padded(&mut self, data: &[u8]) {
+        let mut chunks = data.chunks_exact(16);
+        for c in &mut chunks {
+            self.absorb(c.try_into().expect("16 bytes"));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 16];
+            last[..rest.len()].copy_from_slice(rest);
+            self.absorb(&last);
+        }
+    }
+
+    /// The GHASH value (not yet masked).
+    fn finish(self) -> [u8; TAG_LEN] {
+        let Ghash {
+            mut polyval,
+            buf,
+            n,
+        } = self;
+        polyval.update(&buf[..n]);
+        let out: [u8; 16] = polyval.finalize().into();
+        u128::from_le_bytes(out).to_be_bytes()
     }
 }
 

@@ -548,7 +548,35 @@ async fn batches_match_one_by_one_and_a_bad_value_fails_alone() {
                 .len(),
             1
         );
-        for (env, items, sealed) in [(&env, &items, &sealed), (&big, &big_items, &big_sealed)] {
+        // The same large batch kept on the calling thread (batch_threads(1)).
+        let one = Envelope::builder()
+            .keyring(local_keyring())
+            .store_arc(db.key_store())
+            .batch_threads(1)
+            .build()
+            .unwrap();
+        assert_eq!(one.batch_threads(), 1);
+        let t_one = unique("runs_one");
+        let one_items: Vec<(Context<'_>, &[u8])> = rows
+            .iter()
+            .zip(&plains)
+            .map(|(r, p)| (Context::new(&t_one, "v", r), &p[..]))
+            .collect();
+        let one_sealed = one.seal_many(&one_items).await.unwrap();
+        let zero = Envelope::builder()
+            .keyring(local_keyring())
+            .store_arc(db.key_store())
+            .batch_threads(0)
+            .build();
+        assert!(
+            matches!(&zero, Err(Error::Config(m)) if m.contains("batch_threads")),
+            "{zero:?}"
+        );
+        for (env, items, sealed) in [
+            (&env, &items, &sealed),
+            (&big, &big_items, &big_sealed),
+            (&one, &one_items, &one_sealed),
+        ] {
             for ((ctx, pt), s) in items.iter().zip(sealed).step_by(7) {
                 assert_eq!(&env.open(ctx, s).await.unwrap()[..], *pt, "{kind:?}");
             }

@@ -72,6 +72,7 @@ pub struct EnvelopeBuilder {
     scope: ScopePolicy,
     branch_rotation: Option<Duration>,
     keyring_concurrency: Option<usize>,
+    batch_threads: Option<usize>,
 }
 
 impl EnvelopeBuilder {
@@ -156,6 +157,19 @@ impl EnvelopeBuilder {
         self
     }
 
+    /// At most this many threads (the calling one included) work on one
+    /// large batch: [`Envelope::seal_many`] and the model batch openers
+    /// ([`crate::model::open_all`] and its kin) split a batch of at least
+    /// 1,024 values across them. Default: the machine's cores, for an
+    /// application that waits for the batch. Use 1 when the application
+    /// seals one page while the database writes another (or opens one page
+    /// while the next is fetched): the batch then stays on one core and
+    /// leaves the others to the database.
+    pub fn batch_threads(mut self, n: usize) -> Self {
+        self.batch_threads = Some(n);
+        self
+    }
+
     /// Build the envelope.
     pub fn build(self) -> Result<Envelope> {
         let default = self.keyring.ok_or_else(|| {
@@ -171,6 +185,15 @@ impl EnvelopeBuilder {
         if permits == 0 {
             return Err(Error::Config(
                 "keyring_concurrency must be at least 1".into(),
+            ));
+        }
+        let batch_threads = self
+            .batch_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if batch_threads == 0 {
+            return Err(Error::Config(
+                "batch_threads must be at least 1 (1 keeps every batch on the calling thread)"
+                    .into(),
             ));
         }
         let branch_rotation = self.branch_rotation.unwrap_or(DEFAULT_BRANCH_ROTATION);
@@ -198,6 +221,7 @@ impl EnvelopeBuilder {
                 branch_rotation,
                 keyring_permits: tokio::sync::Semaphore::new(permits),
                 revocations: AtomicU64::new(0),
+                batch_threads,
                 index_keys: moka::future::Cache::builder().max_capacity(100_000).build(),
             }),
         })
@@ -221,6 +245,8 @@ struct Inner {
     /// Bumped by every revocation in this process; a batch load that prefetched
     /// key records re-reads them if it changed meanwhile.
     revocations: AtomicU64,
+    /// See [`EnvelopeBuilder::batch_threads`].
+    batch_threads: usize,
     /// Unwrapped blind-index keys by slot, for the life of the process.
     index_keys: moka::future::Cache<String, Arc<keys::IndexKey>>,
 }
@@ -235,6 +261,12 @@ impl Envelope {
     /// Start building an envelope.
     pub fn builder() -> EnvelopeBuilder {
         EnvelopeBuilder::default()
+    }
+
+    /// How many threads may work on one large batch (see
+    /// [`EnvelopeBuilder::batch_threads`]).
+    pub fn batch_threads(&self) -> usize {
+        self.inner.batch_threads
     }
 
     /// The keyring (a [`TenantKeyrings`] when tenants have keyrings of their

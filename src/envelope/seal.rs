@@ -20,16 +20,16 @@ const FRONT_PRUNE: usize = 4_096;
 /// several cores (parts of at least this many values), as when an application
 /// writes a page of rows: the database waits for the batch, so its cores are
 /// idle. Below it, a thread hand-off would cost more than it saves.
-const SEAL_SPLIT_MIN: usize = 1_024;
+const SEAL_SPLIT_MIN: usize = 512;
 
 /// Seal `values` under `key`, split across cores when the batch is large.
 fn seal_spread(
     key: &crate::key::DataKey,
     values: &[(&Context<'_>, &[u8])],
     nonces: &[[u8; format::NONCE_LEN]],
+    threads: usize,
 ) -> Vec<Vec<u8>> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let parts = (values.len() / SEAL_SPLIT_MIN).min(cores);
+    let parts = (values.len() / SEAL_SPLIT_MIN).min(threads);
     if parts <= 1 {
         return format::seal_batch(key, values, nonces);
     }
@@ -157,7 +157,7 @@ impl Envelope {
             let nonces = format::random_nonces(members.len());
             let values: Vec<(&Context<'_>, &[u8])> =
                 members.iter().map(|&i| (&items[i].0, items[i].1)).collect();
-            let sealed = seal_spread(&key, &values, &nonces);
+            let sealed = seal_spread(&key, &values, &nonces, self.batch_threads());
             let mut last_place = None;
             for (&i, s) in members.iter().zip(sealed) {
                 out[i] = Some(Sealed::from_trusted(s));

@@ -265,13 +265,13 @@ fn unusable_key<S: SealedRow>(
 /// Open rows on the calling task when they are few, else split across cores
 /// on the blocking pool (in order; a panic in a chunk is resumed here).
 async fn open_spread<S: SealedRow>(
+    envelope: &Envelope,
     mut rows: Vec<S>,
     offset: usize,
     resolved: Resolved,
     stop: bool,
 ) -> Vec<Result<S::Model>> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunks = (rows.len() / OFFLOAD_MIN_ROWS).min(cores);
+    let chunks = (rows.len() / OFFLOAD_MIN_ROWS).min(envelope.batch_threads());
     if chunks == 0 || tokio::runtime::Handle::try_current().is_err() {
         return open_rows(rows, offset, &resolved, stop);
     }
@@ -316,7 +316,7 @@ async fn open_spread<S: SealedRow>(
 /// that does not open, with [`Error::Row`] naming its position and column.
 pub async fn open_all<S: SealedRow>(envelope: &Envelope, rows: Vec<S>) -> Result<Vec<S::Model>> {
     let resolved = resolve(envelope, &rows).await;
-    open_spread(rows, 0, resolved, true)
+    open_spread(envelope, rows, 0, resolved, true)
         .await
         .into_iter()
         .collect()
@@ -328,7 +328,7 @@ pub async fn open_all<S: SealedRow>(envelope: &Envelope, rows: Vec<S>) -> Result
 /// resolved as in [`open_all`].
 pub async fn open_each<S: SealedRow>(envelope: &Envelope, rows: Vec<S>) -> Vec<Result<S::Model>> {
     let resolved = resolve(envelope, &rows).await;
-    open_spread(rows, 0, resolved, false).await
+    open_spread(envelope, rows, 0, resolved, false).await
 }
 
 /// Open sealed rows as they arrive (for example from sqlx's `fetch`): rows
@@ -370,7 +370,7 @@ async fn open_chunk<S: SealedRow>(
                 if !run.is_empty() {
                     let rows = std::mem::take(&mut run);
                     let resolved = resolve(envelope, &rows).await;
-                    out.extend(open_spread(rows, run_start, resolved, false).await);
+                    out.extend(open_spread(envelope, rows, run_start, resolved, false).await);
                 }
                 out.push(Err(Error::Query { model, source }));
                 run_start = offset + i + 1;
@@ -379,7 +379,7 @@ async fn open_chunk<S: SealedRow>(
     }
     if !run.is_empty() {
         let resolved = resolve(envelope, &run).await;
-        out.extend(open_spread(run, run_start, resolved, false).await);
+        out.extend(open_spread(envelope, run, run_start, resolved, false).await);
     }
     out
 }

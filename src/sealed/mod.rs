@@ -136,6 +136,14 @@ macro_rules! sqlx_impls {
 
         #[cfg(feature = $feature)]
         impl sqlx::Encode<'_, $db> for Sealed {
+            fn encode(
+                self,
+                buf: &mut <$db as sqlx::Database>::ArgumentBuffer,
+            ) -> std::result::Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                // By value: drivers that keep the bytes (SQLite) take the
+                // buffer over instead of copying it.
+                <Vec<u8> as sqlx::Encode<'_, $db>>::encode(self.0, buf)
+            }
             fn encode_by_ref(
                 &self,
                 buf: &mut <$db as sqlx::Database>::ArgumentBuffer,
