@@ -796,21 +796,25 @@ async fn main() {
             rs(&enc.insert, &plain.insert),
             rs(&enc.select, &plain.select)
         );
-        println!(
-            "{db:<9} {:<19} {:>24} {:>24} {:>14}   waiting for seals: {:.1} ms (median)",
-            "envelope, pipelined",
-            fmt(n, &enc.insert_pipelined),
-            "",
-            rs(&enc.insert_pipelined, &plain.insert),
-            1000.0 * median(&enc.insert_pipelined_wait),
+        let waiting = format!(
+            "   waiting for seals: {:.1} ms (median)",
+            1000.0 * median(&enc.insert_pipelined_wait)
         );
-        println!(
-            "{db:<9} {:<19} {:>24} {:>24} {:>14}",
-            "envelope, presealed",
-            fmt(n, &enc.insert_presealed),
-            "",
-            rs(&enc.insert_presealed, &plain.insert),
-        );
+        for (label, secs, note) in [
+            (
+                "envelope, pipelined",
+                &enc.insert_pipelined,
+                waiting.as_str(),
+            ),
+            ("envelope, presealed", &enc.insert_presealed, ""),
+        ] {
+            println!(
+                "{db:<9} {label:<19} {:>24} {:>24} {:>14}{note}",
+                fmt(n, secs),
+                "",
+                rs(secs, &plain.insert),
+            );
+        }
         let pct = |v: &[f64]| format!("{:.0}%", 100.0 * median(v));
         println!(
             "{db:<9} load average {load}; all cores busy (median): plaintext insert {} select {}, envelope insert {} pipelined {} select {}",
