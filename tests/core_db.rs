@@ -503,8 +503,21 @@ async fn batch_open_resolves_each_key_once() {
     }
 }
 
+/// Column `v` of `table`, row by row, with its plaintext.
+fn batch_items<'a>(
+    table: &'a str,
+    rows: &'a [RowId],
+    plains: &'a [Vec<u8>],
+) -> Vec<(Context<'a>, &'a [u8])> {
+    rows.iter()
+        .zip(plains)
+        .map(|(r, p)| (Context::new(table, "v", r), &p[..]))
+        .collect()
+}
+
 /// Batches seal and open what one-by-one calls do (values of every length,
-/// under several data keys, a large batch split across cores), and in a batch
+/// under several data keys, a large batch split across cores or kept on one
+/// thread), and in a batch
 /// a tampered, swapped, truncated or unknown-key value fails alone, with its
 /// own typed error, while the others open.
 #[tokio::test]
@@ -517,11 +530,7 @@ async fn batches_match_one_by_one_and_a_bad_value_fails_alone() {
         let plains: Vec<Vec<u8>> = (0..rows.len())
             .map(|i| (0..i % 300).map(|j| (i * 31 + j) as u8).collect())
             .collect();
-        let items: Vec<(Context<'_>, &[u8])> = rows
-            .iter()
-            .zip(&plains)
-            .map(|(r, p)| (Context::new(&t, "v", r), &p[..]))
-            .collect();
+        let items = batch_items(&t, &rows, &plains);
         // 400 values per call under a 500-use limit: a new key every other
         // call; then 2,200 values in one call, sealed value by value (more
         // than one key can take).
@@ -534,11 +543,7 @@ async fn batches_match_one_by_one_and_a_bad_value_fails_alone() {
         // envelope, with its own master key: another table).
         let big = support::envelope(&db, CacheLimits::default());
         let t_big = unique("runs_big");
-        let big_items: Vec<(Context<'_>, &[u8])> = rows
-            .iter()
-            .zip(&plains)
-            .map(|(r, p)| (Context::new(&t_big, "v", r), &p[..]))
-            .collect();
+        let big_items = batch_items(&t_big, &rows, &plains);
         let big_sealed = big.seal_many(&big_items).await.unwrap();
         assert_eq!(
             big_sealed
@@ -557,11 +562,7 @@ async fn batches_match_one_by_one_and_a_bad_value_fails_alone() {
             .unwrap();
         assert_eq!(one.batch_threads(), 1);
         let t_one = unique("runs_one");
-        let one_items: Vec<(Context<'_>, &[u8])> = rows
-            .iter()
-            .zip(&plains)
-            .map(|(r, p)| (Context::new(&t_one, "v", r), &p[..]))
-            .collect();
+        let one_items = batch_items(&t_one, &rows, &plains);
         let one_sealed = one.seal_many(&one_items).await.unwrap();
         let zero = Envelope::builder()
             .keyring(local_keyring())

@@ -157,14 +157,15 @@ impl EnvelopeBuilder {
         self
     }
 
-    /// At most this many threads (the calling one included) work on one
-    /// large batch: [`Envelope::seal_many`] and the model batch openers
-    /// ([`crate::model::open_all`] and its kin) split a batch of at least
-    /// 1,024 values across them. Default: the machine's cores, for an
-    /// application that waits for the batch. Use 1 when the application
-    /// seals one page while the database writes another (or opens one page
-    /// while the next is fetched): the batch then stays on one core and
-    /// leaves the others to the database.
+    /// At most this many threads work on one large batch:
+    /// [`Envelope::seal_many`] splits the values under one key across them
+    /// from 1,024 values, the model batch openers ([`crate::model::open_all`]
+    /// and its kin) a result set from 1,024 rows, in parts of at least half
+    /// that. Default: the machine's cores, for an application that waits for
+    /// the batch. With 1 every batch stays on one thread, which leaves the
+    /// other cores to the database when the application seals one page while
+    /// the database writes another (or opens one page while the next is
+    /// fetched).
     pub fn batch_threads(mut self, n: usize) -> Self {
         self.batch_threads = Some(n);
         self

@@ -310,9 +310,10 @@ impl KeySet {
     }
 
     /// Open many stored values whose keys are in the set, one result per
-    /// value, in order. Values under one data key are decrypted together (the
-    /// counter blocks of a run of values go through one block-cipher call), so
-    /// a page of values costs much less than opening them one by one. Each
+    /// value, in order. Consecutive values under one data key are decrypted
+    /// together (the counter blocks of such a run go through one block-cipher
+    /// call), so a page of values costs much less than opening them one by
+    /// one. Each
     /// value is copied once, into the buffer its plaintext is returned in.
     pub fn open_batch(&self, items: &[(Context<'_>, &[u8])]) -> Vec<Result<Zeroizing<Vec<u8>>>> {
         let (ctxs, values): (Vec<&Context<'_>>, Vec<Vec<u8>>) =
