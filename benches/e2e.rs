@@ -26,11 +26,15 @@
 //! - insert, sealed beforehand (envelope only): every page sealed before the
 //!   timed part, which then only writes them: what the longer stored values
 //!   (37 bytes more per value) cost the database, sealing aside;
+//! - sealing alone (envelope only): `seal_many` over every page with no
+//!   database work meanwhile, what sealing costs by itself (ns per value);
 //! - select: keyset pages of `BATCH` rows; the envelope opens every value of a
 //!   page from the bytes the row already holds, consecutive values under one
 //!   data key together (`KeySet::open_batch_in_place`, keys resolved once per
 //!   page),
-//!   while the next page is being fetched.
+//!   while the next page is being fetched. Timed `SELECT_PASSES` times per run
+//!   (each pass after the database settled), so its median and range are over
+//!   `BENCH_RUNS` x `SELECT_PASSES` pairs.
 
 use std::time::Instant;
 
@@ -44,6 +48,11 @@ use sqlx_envelope::{CacheLimits, Context, Envelope, KeyMaterial, Keyring, LocalK
 mod moto;
 
 const BATCH: usize = 1_000;
+/// Timed passes of the select per run: a pass over 100,000 rows takes a
+/// fraction of a second, short enough for one scheduling hiccup to move it by
+/// a fifth, so each run times it several times (plaintext and envelope pass
+/// by pass, paired for the ratio).
+const SELECT_PASSES: usize = 3;
 const PASSPHRASE: &str = "bench-passphrase";
 
 struct Data {
@@ -75,6 +84,9 @@ struct Runs {
     insert_pipelined_wait: Vec<f64>,
     /// Envelope only: pages sealed before the timed part, which only writes.
     insert_presealed: Vec<f64>,
+    /// Envelope only: sealing every page (`seal_many`), no database work.
+    seal_only: Vec<f64>,
+    /// One entry per select pass ([`SELECT_PASSES`] per run).
     select: Vec<f64>,
     /// Share of all cores busy during each timed part, by run.
     insert_busy: Vec<f64>,
@@ -115,6 +127,7 @@ impl Runs {
             "insert_pipelined": optional(&self.insert_pipelined),
             "insert_sealed_beforehand": optional(&self.insert_presealed),
             "insert_pipelined_seconds_waiting_for_seals": self.insert_pipelined_wait,
+            "seal_only_seconds": self.seal_only,
             "select": rate(rows, &self.select),
             "machine_cpu_busy_share": {
                 "insert": busy(&self.insert_busy),
@@ -321,20 +334,22 @@ macro_rules! driver {
                     insert_batch(pool, table, chunk, cols).await;
                 }
                 t.stop(&mut runs.insert, &mut runs.insert_busy);
-                settle(pool, table).await;
-                let t = Timer::start();
-                let (mut n, mut after) = (0usize, 0i64);
-                loop {
-                    let p = page(pool, table, after).await;
-                    let Some(last) = p.last() else { break };
-                    after = last.0;
-                    for (_, e, s) in &p {
-                        assert_eq!(e.len() + s.len(), 128);
+                for _ in 0..SELECT_PASSES {
+                    settle(pool, table).await;
+                    let t = Timer::start();
+                    let (mut n, mut after) = (0usize, 0i64);
+                    loop {
+                        let p = page(pool, table, after).await;
+                        let Some(last) = p.last() else { break };
+                        after = last.0;
+                        for (_, e, s) in &p {
+                            assert_eq!(e.len() + s.len(), 128);
+                        }
+                        n += p.len();
                     }
-                    n += p.len();
+                    t.stop(&mut runs.select, &mut runs.select_busy);
+                    assert_eq!(n, d.ids.len());
                 }
-                t.stop(&mut runs.select, &mut runs.select_busy);
-                assert_eq!(n, d.ids.len());
                 runs.bytes_per_value = 64.0;
             }
 
@@ -343,16 +358,27 @@ macro_rules! driver {
                 setup(pool, table).await;
                 settle(pool, table).await;
                 let rows: Vec<RowId> = d.ids.iter().map(|i| RowId::from(*i)).collect();
-                let t = Timer::start();
-                let mut bytes = 0.0;
-                for chunk in d.ids.chunks(BATCH) {
+                let items_of = |chunk: &[i64]| {
                     let mut items = Vec::with_capacity(chunk.len() * 2);
                     for id in chunk {
                         let i = (*id - 1) as usize;
                         items.push((Context::new(table, "email", &rows[i]), &d.emails[i][..]));
                         items.push((Context::new(table, "ssn", &rows[i]), &d.ssns[i][..]));
                     }
-                    let sealed = env.seal_many(&items).await.unwrap();
+                    items
+                };
+
+                // Sealing alone, every page, no database work meanwhile.
+                let t = Instant::now();
+                for chunk in d.ids.chunks(BATCH) {
+                    std::hint::black_box(env.seal_many(&items_of(chunk)).await.unwrap());
+                }
+                runs.seal_only.push(t.elapsed().as_secs_f64());
+
+                let t = Timer::start();
+                let mut bytes = 0.0;
+                for chunk in d.ids.chunks(BATCH) {
+                    let sealed = env.seal_many(&items_of(chunk)).await.unwrap();
                     bytes = sealed[0].len() as f64;
                     let mut it = sealed.into_iter();
                     let cols = chunk
@@ -397,25 +423,27 @@ macro_rules! driver {
 
                 // Select: open page k on a blocking thread while page k + 1 is
                 // fetched.
-                settle(pool, table).await;
-                let t = Timer::start();
-                let (mut n, mut after) = (0usize, 0i64);
-                let mut opening: Option<tokio::task::JoinHandle<usize>> = None;
-                loop {
-                    let p = page(pool, table, after).await;
-                    if let Some(h) = opening.take() {
-                        n += h.await.unwrap();
+                for _ in 0..SELECT_PASSES {
+                    settle(pool, table).await;
+                    let t = Timer::start();
+                    let (mut n, mut after) = (0usize, 0i64);
+                    let mut opening: Option<tokio::task::JoinHandle<usize>> = None;
+                    loop {
+                        let p = page(pool, table, after).await;
+                        if let Some(h) = opening.take() {
+                            n += h.await.unwrap();
+                        }
+                        let Some(last) = p.last() else { break };
+                        after = last.0;
+                        let keys = env
+                            .keys_for(p.iter().flat_map(|(_, e, s)| [e.as_slice(), s.as_slice()]))
+                            .await
+                            .unwrap();
+                        opening = Some(tokio::task::spawn_blocking(move || open_page(&keys, table, p)));
                     }
-                    let Some(last) = p.last() else { break };
-                    after = last.0;
-                    let keys = env
-                        .keys_for(p.iter().flat_map(|(_, e, s)| [e.as_slice(), s.as_slice()]))
-                        .await
-                        .unwrap();
-                    opening = Some(tokio::task::spawn_blocking(move || open_page(&keys, table, p)));
+                    t.stop(&mut runs.select, &mut runs.select_busy);
+                    assert_eq!(n, d.ids.len());
                 }
-                t.stop(&mut runs.select, &mut runs.select_busy);
-                assert_eq!(n, d.ids.len());
             }
 
             pub async fn store(pool: &$pool) -> $store {
@@ -616,7 +644,7 @@ async fn main() {
     report.insert(
         "setup".into(),
         json!({"rows": n, "fields_per_row": 2, "field_bytes": 64, "batch_rows": BATCH,
-               "runs": reps, "cpu_features": cpu_features(),
+               "runs": reps, "select_passes_per_run": SELECT_PASSES, "cpu_features": cpu_features(),
                "cpus": std::thread::available_parallelism().map_or(0, |n| n.get())}),
     );
     let mut table: Vec<(&str, Runs, Runs, String)> = Vec::new();
@@ -753,7 +781,7 @@ async fn main() {
     .unwrap();
 
     println!(
-        "\n{n} rows x 2 fields of 64 B, batches of {BATCH}, {reps} interleaved runs; CPU: {}",
+        "\n{n} rows x 2 fields of 64 B, batches of {BATCH}, {reps} interleaved runs ({SELECT_PASSES} select passes each); CPU: {}",
         cpu_features().join(" ")
     );
     println!(
@@ -802,13 +830,22 @@ async fn main() {
             "   waiting for seals: {:.1} ms (median)",
             1000.0 * median(&enc.insert_pipelined_wait)
         );
+        let seal_only = format!(
+            "   sealing alone: {:.1} ms, {:.0} ns per value (median)",
+            1000.0 * median(&enc.seal_only),
+            1e9 * median(&enc.seal_only) / (2 * n) as f64
+        );
         for (label, secs, note) in [
             (
                 "envelope, pipelined",
                 &enc.insert_pipelined,
                 waiting.as_str(),
             ),
-            ("envelope, presealed", &enc.insert_presealed, ""),
+            (
+                "envelope, presealed",
+                &enc.insert_presealed,
+                seal_only.as_str(),
+            ),
         ] {
             println!(
                 "{db:<9} {label:<19} {:>24} {:>24} {:>14}{note}",

@@ -133,16 +133,21 @@ impl Envelope {
                 }
                 continue;
             }
+            // The distinct columns of the group (a page of rows has a few),
+            // each with one of its values' contexts: registered, and later
+            // pointed at the key, once each rather than once per value.
+            let mut places: Vec<(PlaceRef<'_>, usize)> = Vec::new();
             for &i in &members {
                 let ctx = &items[i].0;
-                let registered = self
-                    .inner
-                    .cache
-                    .seal_front
-                    .with(PlaceRef(ctx.table, ctx.column, ctx.tenant), |_| ())
-                    .is_some();
+                let place = PlaceRef(ctx.table, ctx.column, ctx.tenant);
+                if !places.iter().any(|(p, _)| *p == place) {
+                    places.push((place, i));
+                }
+            }
+            for &(place, i) in &places {
+                let registered = self.inner.cache.seal_front.with(place, |_| ()).is_some();
                 if !registered {
-                    self.register_column(ctx).await?;
+                    self.register_column(&items[i].0).await?;
                 }
             }
             let first = &items[members[0]].0;
@@ -158,16 +163,11 @@ impl Envelope {
             let values: Vec<(&Context<'_>, &[u8])> =
                 members.iter().map(|&i| (&items[i].0, items[i].1)).collect();
             let sealed = seal_spread(&key, &values, &nonces, self.batch_threads());
-            let mut last_place = None;
             for (&i, s) in members.iter().zip(sealed) {
                 out[i] = Some(Sealed::from_trusted(s));
-                // Point each column (and tenant) of the group at the key once.
-                let ctx = &items[i].0;
-                let place = PlaceRef(ctx.table, ctx.column, ctx.tenant);
-                if last_place != Some(place) {
-                    self.front_put(ctx, &active);
-                    last_place = Some(place);
-                }
+            }
+            for &(_, i) in &places {
+                self.front_put(&items[i].0, &active);
             }
         }
         Ok(out
