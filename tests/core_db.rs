@@ -515,6 +515,50 @@ fn batch_items<'a>(
         .collect()
 }
 
+/// A batch spread over many columns (more than the few a page usually has)
+/// registers every column in the key store and leaves each column's key
+/// ready for the warm path; every value opens.
+#[tokio::test]
+async fn a_batch_over_many_columns_registers_and_warms_each() {
+    for kind in ALL {
+        let db = Db::connect(kind).await;
+        let env = support::envelope(&db, CacheLimits::default());
+        let t = unique("wide");
+        let columns: Vec<String> = (0..40).map(|c| format!("c{c}")).collect();
+        let rows: Vec<RowId> = (0..5_i64).map(RowId::from).collect();
+        let pt = b"value".as_slice();
+        let mut items = Vec::new();
+        for row in &rows {
+            for c in &columns {
+                items.push((Context::new(&t, c, row), pt));
+            }
+        }
+        let sealed = env.seal_many(&items).await.unwrap();
+        let registered: HashSet<String> = db
+            .key_store()
+            .columns()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.context_table == t)
+            .map(|r| r.context_column)
+            .collect();
+        assert_eq!(
+            registered,
+            columns.iter().cloned().collect::<HashSet<_>>(),
+            "{kind:?}"
+        );
+        for c in &columns {
+            let ctx = Context::new(&t, c, &rows[0]);
+            let warm = env.seal_if_cached(&ctx, pt).expect("warm after the batch");
+            assert_eq!(&env.open(&ctx, &warm.unwrap()).await.unwrap()[..], pt);
+        }
+        for ((ctx, pt), s) in items.iter().zip(&sealed) {
+            assert_eq!(&env.open(ctx, s).await.unwrap()[..], *pt, "{kind:?}");
+        }
+    }
+}
+
 /// Batches seal and open what one-by-one calls do (values of every length,
 /// under several data keys, a large batch split across cores or kept on one
 /// thread), and in a batch

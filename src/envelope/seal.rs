@@ -1,5 +1,6 @@
 //! Sealing: the warm path, batches, and the active data keys behind them.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,10 @@ use crate::store::{ColumnRecord, ColumnSource};
 
 /// Front entries (columns × tenants) kept before revoked ones are pruned.
 const FRONT_PRUNE: usize = 4_096;
+
+/// Distinct columns of a batch group found by a scan of the list; past this
+/// many, by a hash set.
+const FEW_PLACES: usize = 16;
 
 /// A batch of at least twice this many values under one key is sealed on
 /// several cores (parts of at least this many values), as when an application
@@ -135,12 +140,22 @@ impl Envelope {
             }
             // The distinct columns of the group (a page of rows has a few),
             // each with one of its values' contexts: registered, and later
-            // pointed at the key, once each rather than once per value.
+            // pointed at the key, once each rather than once per value. Past
+            // a few columns they are looked up in a set, not a list.
             let mut places: Vec<(PlaceRef<'_>, usize)> = Vec::new();
+            let mut seen: HashSet<PlaceRef<'_>> = HashSet::new();
             for &i in &members {
                 let ctx = &items[i].0;
                 let place = PlaceRef(ctx.table, ctx.column, ctx.tenant);
-                if !places.iter().any(|(p, _)| *p == place) {
+                let known = if places.len() <= FEW_PLACES {
+                    places.iter().any(|(p, _)| *p == place)
+                } else {
+                    if seen.is_empty() {
+                        seen.extend(places.iter().map(|(p, _)| *p));
+                    }
+                    !seen.insert(place)
+                };
+                if !known {
                     places.push((place, i));
                 }
             }
