@@ -196,6 +196,31 @@ fn main() {
     let (senv, _sdir) = setup(&rt, CacheLimits::default());
     rt.block_on(senv.seal(&items_pt[0].0, &pt64)).unwrap();
 
+    // A page as the end-to-end select reads it: 1,000 rows, two 64-byte
+    // fields each, owned bytes as fetched.
+    let page_rows: Vec<RowId> = (1..=1_000_i64).map(RowId::from).collect();
+    let page_items: Vec<(Context<'_>, &[u8])> = page_rows
+        .iter()
+        .flat_map(|r| {
+            [
+                (Context::new("bench_enc", "email", r), &pt64[..]),
+                (Context::new("bench_enc", "ssn", r), &pt64[..]),
+            ]
+        })
+        .collect();
+    let page: Vec<Vec<u8>> = rt
+        .block_on(env.seal_many(&page_items))
+        .unwrap()
+        .into_iter()
+        .map(|s| s.into_bytes())
+        .collect();
+    let page_keys = rt
+        .block_on(env.keys_for(page.iter().map(Vec::as_slice)))
+        .unwrap();
+    let raw_page: Vec<Vec<u8>> = (0..page.len())
+        .map(|_| raw_seal(&cipher, format::random_nonce(), &pt64))
+        .collect();
+
     let mut v = vec![
         variant("nonce/getrandom", None, |n| {
             timed(n, || {
@@ -323,6 +348,27 @@ fn main() {
                 })
             },
         ),
+        variant("page_2k/raw_aes_gcm_open", None, |n| {
+            timed(n, || {
+                for v in raw_page.clone() {
+                    black_box(raw_open(&cipher, &v));
+                }
+            })
+        }),
+        variant(
+            "page_2k/open_batch_in_place",
+            Some("page_2k/raw_aes_gcm_open"),
+            |n| {
+                timed(n, || {
+                    let items: Vec<(Context<'_>, Vec<u8>)> = page_items
+                        .iter()
+                        .zip(page.clone())
+                        .map(|((c, _), v)| (*c, v))
+                        .collect();
+                    black_box(page_keys.open_batch_in_place(items));
+                })
+            },
+        ),
         variant("batch_10k/seal_one_by_one", None, |n| {
             timed(n, || {
                 for (c, p) in &items_pt {
@@ -355,6 +401,7 @@ fn main() {
             .collect();
         v.retain(|x| keep.contains(&x.name));
     }
+
     run(&mut v);
     let load_after = loadavg();
     let features = cpu_features();

@@ -377,20 +377,76 @@ fn runs(values: impl Iterator<Item = (KeyId, usize)>) -> Vec<std::ops::Range<usi
     out
 }
 
-/// The associated data of each of `ctxs` under `key`, back to back in `aads`,
-/// with where each one ends in `bounds`.
-fn write_aads<'a, 'c: 'a>(
-    key: &DataKey,
-    ctxs: impl Iterator<Item = &'a Context<'c>>,
-    aads: &mut Vec<u8>,
-    bounds: &mut Vec<usize>,
-) {
-    aads.clear();
-    bounds.clear();
-    for ctx in ctxs {
-        append_aad(aads, VERSION_V1, key.id(), ctx);
-        bounds.push(aads.len());
+/// Columns of one run whose associated-data prefix is hashed once (a page
+/// usually holds a few columns; past these, values hash their whole
+/// associated data).
+const RUN_PREFIXES: usize = 8;
+
+/// The associated data of the values of one run under one key: each value's
+/// whole associated data back to back in `aads`, where each one ends in
+/// `bounds`, and which of `prefixes` it starts with in `which`. A prefix is
+/// the whole blocks of what every value of a column shares (domain, version,
+/// key id, table, column), hashed once per column and run
+/// ([`crate::gcm::AadPrefix`]).
+#[derive(Default)]
+struct RunAads<'a> {
+    aads: Vec<u8>,
+    bounds: Vec<usize>,
+    prefixes: Vec<(&'a str, &'a str, crate::gcm::AadPrefix)>,
+    which: Vec<Option<usize>>,
+}
+
+impl<'a> RunAads<'a> {
+    /// Write the associated data of `ctxs` under `key` (what it held before
+    /// is cleared; its buffers are kept).
+    fn write<'c: 'a>(
+        &mut self,
+        key: &DataKey,
+        ctxs: impl ExactSizeIterator<Item = &'a Context<'c>>,
+    ) {
+        self.aads.clear();
+        self.bounds.clear();
+        self.prefixes.clear();
+        self.which.clear();
+        // Room for the usual associated data (short names, one key part)
+        // up front, rather than growing the buffer value by value.
+        self.aads.reserve(ctxs.len() * 96);
+        for ctx in ctxs {
+            let start = self.aads.len();
+            append_aad(&mut self.aads, VERSION_V1, key.id(), ctx);
+            self.bounds.push(self.aads.len());
+            let found = self
+                .prefixes
+                .iter()
+                .position(|(t, c, _)| same_str(t, ctx.table) && same_str(c, ctx.column));
+            let which = match found {
+                Some(i) => Some(i),
+                None if self.prefixes.len() < RUN_PREFIXES => {
+                    let shared =
+                        AAD_DOMAIN.len() + 1 + KEY_ID_LEN + 8 + ctx.table.len() + ctx.column.len();
+                    let prefix = key.gcm().aad_prefix(&self.aads[start..start + shared]);
+                    self.prefixes.push((ctx.table, ctx.column, prefix));
+                    Some(self.prefixes.len() - 1)
+                }
+                None => None,
+            };
+            self.which.push(which);
+        }
     }
+
+    /// Value `i`'s associated data and its column's prefix.
+    fn get(&self, i: usize) -> (Option<&crate::gcm::AadPrefix>, &[u8]) {
+        let start = if i == 0 { 0 } else { self.bounds[i - 1] };
+        let prefix = self.which[i].map(|w| &self.prefixes[w].2);
+        (prefix, &self.aads[start..self.bounds[i]])
+    }
+}
+
+/// Whether two names are equal, at once when they are the same string (the
+/// usual case: one column's contexts name it with one `&'static str`).
+#[inline]
+fn same_str(a: &str, b: &str) -> bool {
+    std::ptr::eq(a, b) || a == b
 }
 
 /// Open a batch of values in place, each under the key its header names: the
@@ -399,21 +455,19 @@ fn write_aads<'a, 'c: 'a>(
 /// opened (its tag matched); a value that did not open is left as it was.
 pub(crate) fn open_batch(items: &mut [Opening<'_, '_>], ok: &mut Vec<bool>) {
     ok.clear();
-    let (mut aads, mut bounds, mut blocks, mut run_ok) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut blocks, mut run_ok, mut aads) = (Vec::new(), Vec::new(), RunAads::default());
     for range in runs(items.iter().map(|i| (i.key.id(), i.ct.len()))) {
         let run = &mut items[range];
         let key = run[0].key;
-        write_aads(key, run.iter().map(|i| i.ctx), &mut aads, &mut bounds);
-        let mut start = 0;
+        aads.write(key, run.iter().map(|i| i.ctx));
         let mut gcm_items: Vec<crate::gcm::RunItem<'_>> = run
             .iter_mut()
-            .zip(&bounds)
-            .map(|(item, &end)| {
-                let aad = &aads[start..end];
-                start = end;
+            .enumerate()
+            .map(|(i, item)| {
+                let (prefix, aad) = aads.get(i);
                 crate::gcm::RunItem {
                     nonce: item.nonce,
+                    prefix,
                     aad,
                     data: &mut *item.ct,
                     tag: item.tag,
@@ -439,28 +493,22 @@ pub(crate) fn seal_batch(
         .zip(nonces)
         .map(|((_, pt), nonce)| header_and_plaintext(key, nonce, pt))
         .collect();
-    let (mut aads, mut bounds, mut blocks) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut blocks, mut aads) = (Vec::new(), RunAads::default());
     for range in runs(values.iter().map(|(_, pt)| (key.id(), pt.len()))) {
-        write_aads(
-            key,
-            values[range.clone()].iter().map(|(c, _)| *c),
-            &mut aads,
-            &mut bounds,
-        );
-        let mut start = 0;
+        aads.write(key, values[range.clone()].iter().map(|(c, _)| *c));
         let mut items: Vec<crate::gcm::RunItem<'_>> = out[range.clone()]
             .iter_mut()
             .zip(&nonces[range.clone()])
-            .zip(&bounds)
-            .map(|((v, nonce), &end)| {
-                let item = crate::gcm::RunItem {
+            .enumerate()
+            .map(|(i, (v, nonce))| {
+                let (prefix, aad) = aads.get(i);
+                crate::gcm::RunItem {
                     nonce: *nonce,
-                    aad: &aads[start..end],
+                    prefix,
+                    aad,
                     data: &mut v[HEADER_LEN..],
                     tag: [0; TAG_LEN],
-                };
-                start = end;
-                item
+                }
             })
             .collect();
         key.gcm().seal_run(&mut items, &mut blocks);
