@@ -401,7 +401,6 @@ fn main() {
             .collect();
         v.retain(|x| keep.contains(&x.name));
     }
-
     run(&mut v);
     let load_after = loadavg();
     let features = cpu_features();

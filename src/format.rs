@@ -152,18 +152,17 @@ pub fn write_aad(out: &mut Vec<u8>, version: u8, key_id: KeyId, ctx: &Context<'_
     append_aad(out, version, key_id, ctx);
 }
 
+/// How many bytes the associated data of a value in `ctx` starts with that
+/// every value of its column under one key shares: domain, version, key id,
+/// and the length-prefixed table and column names ([`append_aad`]).
+fn column_aad_len(ctx: &Context<'_>) -> usize {
+    AAD_DOMAIN.len() + 1 + KEY_ID_LEN + 4 + ctx.table.len() + 4 + ctx.column.len()
+}
+
 /// [`write_aad`] after what `out` already holds.
 fn append_aad(out: &mut Vec<u8>, version: u8, key_id: KeyId, ctx: &Context<'_>) {
     out.reserve(
-        AAD_DOMAIN.len()
-            + 1
-            + KEY_ID_LEN
-            + 8
-            + ctx.table.len()
-            + ctx.column.len()
-            + ctx.row.encoded_len()
-            + 5
-            + ctx.tenant.map_or(0, str::len),
+        column_aad_len(ctx) + 2 + ctx.row.encoded_len() + 5 + ctx.tenant.map_or(0, str::len),
     );
     out.extend_from_slice(AAD_DOMAIN);
     out.push(version);
@@ -422,9 +421,8 @@ impl<'a> RunAads<'a> {
             let which = match found {
                 Some(i) => Some(i),
                 None if self.prefixes.len() < RUN_PREFIXES => {
-                    let shared =
-                        AAD_DOMAIN.len() + 1 + KEY_ID_LEN + 8 + ctx.table.len() + ctx.column.len();
-                    let prefix = key.gcm().aad_prefix(&self.aads[start..start + shared]);
+                    let shared = start + column_aad_len(ctx);
+                    let prefix = key.gcm().aad_prefix(&self.aads[start..shared]);
                     self.prefixes.push((ctx.table, ctx.column, prefix));
                     Some(self.prefixes.len() - 1)
                 }

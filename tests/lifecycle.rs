@@ -833,3 +833,87 @@ async fn two_processes_and_an_operator_destroy_only_after_every_horizon() {
         }
     }
 }
+
+/// Batches over many columns (more than `seal_many` scans as a list) in two
+/// processes, each with its own caches, while the operator retires one
+/// process's key, under one `ManualClock`: each batch seals under one key of
+/// its process; the retired key stays retired when its process rotates away
+/// from it by age; after the rotation every column of the batch seals warm
+/// under the new key; each process opens what the other sealed under keys
+/// that still decrypt, and the retired key's values are refused to the
+/// process that never cached it.
+#[tokio::test]
+async fn two_processes_batch_many_columns_while_the_operator_retires() {
+    for kind in ALL {
+        let w = World::new(Db::connect(kind).await).await;
+        let limits = CacheLimits::default().max_age(Duration::from_secs(300));
+        let a = w.process(limits.clone());
+        let b = w.process(limits);
+        let operator = w.process(CacheLimits::default());
+        let t = unique("lc_batch");
+        let columns: Vec<String> = (0..24).map(|c| format!("c{c}")).collect();
+        let rows: Vec<RowId> = (0..3_i64).map(RowId::from).collect();
+        let table = t.as_str();
+        let items: Vec<(Context<'_>, &[u8])> = rows
+            .iter()
+            .flat_map(|r| {
+                columns
+                    .iter()
+                    .map(move |c| (Context::new(table, c, r), &b"v"[..]))
+            })
+            .collect();
+        let one_key = |sealed: &[sqlx_envelope::Sealed]| {
+            let k = sealed[0].key_id();
+            assert!(
+                sealed.iter().all(|s| s.key_id() == k),
+                "{kind:?}: one key per batch"
+            );
+            k
+        };
+
+        let a1 = a.seal_many(&items).await.unwrap();
+        let b1 = b.seal_many(&items).await.unwrap();
+        let (ka, kb) = (one_key(&a1), one_key(&b1));
+        assert_ne!(
+            ka, kb,
+            "{kind:?}: each process seals under its own data key"
+        );
+
+        operator.set_key_state(ka, KeyState::Retired).await.unwrap();
+        w.clock.advance(Duration::from_secs(301));
+        let a2 = a.seal_many(&items).await.unwrap();
+        let b2 = b.seal_many(&items).await.unwrap();
+        let (ka2, kb2) = (one_key(&a2), one_key(&b2));
+        assert!(
+            ![ka, kb].contains(&ka2) && ![ka, kb].contains(&kb2),
+            "{kind:?}: rotated by age"
+        );
+        assert_eq!(
+            w.state(ka).await,
+            KeyState::Retired,
+            "{kind:?}: never undone"
+        );
+        assert_eq!(w.state(ka2).await, KeyState::Active, "{kind:?}");
+
+        for c in &columns {
+            let ctx = Context::new(&t, c, &rows[0]);
+            let warm = a.seal_if_cached(&ctx, b"w").expect("warm after the batch");
+            assert_eq!(warm.unwrap().key_id(), ka2, "{kind:?}: {c}");
+        }
+        for (((ctx, pt), x), y) in items.iter().zip(&a2).zip(&b2) {
+            assert_eq!(&b.open(ctx, x).await.unwrap()[..], *pt, "{kind:?}");
+            assert_eq!(&a.open(ctx, y).await.unwrap()[..], *pt, "{kind:?}");
+        }
+        for ((ctx, pt), y) in items.iter().zip(&b1) {
+            assert_eq!(&a.open(ctx, y).await.unwrap()[..], *pt, "{kind:?}");
+        }
+        match b.open(&items[0].0, &a1[0]).await {
+            Err(Error::KeyNotUsable {
+                state: KeyState::Retired,
+                operation: KeyOperation::Decrypt,
+                ..
+            }) => {}
+            other => panic!("{kind:?}: a retired key must not open, got {other:?}"),
+        }
+    }
+}
