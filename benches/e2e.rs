@@ -31,10 +31,11 @@
 //! - select: keyset pages of `BATCH` rows; the envelope opens every value of a
 //!   page from the bytes the row already holds, consecutive values under one
 //!   data key together (`KeySet::open_batch_in_place`, keys resolved once per
-//!   page),
-//!   while the next page is being fetched. Timed `SELECT_PASSES` times per run
-//!   (each pass after the database settled), so its median and range are over
-//!   `BENCH_RUNS` x `SELECT_PASSES` pairs.
+//!   page), while the next page is being fetched. The time spent opening and
+//!   the time the select waited for it are reported per pass: they tell CPU
+//!   shared with the fetch from latency added to it. Timed `SELECT_PASSES`
+//!   times per run (each pass after the database settled), so its median and
+//!   range are over `BENCH_RUNS` x `SELECT_PASSES` pairs.
 
 use std::time::Instant;
 
@@ -88,6 +89,11 @@ struct Runs {
     seal_only: Vec<f64>,
     /// One entry per select pass ([`SELECT_PASSES`] per run).
     select: Vec<f64>,
+    /// Envelope only, per select pass: seconds spent opening pages (on the
+    /// blocking thread, beside the fetch of the next page) and seconds the
+    /// select waited for an opening to finish.
+    select_opening: Vec<f64>,
+    select_wait: Vec<f64>,
     /// Share of all cores busy during each timed part, by run.
     insert_busy: Vec<f64>,
     insert_pipelined_busy: Vec<f64>,
@@ -129,6 +135,8 @@ impl Runs {
             "insert_pipelined_seconds_waiting_for_seals": self.insert_pipelined_wait,
             "seal_only_seconds": self.seal_only,
             "select": rate(rows, &self.select),
+            "select_seconds_opening": self.select_opening,
+            "select_seconds_waiting_for_opening": self.select_wait,
             "machine_cpu_busy_share": {
                 "insert": busy(&self.insert_busy),
                 "insert_pipelined": busy(&self.insert_pipelined_busy),
@@ -427,11 +435,16 @@ macro_rules! driver {
                     settle(pool, table).await;
                     let t = Timer::start();
                     let (mut n, mut after) = (0usize, 0i64);
-                    let mut opening: Option<tokio::task::JoinHandle<usize>> = None;
+                    let (mut opening_secs, mut waited) = (0.0, 0.0);
+                    let mut opening: Option<tokio::task::JoinHandle<(usize, f64)>> = None;
                     loop {
                         let p = page(pool, table, after).await;
                         if let Some(h) = opening.take() {
-                            n += h.await.unwrap();
+                            let w = Instant::now();
+                            let (rows, secs) = h.await.unwrap();
+                            waited += w.elapsed().as_secs_f64();
+                            n += rows;
+                            opening_secs += secs;
                         }
                         let Some(last) = p.last() else { break };
                         after = last.0;
@@ -439,9 +452,15 @@ macro_rules! driver {
                             .keys_for(p.iter().flat_map(|(_, e, s)| [e.as_slice(), s.as_slice()]))
                             .await
                             .unwrap();
-                        opening = Some(tokio::task::spawn_blocking(move || open_page(&keys, table, p)));
+                        opening = Some(tokio::task::spawn_blocking(move || {
+                            let t = Instant::now();
+                            let rows = open_page(&keys, table, p);
+                            (rows, t.elapsed().as_secs_f64())
+                        }));
                     }
                     t.stop(&mut runs.select, &mut runs.select_busy);
+                    runs.select_opening.push(opening_secs);
+                    runs.select_wait.push(waited);
                     assert_eq!(n, d.ids.len());
                 }
             }
@@ -854,6 +873,12 @@ async fn main() {
                 rs(secs, &plain.insert),
             );
         }
+        println!(
+            "{db:<9} select: opening {:.1} ms per pass beside the fetch of the next page, waited for {:.1} ms of it (medians); plaintext select {:.1} ms per pass",
+            1000.0 * median(&enc.select_opening),
+            1000.0 * median(&enc.select_wait),
+            1000.0 * median(&plain.select),
+        );
         let pct = |v: &[f64]| format!("{:.0}%", 100.0 * median(v));
         println!(
             "{db:<9} load average {load}; all cores busy (median): plaintext insert {} select {}, envelope insert {} pipelined {} select {}",

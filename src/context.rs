@@ -113,13 +113,44 @@ impl From<uuid::Uuid> for PkPart {
 }
 
 /// The primary key of a row: one or more [`PkPart`]s, in key order.
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
-pub struct RowId(Vec<PkPart>);
+///
+/// A single-column key is held inline (no allocation): a page of rows builds
+/// one row id per row, and most tables have one key column.
+#[derive(Clone)]
+pub struct RowId(Parts);
+
+/// The parts of a [`RowId`]: exactly one inline, or any other number in a
+/// vector (never a vector of one, so each key has one representation).
+#[derive(Clone)]
+enum Parts {
+    One(PkPart),
+    Many(Vec<PkPart>),
+}
+
+impl PartialEq for RowId {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for RowId {}
+
+impl std::hash::Hash for RowId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl std::fmt::Debug for RowId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RowId").field(&self.parts()).finish()
+    }
+}
 
 impl RowId {
     /// A single-column primary key.
     pub fn single(part: impl Into<PkPart>) -> Self {
-        RowId(vec![part.into()])
+        RowId(Parts::One(part.into()))
     }
 
     /// A composite primary key; the parts in the key's column order.
@@ -128,21 +159,29 @@ impl RowId {
     /// Never; an empty list yields a row id that [`crate::Envelope`] refuses with
     /// [`crate::Error::MissingRowId`].
     pub fn composite(parts: impl IntoIterator<Item = PkPart>) -> Self {
-        RowId(parts.into_iter().collect())
+        let mut parts: Vec<PkPart> = parts.into_iter().collect();
+        if parts.len() == 1 {
+            RowId(Parts::One(parts.pop().expect("one part")))
+        } else {
+            RowId(Parts::Many(parts))
+        }
     }
 
     /// The parts.
     pub fn parts(&self) -> &[PkPart] {
-        &self.0
+        match &self.0 {
+            Parts::One(p) => std::slice::from_ref(p),
+            Parts::Many(v) => v,
+        }
     }
 
     /// `true` when the row id has no parts (the row's key is not known).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.parts().is_empty()
     }
 
     pub(crate) fn encoded_len(&self) -> usize {
-        2 + self.0.iter().map(PkPart::encoded_len).sum::<usize>()
+        2 + self.parts().iter().map(PkPart::encoded_len).sum::<usize>()
     }
 
     /// The canonical form of the key (the bytes bound into each value's
@@ -150,9 +189,9 @@ impl RowId {
     /// cursor, typed and independent of the database.
     pub(crate) fn to_canonical_hex(&self) -> String {
         let mut out = Vec::with_capacity(self.encoded_len());
-        let n = u16::try_from(self.0.len()).expect("more than 65535 primary key parts");
+        let n = u16::try_from(self.parts().len()).expect("more than 65535 primary key parts");
         out.extend_from_slice(&n.to_be_bytes());
-        for p in &self.0 {
+        for p in self.parts() {
             p.write_canonical(&mut out);
         }
         crate::format::hex(&out)
@@ -180,13 +219,33 @@ impl RowId {
                 _ => return None,
             });
         }
-        rest.is_empty().then_some(RowId(parts))
+        rest.is_empty().then(|| RowId::composite(parts))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_key_is_one_row_id_however_it_was_built() {
+        use std::hash::{BuildHasher, RandomState};
+        let single = RowId::from(7);
+        let composite = RowId::composite([PkPart::Int(7)]);
+        assert_eq!(single, composite);
+        let h = RandomState::new();
+        assert_eq!(h.hash_one(&single), h.hash_one(&composite));
+        assert_eq!(format!("{single:?}"), "RowId([Int(7)])");
+        assert_eq!(composite.parts(), &[PkPart::Int(7)]);
+        let two = RowId::composite([PkPart::Int(7), PkPart::Text("a".into())]);
+        assert_ne!(single, two);
+        assert_eq!(two.parts().len(), 2);
+        assert!(RowId::composite([]).is_empty());
+        assert_eq!(
+            RowId::from_canonical_hex(&single.to_canonical_hex()),
+            Some(composite)
+        );
+    }
 
     #[test]
     fn canonical_hex_round_trips_every_part_kind() {

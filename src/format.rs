@@ -161,14 +161,24 @@ fn column_aad_len(ctx: &Context<'_>) -> usize {
 
 /// [`write_aad`] after what `out` already holds.
 fn append_aad(out: &mut Vec<u8>, version: u8, key_id: KeyId, ctx: &Context<'_>) {
-    out.reserve(
-        column_aad_len(ctx) + 2 + ctx.row.encoded_len() + 5 + ctx.tenant.map_or(0, str::len),
-    );
+    out.reserve(column_aad_len(ctx) + row_aad_len(ctx));
     out.extend_from_slice(AAD_DOMAIN);
     out.push(version);
     out.extend_from_slice(&key_id.get().to_be_bytes());
     put_lp(out, ctx.table.as_bytes());
     put_lp(out, ctx.column.as_bytes());
+    append_row_aad(out, ctx);
+}
+
+/// How many bytes of a value's associated data follow its column's share
+/// ([`column_aad_len`]): the primary key and the tenant.
+fn row_aad_len(ctx: &Context<'_>) -> usize {
+    ctx.row.encoded_len() + 1 + ctx.tenant.map_or(0, |t| 4 + t.len())
+}
+
+/// The part of a value's associated data that follows its column's share:
+/// the primary key's parts and the tenant.
+fn append_row_aad(out: &mut Vec<u8>, ctx: &Context<'_>) {
     let parts = ctx.row.parts();
     let n = u16::try_from(parts.len()).expect("more than 65535 primary key parts");
     out.extend_from_slice(&n.to_be_bytes());
@@ -391,8 +401,18 @@ const RUN_PREFIXES: usize = 8;
 struct RunAads<'a> {
     aads: Vec<u8>,
     bounds: Vec<usize>,
-    prefixes: Vec<(&'a str, &'a str, crate::gcm::AadPrefix)>,
+    prefixes: Vec<RunPrefix<'a>>,
     which: Vec<Option<usize>>,
+}
+
+/// One column of a run: where the first of its values' associated data
+/// holds the share all of them start with, and that share's whole blocks
+/// hashed.
+struct RunPrefix<'a> {
+    table: &'a str,
+    column: &'a str,
+    shared: std::ops::Range<usize>,
+    hashed: crate::gcm::AadPrefix,
 }
 
 impl<'a> RunAads<'a> {
@@ -412,22 +432,35 @@ impl<'a> RunAads<'a> {
         self.aads.reserve(ctxs.len() * 96);
         for ctx in ctxs {
             let start = self.aads.len();
-            append_aad(&mut self.aads, VERSION_V1, key.id(), ctx);
-            self.bounds.push(self.aads.len());
             let found = self
                 .prefixes
                 .iter()
-                .position(|(t, c, _)| same_str(t, ctx.table) && same_str(c, ctx.column));
+                .position(|p| same_str(p.table, ctx.table) && same_str(p.column, ctx.column));
             let which = match found {
-                Some(i) => Some(i),
-                None if self.prefixes.len() < RUN_PREFIXES => {
-                    let shared = start + column_aad_len(ctx);
-                    let prefix = key.gcm().aad_prefix(&self.aads[start..shared]);
-                    self.prefixes.push((ctx.table, ctx.column, prefix));
-                    Some(self.prefixes.len() - 1)
+                // The column's share is copied from its first value's.
+                Some(i) => {
+                    let shared = self.prefixes[i].shared.clone();
+                    self.aads.reserve(shared.len() + row_aad_len(ctx));
+                    self.aads.extend_from_within(shared);
+                    append_row_aad(&mut self.aads, ctx);
+                    Some(i)
                 }
-                None => None,
+                None => {
+                    append_aad(&mut self.aads, VERSION_V1, key.id(), ctx);
+                    (self.prefixes.len() < RUN_PREFIXES).then(|| {
+                        let shared = start..start + column_aad_len(ctx);
+                        let prefix = key.gcm().aad_prefix(&self.aads[shared.clone()]);
+                        self.prefixes.push(RunPrefix {
+                            table: ctx.table,
+                            column: ctx.column,
+                            shared,
+                            hashed: prefix,
+                        });
+                        self.prefixes.len() - 1
+                    })
+                }
             };
+            self.bounds.push(self.aads.len());
             self.which.push(which);
         }
     }
@@ -435,7 +468,7 @@ impl<'a> RunAads<'a> {
     /// Value `i`'s associated data and its column's prefix.
     fn get(&self, i: usize) -> (Option<&crate::gcm::AadPrefix>, &[u8]) {
         let start = if i == 0 { 0 } else { self.bounds[i - 1] };
-        let prefix = self.which[i].map(|w| &self.prefixes[w].2);
+        let prefix = self.which[i].map(|w| &self.prefixes[w].hashed);
         (prefix, &self.aads[start..self.bounds[i]])
     }
 }
@@ -453,7 +486,11 @@ fn same_str(a: &str, b: &str) -> bool {
 /// opened (its tag matched); a value that did not open is left as it was.
 pub(crate) fn open_batch(items: &mut [Opening<'_, '_>], ok: &mut Vec<bool>) {
     ok.clear();
-    let (mut blocks, mut run_ok, mut aads) = (Vec::new(), Vec::new(), RunAads::default());
+    let (mut blocks, mut run_ok, mut aads) = (
+        crate::gcm::Keystream::default(),
+        Vec::new(),
+        RunAads::default(),
+    );
     for range in runs(items.iter().map(|i| (i.key.id(), i.ct.len()))) {
         let run = &mut items[range];
         let key = run[0].key;
@@ -491,7 +528,7 @@ pub(crate) fn seal_batch(
         .zip(nonces)
         .map(|((_, pt), nonce)| header_and_plaintext(key, nonce, pt))
         .collect();
-    let (mut blocks, mut aads) = (Vec::new(), RunAads::default());
+    let (mut blocks, mut aads) = (crate::gcm::Keystream::default(), RunAads::default());
     for range in runs(values.iter().map(|(_, pt)| (key.id(), pt.len()))) {
         aads.write(key, values[range.clone()].iter().map(|(c, _)| *c));
         let mut items: Vec<crate::gcm::RunItem<'_>> = out[range.clone()]

@@ -24,7 +24,7 @@
 //! Tests check this module against `aes-gcm` (every length up to 600 bytes and
 //! around the chunk boundaries, both directions, tampering) and against NIST's
 //! test vectors; the value format's known-answer vectors pin the stored bytes.
-//! Keystream blocks are wiped after use; the tag is compared in constant time
+//! Keystream blocks are wiped after use (a batch's once, when it is done); the tag is compared in constant time
 //! and nothing is decrypted before it matches.
 
 use aes::cipher::{BlockCipherEncrypt, KeyInit};
@@ -69,6 +69,28 @@ pub(crate) struct AadPrefix {
     /// The bytes the blocks were taken from: a value whose associated data
     /// does not start with them hashes all of it.
     bytes: Vec<u8>,
+}
+
+/// Scratch space for the keystreams of runs ([`Gcm::seal_run`],
+/// [`Gcm::open_run`]): reused from run to run of a batch and wiped, whole
+/// capacity, once when dropped, rather than after every run.
+#[derive(Default)]
+pub(crate) struct Keystream(Vec<Block>);
+
+impl Keystream {
+    /// Wipe every block the buffer has room for (what earlier, longer runs
+    /// left beyond the last run's length included).
+    fn wipe(&mut self) {
+        let cap = self.0.capacity();
+        self.0.resize(cap, Block::default());
+        wipe(&mut self.0);
+    }
+}
+
+impl Drop for Keystream {
+    fn drop(&mut self) {
+        self.wipe();
+    }
 }
 
 /// The tag did not match: nothing was decrypted.
@@ -148,8 +170,8 @@ impl Gcm {
 
     /// Seal a run of values (each item's tag is written): one block-cipher
     /// call for the counter blocks of all of them. `buf` is scratch space,
-    /// reused across runs and wiped here.
-    pub fn seal_run(&self, items: &mut [RunItem<'_>], buf: &mut Vec<Block>) {
+    /// reused across runs (and wiped when dropped).
+    pub fn seal_run(&self, items: &mut [RunItem<'_>], buf: &mut Keystream) {
         self.run(items, buf, |item, mask, ks| {
             assert!(
                 item.data.len() as u64 <= P_MAX,
@@ -163,7 +185,7 @@ impl Gcm {
     /// Open a run of values in place: one block-cipher call for the counter
     /// blocks of all of them; each value is decrypted only if its own tag
     /// matches. `ok[i]` tells whether item `i` opened.
-    pub fn open_run(&self, items: &mut [RunItem<'_>], buf: &mut Vec<Block>, ok: &mut Vec<bool>) {
+    pub fn open_run(&self, items: &mut [RunItem<'_>], buf: &mut Keystream, ok: &mut Vec<bool>) {
         ok.clear();
         self.run(items, buf, |item, mask, ks| {
             let good = item.data.len() as u64 <= P_MAX
@@ -181,9 +203,10 @@ impl Gcm {
     fn run(
         &self,
         items: &mut [RunItem<'_>],
-        buf: &mut Vec<Block>,
+        buf: &mut Keystream,
         mut each: impl FnMut(&mut RunItem<'_>, &Block, &[Block]),
     ) {
+        let buf = &mut buf.0;
         buf.clear();
         for item in items.iter() {
             let n = item.data.len().div_ceil(16);
@@ -197,7 +220,6 @@ impl Gcm {
             each(item, mask, ks);
             at += n + 1;
         }
-        wipe(buf);
     }
 
     /// XOR `data` with the keystream of `nonce` (counter blocks from 2) and
@@ -213,12 +235,14 @@ impl Gcm {
         let total = data.len().div_ceil(16);
         let first = total.min(CHUNK_BLOCKS - 1);
         let mut stack = [Block::default(); STACK_BLOCKS];
-        let mut heap = Vec::new();
+        // Wiped, whole capacity, when dropped.
+        let mut heap = Keystream::default();
+        let heap = &mut heap.0;
         let blocks: &mut [Block] = if first < STACK_BLOCKS {
             &mut stack[..first + 1]
         } else {
             heap.resize(first + 1, Block::default());
-            &mut heap
+            &mut *heap
         };
         fill_counters(blocks, nonce, 1);
         self.aes.encrypt_blocks(blocks);
@@ -230,15 +254,16 @@ impl Gcm {
             while done < total {
                 let n = (total - done).min(CHUNK_BLOCKS);
                 heap.clear();
-                push_counters(&mut heap, nonce, 2 + done, n);
-                self.aes.encrypt_blocks(&mut heap);
+                push_counters(heap, nonce, 2 + done, n);
+                self.aes.encrypt_blocks(heap);
                 let end = data.len().min((done + n) * 16);
-                xor(&mut data[done * 16..end], &heap);
+                xor(&mut data[done * 16..end], heap);
                 done += n;
             }
         }
-        wipe(&mut stack);
-        wipe(&mut heap);
+        if first < STACK_BLOCKS {
+            wipe(&mut stack[..=first]);
+        }
         mask
     }
 
@@ -549,11 +574,11 @@ mod tests {
 
     /// A run gives each value what sealing it alone gives; opening a run with
     /// one broken tag fails that value alone and leaves it as it was; the
-    /// scratch buffer is wiped.
+    /// scratch buffer's wipe clears all it has room for.
     #[test]
     fn runs_match_value_by_value() {
         let gcm = Gcm::new(&random::<32>());
-        let mut buf = Vec::new();
+        let mut buf = Keystream::default();
         for count in [0, 1, 2, 7, 40] {
             let values: Vec<([u8; 12], Vec<u8>, Vec<u8>)> = (0..count)
                 .map(|i| (random::<12>(), random_vec(i % 45), random_vec(i * 37 % 300)))
@@ -573,7 +598,10 @@ mod tests {
             gcm.seal_run(&mut items, &mut buf);
             let tags: Vec<[u8; 16]> = items.iter().map(|i| i.tag).collect();
             drop(items);
-            assert!(buf.iter().all(|b| b.iter().all(|&x| x == 0)));
+            assert_eq!(count > 0, buf.0.iter().any(|b| b.iter().any(|&x| x != 0)));
+            buf.wipe();
+            assert_eq!(buf.0.len(), buf.0.capacity());
+            assert!(buf.0.iter().all(|b| b.iter().all(|&x| x == 0)));
             for (((nonce, aad, pt), ct), tag) in values.iter().zip(&sealed).zip(&tags) {
                 let mut one = pt.clone();
                 assert_eq!(&gcm.seal(nonce, aad, &mut one), tag);
@@ -603,7 +631,10 @@ mod tests {
             let mut ok = Vec::new();
             gcm.open_run(&mut items, &mut buf, &mut ok);
             drop(items);
-            assert!(buf.iter().all(|b| b.iter().all(|&x| x == 0)));
+            assert_eq!(count > 0, buf.0.iter().any(|b| b.iter().any(|&x| x != 0)));
+            buf.wipe();
+            assert_eq!(buf.0.len(), buf.0.capacity());
+            assert!(buf.0.iter().all(|b| b.iter().all(|&x| x == 0)));
             for (i, (v, opened)) in values.iter().zip(&sealed).enumerate() {
                 assert_eq!(ok[i], Some(i) != broken);
                 if Some(i) == broken {
@@ -618,7 +649,7 @@ mod tests {
     /// Seal `data` as a run of one value from `prefix`; returns its tag.
     fn seal_one(
         gcm: &Gcm,
-        buf: &mut Vec<Block>,
+        buf: &mut Keystream,
         nonce: [u8; 12],
         prefix: &AadPrefix,
         aad: &[u8],
@@ -638,7 +669,7 @@ mod tests {
     /// Open `data` as a run of one value from `prefix`; returns `ok`.
     fn open_one(
         gcm: &Gcm,
-        buf: &mut Vec<Block>,
+        buf: &mut Keystream,
         nonce: [u8; 12],
         prefix: &AadPrefix,
         aad: &[u8],
@@ -665,7 +696,7 @@ mod tests {
     #[test]
     fn aad_prefix_gives_the_whole_aad_tag() {
         let gcm = Gcm::new(&random::<32>());
-        let mut buf = Vec::new();
+        let mut buf = Keystream::default();
         for aad_len in 0..80 {
             let aad = random_vec(aad_len);
             let prefix = gcm.aad_prefix(&aad);
