@@ -555,3 +555,46 @@ pub(crate) fn seal_batch(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::KeyMaterial;
+    use crate::context::{PkPart, RowId};
+
+    /// A run's associated data is, value by value, what [`write_aad`] gives:
+    /// columns seen again, more columns than a run hashes prefixes for, two
+    /// tables, a tenant or none, single, composite and text keys.
+    #[test]
+    fn run_aads_are_each_values_own() {
+        let key = DataKey::new(KeyId::new(7), &KeyMaterial::generate());
+        let rows = [
+            RowId::from(1),
+            RowId::composite([PkPart::Int(2), PkPart::Text("b".into())]),
+            RowId::from("k"),
+        ];
+        let columns: Vec<String> = (0..RUN_PREFIXES + 3).map(|i| format!("c{i}")).collect();
+        let mut ctxs = Vec::new();
+        for round in 0..3 {
+            for (i, column) in columns.iter().enumerate() {
+                let table = if i % 2 == 0 { "t" } else { "other_table" };
+                let ctx = Context::new(table, column, &rows[(i + round) % rows.len()]);
+                ctxs.push(if (i + round) % 3 == 0 {
+                    ctx.with_tenant("acme")
+                } else {
+                    ctx
+                });
+            }
+        }
+        let mut aads = RunAads::default();
+        aads.write(&key, ctxs.iter());
+        for (i, ctx) in ctxs.iter().enumerate() {
+            let mut want = Vec::new();
+            write_aad(&mut want, VERSION_V1, key.id(), ctx);
+            let (prefix, got) = aads.get(i);
+            assert_eq!(got, &want[..], "value {i}");
+            let column = columns.iter().position(|c| c == ctx.column).unwrap();
+            assert_eq!(prefix.is_some(), column < RUN_PREFIXES, "value {i}");
+        }
+    }
+}

@@ -24,7 +24,8 @@
 //! Tests check this module against `aes-gcm` (every length up to 600 bytes and
 //! around the chunk boundaries, both directions, tampering) and against NIST's
 //! test vectors; the value format's known-answer vectors pin the stored bytes.
-//! Keystream blocks are wiped after use (a batch's once, when it is done); the tag is compared in constant time
+//! Keystream blocks are wiped after use (a batch's buffer once, when it is
+//! done, or before it grows); the tag is compared in constant time
 //! and nothing is decrypted before it matches.
 
 use aes::cipher::{BlockCipherEncrypt, KeyInit};
@@ -73,11 +74,24 @@ pub(crate) struct AadPrefix {
 
 /// Scratch space for the keystreams of runs ([`Gcm::seal_run`],
 /// [`Gcm::open_run`]): reused from run to run of a batch and wiped, whole
-/// capacity, once when dropped, rather than after every run.
+/// capacity, when dropped or before it grows (never freed or moved with
+/// keystream in it), rather than after every run.
 #[derive(Default)]
 pub(crate) struct Keystream(Vec<Block>);
 
 impl Keystream {
+    /// The buffer, emptied, with room for `need` blocks. If it must grow, what
+    /// it holds is wiped first: growing a vector moves it and frees the old
+    /// memory as it is.
+    fn clear_for(&mut self, need: usize) -> &mut Vec<Block> {
+        if need > self.0.capacity() {
+            self.wipe();
+            self.0 = Vec::with_capacity(need);
+        }
+        self.0.clear();
+        &mut self.0
+    }
+
     /// Wipe every block the buffer has room for (what earlier, longer runs
     /// left beyond the last run's length included).
     fn wipe(&mut self) {
@@ -206,12 +220,14 @@ impl Gcm {
         buf: &mut Keystream,
         mut each: impl FnMut(&mut RunItem<'_>, &Block, &[Block]),
     ) {
-        let buf = &mut buf.0;
-        buf.clear();
+        let need = items.iter().map(|i| i.data.len().div_ceil(16) + 1).sum();
+        let buf = buf.clear_for(need);
+        let room = buf.as_ptr();
         for item in items.iter() {
             let n = item.data.len().div_ceil(16);
             push_counters(buf, &item.nonce, 1, n + 1);
         }
+        debug_assert_eq!(room, buf.as_ptr(), "a run's keystream never moves");
         self.aes.encrypt_blocks(buf);
         let mut at = 0;
         for item in items.iter_mut() {
@@ -235,9 +251,14 @@ impl Gcm {
         let total = data.len().div_ceil(16);
         let first = total.min(CHUNK_BLOCKS - 1);
         let mut stack = [Block::default(); STACK_BLOCKS];
-        // Wiped, whole capacity, when dropped.
+        // Wiped, whole capacity, when dropped; sized once for the largest
+        // chunk, so it never moves.
         let mut heap = Keystream::default();
-        let heap = &mut heap.0;
+        let heap = heap.clear_for(if first < STACK_BLOCKS {
+            0
+        } else {
+            CHUNK_BLOCKS
+        });
         let blocks: &mut [Block] = if first < STACK_BLOCKS {
             &mut stack[..first + 1]
         } else {
@@ -570,6 +591,20 @@ mod tests {
             gcm.open(&nonce, &aad, &mut ours, &tag).unwrap();
             assert_eq!(ours, pt);
         }
+    }
+
+    /// The scratch buffer keeps its memory while it has room, and gets new
+    /// memory (the old wiped first) only when a run needs more.
+    #[test]
+    fn keystream_moves_only_to_grow() {
+        let mut ks = Keystream::default();
+        ks.clear_for(8).resize(8, Block::from([0xa5; 16]));
+        let (at, cap) = (ks.0.as_ptr(), ks.0.capacity());
+        let same = ks.clear_for(cap);
+        assert_eq!((same.as_ptr(), same.len()), (at, 0));
+        let grown = ks.clear_for(cap + 1);
+        assert!(grown.capacity() > cap);
+        assert!(grown.is_empty());
     }
 
     /// A run gives each value what sealing it alone gives; opening a run with
