@@ -562,9 +562,10 @@ mod tests {
     use crate::KeyMaterial;
     use crate::context::{PkPart, RowId};
 
-    /// A run's associated data is, value by value, what [`write_aad`] gives:
-    /// columns seen again, more columns than a run hashes prefixes for, two
-    /// tables, a tenant or none, single, composite and text keys.
+    /// A run's associated data is, value by value, what [`write_aad`] gives,
+    /// and a value's hashed prefix is its own column's: columns seen again,
+    /// one column name in two tables, more columns than a run hashes
+    /// prefixes for, a tenant or none, single, composite and text keys.
     #[test]
     fn run_aads_are_each_values_own() {
         let key = DataKey::new(KeyId::new(7), &KeyMaterial::generate());
@@ -573,11 +574,13 @@ mod tests {
             RowId::composite([PkPart::Int(2), PkPart::Text("b".into())]),
             RowId::from("k"),
         ];
-        let columns: Vec<String> = (0..RUN_PREFIXES + 3).map(|i| format!("c{i}")).collect();
+        // (table, column): "c0" in both tables; RUN_PREFIXES + 3 in all.
+        let columns: Vec<(&str, String)> = std::iter::once(("other_table", "c0".to_owned()))
+            .chain((0..RUN_PREFIXES + 2).map(|i| (["t", "other_table"][i % 2], format!("c{i}"))))
+            .collect();
         let mut ctxs = Vec::new();
         for round in 0..3 {
-            for (i, column) in columns.iter().enumerate() {
-                let table = if i % 2 == 0 { "t" } else { "other_table" };
+            for (i, (table, column)) in columns.iter().enumerate() {
                 let ctx = Context::new(table, column, &rows[(i + round) % rows.len()]);
                 ctxs.push(if (i + round) % 3 == 0 {
                     ctx.with_tenant("acme")
@@ -593,8 +596,15 @@ mod tests {
             write_aad(&mut want, VERSION_V1, key.id(), ctx);
             let (prefix, got) = aads.get(i);
             assert_eq!(got, &want[..], "value {i}");
-            let column = columns.iter().position(|c| c == ctx.column).unwrap();
+            let column = columns
+                .iter()
+                .position(|(t, c)| *t == ctx.table && c == ctx.column)
+                .unwrap();
             assert_eq!(prefix.is_some(), column < RUN_PREFIXES, "value {i}");
+            if let Some(p) = prefix {
+                let shared = column_aad_len(ctx) / 16 * 16;
+                assert_eq!(p.bytes(), &want[..shared], "value {i}");
+            }
         }
     }
 }

@@ -107,6 +107,14 @@ impl Drop for Keystream {
     }
 }
 
+#[cfg(test)]
+impl AadPrefix {
+    /// The bytes its blocks were taken from.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// The tag did not match: nothing was decrypted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TagMismatch;
