@@ -258,16 +258,13 @@ impl Gcm {
     ) -> Block {
         let total = data.len().div_ceil(16);
         let first = total.min(CHUNK_BLOCKS - 1);
+        let on_stack = first < STACK_BLOCKS;
         let mut stack = [Block::default(); STACK_BLOCKS];
         // Wiped, whole capacity, when dropped; sized once for the largest
         // chunk, so it never moves.
         let mut heap = Keystream::default();
-        let heap = heap.clear_for(if first < STACK_BLOCKS {
-            0
-        } else {
-            CHUNK_BLOCKS
-        });
-        let blocks: &mut [Block] = if first < STACK_BLOCKS {
+        let heap = heap.clear_for(if on_stack { 0 } else { CHUNK_BLOCKS });
+        let blocks: &mut [Block] = if on_stack {
             &mut stack[..first + 1]
         } else {
             heap.resize(first + 1, Block::default());
@@ -290,7 +287,7 @@ impl Gcm {
                 done += n;
             }
         }
-        if first < STACK_BLOCKS {
+        if on_stack {
             wipe(&mut stack[..=first]);
         }
         mask
@@ -333,10 +330,7 @@ impl Gcm {
             let mut at = reverse_padded(&mut blocks, 0, aad);
             at = reverse_padded(&mut blocks, at, ct);
             blocks[at] = reversed(&lengths);
-            let mut polyval = start.clone();
-            polyval.update(&blocks[..n]);
-            let out: [u8; 16] = polyval.finalize().into();
-            u128::from_le_bytes(out).to_be_bytes()
+            ghash_value(start.clone(), &blocks[..n])
         } else {
             let mut g = Ghash {
                 polyval: start.clone(),
@@ -429,15 +423,17 @@ impl Ghash {
 
     /// The GHASH value (not yet masked).
     fn finish(self) -> [u8; TAG_LEN] {
-        let Ghash {
-            mut polyval,
-            buf,
-            n,
-        } = self;
-        polyval.update(&buf[..n]);
-        let out: [u8; 16] = polyval.finalize().into();
-        u128::from_le_bytes(out).to_be_bytes()
+        let Ghash { polyval, buf, n } = self;
+        ghash_value(polyval, &buf[..n])
     }
+}
+
+/// The GHASH value (not yet masked) of `polyval` after the last `blocks`
+/// (reversed, as [`reversed`] gives them).
+fn ghash_value(mut polyval: polyval::Polyval, blocks: &[Block]) -> [u8; TAG_LEN] {
+    polyval.update(blocks);
+    let out: [u8; 16] = polyval.finalize().into();
+    u128::from_le_bytes(out).to_be_bytes()
 }
 
 /// Counter blocks `nonce || (start + i)` (32-bit big-endian counter) for `i`
@@ -689,46 +685,31 @@ mod tests {
         }
     }
 
-    /// Seal `data` as a run of one value from `prefix`; returns its tag.
-    fn seal_one(
+    /// Seal (`tag` is `None`; returns the tag written) or open (returns the
+    /// tag given, with whether it matched) `data` as a run of one value from
+    /// `prefix`.
+    fn run_one(
         gcm: &Gcm,
         buf: &mut Keystream,
         nonce: [u8; 12],
         prefix: &AadPrefix,
         aad: &[u8],
         data: &mut [u8],
-    ) -> [u8; 16] {
-        let mut items = [RunItem {
-            nonce,
-            prefix: Some(prefix),
-            aad,
-            data,
-            tag: [0; 16],
-        }];
-        gcm.seal_run(&mut items, buf);
-        items[0].tag
-    }
-
-    /// Open `data` as a run of one value from `prefix`; returns `ok`.
-    fn open_one(
-        gcm: &Gcm,
-        buf: &mut Keystream,
-        nonce: [u8; 12],
-        prefix: &AadPrefix,
-        aad: &[u8],
-        data: &mut [u8],
-        tag: [u8; 16],
-    ) -> Vec<bool> {
+        tag: Option<[u8; 16]>,
+    ) -> ([u8; 16], Vec<bool>) {
         let mut ok = Vec::new();
         let mut items = [RunItem {
             nonce,
             prefix: Some(prefix),
             aad,
             data,
-            tag,
+            tag: tag.unwrap_or_default(),
         }];
-        gcm.open_run(&mut items, buf, &mut ok);
-        ok
+        match tag {
+            None => gcm.seal_run(&mut items, buf),
+            Some(_) => gcm.open_run(&mut items, buf, &mut ok),
+        }
+        (items[0].tag, ok)
     }
 
     /// Starting from an associated-data prefix hashed once gives the tag of
@@ -750,22 +731,24 @@ mod tests {
                 let mut whole = pt.clone();
                 let want = gcm.seal(&nonce, &aad, &mut whole);
                 let mut data = pt.clone();
-                let tag = seal_one(&gcm, &mut buf, nonce, &prefix, &aad, &mut data);
+                let (tag, _) = run_one(&gcm, &mut buf, nonce, &prefix, &aad, &mut data, None);
                 assert_eq!(tag, want, "aad {aad_len}, pt {pt_len}");
                 assert_eq!(data, whole);
                 // Another column's prefix is not used: still the right tag.
                 let other_prefix = gcm.aad_prefix(&random_vec(aad_len.max(16)));
                 let mut again = pt.clone();
-                let tag = seal_one(&gcm, &mut buf, nonce, &other_prefix, &aad, &mut again);
+                let (tag, _) =
+                    run_one(&gcm, &mut buf, nonce, &other_prefix, &aad, &mut again, None);
                 assert_eq!(tag, want, "other prefix, aad {aad_len}");
                 if aad_len > prefix.bytes.len() {
                     let mut other = aad.clone();
                     other[aad_len - 1] ^= 1;
                     let mut bad = data.clone();
-                    let ok = open_one(&gcm, &mut buf, nonce, &prefix, &other, &mut bad, want);
+                    let (_, ok) =
+                        run_one(&gcm, &mut buf, nonce, &prefix, &other, &mut bad, Some(want));
                     assert_eq!(ok, [false]);
                 }
-                let ok = open_one(&gcm, &mut buf, nonce, &prefix, &aad, &mut data, want);
+                let (_, ok) = run_one(&gcm, &mut buf, nonce, &prefix, &aad, &mut data, Some(want));
                 assert_eq!(ok, [true]);
                 assert_eq!(data, pt);
             }
