@@ -108,6 +108,15 @@ fn run(variants: &mut [Variant<'_>]) {
 }
 
 fn setup(rt: &tokio::runtime::Runtime, limits: CacheLimits) -> (Envelope, tempfile::TempDir) {
+    setup_threads(rt, limits, None)
+}
+
+/// [`setup`], with at most `threads` threads per batch (default: the cores).
+fn setup_threads(
+    rt: &tokio::runtime::Runtime,
+    limits: CacheLimits,
+    threads: Option<usize>,
+) -> (Envelope, tempfile::TempDir) {
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
@@ -120,12 +129,14 @@ fn setup(rt: &tokio::runtime::Runtime, limits: CacheLimits) -> (Envelope, tempfi
             .unwrap();
         let store = SqliteKeyStore::new(pool);
         store.migrate().await.unwrap();
-        let env = Envelope::builder()
+        let mut builder = Envelope::builder()
             .keyring(LocalKeyring::new("bench/1", KeyMaterial::generate()).unwrap())
             .store(store)
-            .limits(limits)
-            .build()
-            .unwrap();
+            .limits(limits);
+        if let Some(n) = threads {
+            builder = builder.batch_threads(n);
+        }
+        let env = builder.build().unwrap();
         (env, dir)
     })
 }
@@ -195,6 +206,8 @@ fn main() {
     rt.block_on(benv.open_many(&items)).unwrap();
     let (senv, _sdir) = setup(&rt, CacheLimits::default());
     rt.block_on(senv.seal(&items_pt[0].0, &pt64)).unwrap();
+    let (senv1, _sdir1) = setup_threads(&rt, CacheLimits::default(), Some(1));
+    rt.block_on(senv1.seal(&items_pt[0].0, &pt64)).unwrap();
 
     // A page as the end-to-end select reads it: 1,000 rows, two 64-byte
     // fields each, owned bytes as fetched.
@@ -389,6 +402,39 @@ fn main() {
                 })
             },
         ),
+        variant(
+            "batch_10k/seal_many_one_thread",
+            Some("batch_10k/seal_many"),
+            |n| {
+                rt.block_on(async {
+                    let t = Instant::now();
+                    for _ in 0..n {
+                        black_box(senv1.seal_many(&items_pt).await.unwrap());
+                    }
+                    t.elapsed()
+                })
+            },
+        ),
+        variant("page_2k/seal_many", Some("page_2k/seal_one_by_one"), |n| {
+            rt.block_on(async {
+                let t = Instant::now();
+                for _ in 0..n {
+                    black_box(senv.seal_many(&page_items).await.unwrap());
+                }
+                t.elapsed()
+            })
+        }),
+        variant("page_2k/seal_one_by_one", None, |n| {
+            rt.block_on(async {
+                let t = Instant::now();
+                for _ in 0..n {
+                    for (c, v) in &page_items {
+                        black_box(senv.seal(c, v).await.unwrap());
+                    }
+                }
+                t.elapsed()
+            })
+        }),
     ];
     // `BENCH_FILTER=open_64` keeps the variants whose name contains it, with
     // their baselines (for a profiler, or a quick look at one figure).

@@ -476,7 +476,7 @@ impl<'a> RunAads<'a> {
 /// Whether two names are equal, at once when they are the same string (the
 /// usual case: one column's contexts name it with one `&'static str`).
 #[inline]
-fn same_str(a: &str, b: &str) -> bool {
+pub(crate) fn same_str(a: &str, b: &str) -> bool {
     std::ptr::eq(a, b) || a == b
 }
 
@@ -514,34 +514,46 @@ pub(crate) fn open_batch(items: &mut [Opening<'_, '_>], ok: &mut Vec<bool>) {
     }
 }
 
-/// Seal values under `key`, one nonce each: the counter blocks of each run of
-/// values go through one block-cipher call (see [`crate::gcm`]). The nonces
-/// must be fresh (see [`random_nonces`]).
-pub(crate) fn seal_batch(
+/// The buffers [`seal_batch_into`] seals in place: each value's header and
+/// plaintext, with room for its tag. Allocated on the caller's thread, so that
+/// the values end up in its allocator arena whichever thread encrypts them.
+pub(crate) fn seal_buffers(
     key: &DataKey,
     values: &[(&Context<'_>, &[u8])],
     nonces: &[[u8; NONCE_LEN]],
 ) -> Vec<Vec<u8>> {
     assert_eq!(values.len(), nonces.len(), "one nonce per value");
-    let mut out: Vec<Vec<u8>> = values
+    values
         .iter()
         .zip(nonces)
         .map(|((_, pt), nonce)| header_and_plaintext(key, nonce, pt))
-        .collect();
+        .collect()
+}
+
+/// Seal values under `key` in the buffers [`seal_buffers`] made for them (the
+/// same `values`, in order), one nonce each: the counter blocks of each run of
+/// values go through one block-cipher call (see [`crate::gcm`]). The nonces
+/// must be fresh (see [`random_nonces`]).
+pub(crate) fn seal_batch_into(
+    key: &DataKey,
+    values: &[(&Context<'_>, &[u8])],
+    out: &mut [Vec<u8>],
+) {
+    assert_eq!(values.len(), out.len(), "one buffer per value");
     let (mut blocks, mut aads) = (crate::gcm::Keystream::default(), RunAads::default());
     for range in runs(values.iter().map(|(_, pt)| (key.id(), pt.len()))) {
         aads.write(key, values[range.clone()].iter().map(|(c, _)| *c));
         let mut items: Vec<crate::gcm::RunItem<'_>> = out[range.clone()]
             .iter_mut()
-            .zip(&nonces[range.clone()])
             .enumerate()
-            .map(|(i, (v, nonce))| {
+            .map(|(i, v)| {
                 let (prefix, aad) = aads.get(i);
+                let (head, data) = v.split_at_mut(HEADER_LEN);
                 crate::gcm::RunItem {
-                    nonce: *nonce,
+                    nonce: head[NONCE_OFFSET..].try_into().expect("12 bytes"),
                     prefix,
                     aad,
-                    data: &mut v[HEADER_LEN..],
+                    data,
                     tag: [0; TAG_LEN],
                 }
             })
@@ -553,7 +565,6 @@ pub(crate) fn seal_batch(
             v.extend_from_slice(&tag);
         }
     }
-    out
 }
 
 #[cfg(test)]

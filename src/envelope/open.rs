@@ -316,9 +316,12 @@ impl KeySet {
     /// one. Each
     /// value is copied once, into the buffer its plaintext is returned in.
     pub fn open_batch(&self, items: &[(Context<'_>, &[u8])]) -> Vec<Result<Zeroizing<Vec<u8>>>> {
-        let (ctxs, values): (Vec<&Context<'_>>, Vec<Vec<u8>>) =
-            items.iter().map(|(c, v)| (c, v.to_vec())).unzip();
-        self.open_batch_parts(&ctxs, values)
+        let ctxs: Vec<&Context<'_>> = items.iter().map(|(c, _)| c).collect();
+        let bufs = items
+            .iter()
+            .map(|(_, v)| Zeroizing::new(v.to_vec()))
+            .collect();
+        self.open_batch_parts(&ctxs, bufs)
     }
 
     /// [`KeySet::open_batch`] on values the caller owns (as fetched from a
@@ -327,24 +330,30 @@ impl KeySet {
         &self,
         items: Vec<(Context<'_>, Vec<u8>)>,
     ) -> Vec<Result<Zeroizing<Vec<u8>>>> {
-        let (ctxs, values): (Vec<Context<'_>>, Vec<Vec<u8>>) = items.into_iter().unzip();
-        let ctxs: Vec<&Context<'_>> = ctxs.iter().collect();
-        self.open_batch_parts(&ctxs, values)
+        let mut ctxs = Vec::with_capacity(items.len());
+        let mut bufs = Vec::with_capacity(items.len());
+        for (ctx, value) in items {
+            ctxs.push(ctx);
+            bufs.push(Zeroizing::new(value));
+        }
+        self.open_batch_parts(&ctxs, bufs)
     }
 
-    fn open_batch_parts(
+    fn open_batch_parts<'c, C: std::borrow::Borrow<Context<'c>>>(
         &self,
-        ctxs: &[&Context<'_>],
-        values: Vec<Vec<u8>>,
+        ctxs: &[C],
+        mut bufs: Vec<Zeroizing<Vec<u8>>>,
     ) -> Vec<Result<Zeroizing<Vec<u8>>>> {
-        let mut bufs: Vec<Zeroizing<Vec<u8>>> = values.into_iter().map(Zeroizing::new).collect();
         // Values that cannot be opened at all (malformed, key not in the set)
-        // fail here; the others are opened together, run by run.
-        let mut status: Vec<Result<()>> = Vec::with_capacity(bufs.len());
+        // fail here, each with its error (rare: kept apart, by index); the
+        // others are opened together, run by run.
+        let mut failed: Vec<(usize, Error)> = Vec::new();
         let mut items: Vec<format::Opening<'_, '_>> = Vec::with_capacity(bufs.len());
-        for (buf, ctx) in bufs.iter_mut().zip(ctxs) {
+        for (i, (buf, ctx)) in bufs.iter_mut().zip(ctxs).enumerate() {
             let found = format::parse_header(buf).and_then(|h| {
-                let key = self.get(h.key_id).ok_or(Error::UnknownKey(h.key_id))?;
+                let key = self
+                    .get(h.key_id)
+                    .ok_or_else(|| Error::UnknownKey(h.key_id))?;
                 Ok((h, key))
             });
             match found {
@@ -353,33 +362,31 @@ impl KeySet {
                     let (head, tag) = buf.split_at_mut(ct_end);
                     items.push(format::Opening {
                         key,
-                        ctx,
+                        ctx: ctx.borrow(),
                         nonce: header.nonce,
                         ct: &mut head[format::HEADER_LEN..],
                         tag: (&*tag).try_into().expect("16 bytes"),
                     });
-                    status.push(Ok(()));
                 }
-                Err(e) => status.push(Err(e)),
+                Err(e) => failed.push((i, e)),
             }
         }
         let mut ok = Vec::with_capacity(items.len());
         format::open_batch(&mut items, &mut ok);
         drop(items);
+        let mut failed = failed.into_iter().peekable();
         let mut opened = ok.into_iter();
-        for s in status.iter_mut().filter(|s| s.is_ok()) {
-            if !opened.next().expect("one result per value opened") {
-                *s = Err(Error::Authentication);
-            }
-        }
-        status
-            .into_iter()
-            .zip(bufs)
-            .map(|(s, mut buf)| {
-                s.map(|()| {
-                    format::plaintext_to_front(&mut buf);
-                    buf
-                })
+        bufs.into_iter()
+            .enumerate()
+            .map(|(i, mut buf)| {
+                if let Some((_, e)) = failed.next_if(|(at, _)| *at == i) {
+                    return Err(e);
+                }
+                if !opened.next().expect("one result per value opened") {
+                    return Err(Error::Authentication);
+                }
+                format::plaintext_to_front(&mut buf);
+                Ok(buf)
             })
             .collect()
     }
@@ -395,7 +402,7 @@ impl KeySet {
         let header = format::parse_header(value)?;
         let key = self
             .get(header.key_id)
-            .ok_or(Error::UnknownKey(header.key_id))?;
+            .ok_or_else(|| Error::UnknownKey(header.key_id))?;
         format::open_parsed(key, &header, ctx, value)
     }
 
@@ -412,7 +419,7 @@ impl KeySet {
         let header = format::parse_header(&value)?;
         let key = self
             .get(header.key_id)
-            .ok_or(Error::UnknownKey(header.key_id))?;
+            .ok_or_else(|| Error::UnknownKey(header.key_id))?;
         format::open_in_place_parsed(key, &header, ctx, value)
     }
 }
