@@ -3,13 +3,13 @@
 
 mod support;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx_envelope::{
     CacheLimits, Context, Envelope, Error, KeyKind, KeyOperation, KeyState, KeyringErrorKind,
-    ManualClock, RowId, Sealed, format,
+    ManualClock, RowId, ScopePolicy, Sealed, format,
 };
 use support::{ALL, Counting, Db, local_keyring, unique};
 
@@ -560,10 +560,11 @@ async fn a_batch_over_many_columns_registers_and_warms_each() {
 }
 
 /// Batches seal and open what one-by-one calls do (values of every length,
-/// under several data keys, a large batch split across cores or kept on one
-/// thread), and in a batch
-/// a tampered, swapped, truncated or unknown-key value fails alone, with its
-/// own typed error, while the others open.
+/// under several data keys, a large batch split in uneven parts across
+/// threads or kept on one thread), and in a batch a tampered, swapped,
+/// truncated or unknown-key value fails alone, with its own typed error,
+/// while the others open (the first and last values and neighbours
+/// included).
 #[tokio::test]
 async fn batches_match_one_by_one_and_a_bad_value_fails_alone() {
     for kind in ALL {
@@ -583,11 +584,21 @@ async fn batches_match_one_by_one_and_a_bad_value_fails_alone() {
             sealed.extend(env.seal_many(chunk).await.unwrap());
         }
         sealed.extend(env.seal_many(&items[800..]).await.unwrap());
-        // And a large batch under one key, split across cores (another
-        // envelope, with its own master key: another table).
-        let big = support::envelope(&db, CacheLimits::default());
+        // And a large batch under one key, split in three uneven parts on
+        // three threads (another envelope: another table). A batch is split
+        // from twice 2,048 values.
+        let big = Envelope::builder()
+            .keyring(local_keyring())
+            .store_arc(db.key_store())
+            .batch_threads(3)
+            .build()
+            .unwrap();
         let t_big = unique("runs_big");
-        let big_items = batch_items(&t_big, &rows, &plains);
+        let big_rows: Vec<RowId> = (0..6_145_i64).map(RowId::from).collect();
+        let big_plains: Vec<Vec<u8>> = (0..big_rows.len())
+            .map(|i| (0..i % 300).map(|j| (i * 17 + j) as u8).collect())
+            .collect();
+        let big_items = batch_items(&t_big, &big_rows, &big_plains);
         let big_sealed = big.seal_many(&big_items).await.unwrap();
         assert_eq!(
             big_sealed
@@ -617,10 +628,10 @@ async fn batches_match_one_by_one_and_a_bad_value_fails_alone() {
             matches!(&zero, Err(Error::Config(m)) if m.contains("batch_threads")),
             "{zero:?}"
         );
-        for (env, items, sealed) in [
-            (&env, &items, &sealed),
-            (&big, &big_items, &big_sealed),
-            (&one, &one_items, &one_sealed),
+        for (env, items, sealed, plains) in [
+            (&env, &items, &sealed, &plains),
+            (&big, &big_items, &big_sealed, &big_plains),
+            (&one, &one_items, &one_sealed, &plains),
         ] {
             for ((ctx, pt), s) in items.iter().zip(sealed).step_by(7) {
                 assert_eq!(&env.open(ctx, s).await.unwrap()[..], *pt, "{kind:?}");
@@ -631,7 +642,8 @@ async fn batches_match_one_by_one_and_a_bad_value_fails_alone() {
                 .map(|((c, _), s)| (*c, s.as_bytes()))
                 .collect();
             let opened = env.open_many(&stored).await.unwrap();
-            assert!(opened.iter().zip(&plains).all(|(o, p)| o[..] == p[..]));
+            assert_eq!(opened.len(), plains.len());
+            assert!(opened.iter().zip(plains).all(|(o, p)| o[..] == p[..]));
         }
         assert!(
             sealed
@@ -644,12 +656,19 @@ async fn batches_match_one_by_one_and_a_bad_value_fails_alone() {
 
         // One bad value of each kind among good ones.
         let mut bytes: Vec<Vec<u8>> = sealed.iter().map(|s| s.as_bytes().to_vec()).collect();
-        let last = bytes[10].len() - 1;
-        bytes[10][last] ^= 1; // tampered tag
+        let tag_end = |b: &Vec<u8>| b.len() - 1;
+        let (first_end, last) = (tag_end(&bytes[0]), bytes.len() - 1);
+        bytes[0][first_end] ^= 1; // the first value: tampered tag (an empty value)
+        bytes[last][format::HEADER_LEN] ^= 1; // the last value: tampered ciphertext
+        let end = tag_end(&bytes[10]);
+        bytes[10][end] ^= 1; // tampered tag
         bytes[20][format::HEADER_LEN] ^= 0x40; // tampered ciphertext (value 20 is 20 bytes)
         bytes[30] = bytes[31].clone(); // another row's value
         bytes[40].truncate(format::OVERHEAD - 1); // truncated
+        bytes[41].truncate(3); // truncated, next to another
+        bytes[42][1..9].copy_from_slice(&u64::MAX.to_be_bytes()); // next to both: unknown key
         bytes[50][1..9].copy_from_slice(&u64::MAX.to_be_bytes()); // a key not in the set
+        let unresolved = [40, 41, 42, 50];
         let keys = env
             .keys_for_partial(bytes.iter().map(Vec::as_slice))
             .await
@@ -660,7 +679,7 @@ async fn batches_match_one_by_one_and_a_bad_value_fails_alone() {
                 bytes
                     .iter()
                     .enumerate()
-                    .filter(|(i, _)| ![40, 50].contains(i))
+                    .filter(|(i, _)| !unresolved.contains(i))
                     .map(|(_, b)| b.as_slice()),
             )
             .await
@@ -679,12 +698,16 @@ async fn batches_match_one_by_one_and_a_bad_value_fails_alone() {
             assert_eq!(results.len(), items.len());
             for (i, r) in results.iter().enumerate() {
                 match i {
-                    10 | 20 | 30 => assert!(
+                    0 | 10 | 20 | 30 => assert!(
                         matches!(r, Err(Error::Authentication)),
                         "{kind:?} {i}: {r:?}"
                     ),
-                    40 => assert!(matches!(r, Err(Error::Malformed(_))), "{kind:?}: {r:?}"),
-                    50 => assert!(matches!(r, Err(Error::UnknownKey(_))), "{kind:?}: {r:?}"),
+                    i if i == last => assert!(
+                        matches!(r, Err(Error::Authentication)),
+                        "{kind:?} {i}: {r:?}"
+                    ),
+                    40 | 41 => assert!(matches!(r, Err(Error::Malformed(_))), "{kind:?}: {r:?}"),
+                    42 | 50 => assert!(matches!(r, Err(Error::UnknownKey(_))), "{kind:?}: {r:?}"),
                     _ => assert_eq!(&r.as_ref().unwrap()[..], &plains[i][..], "{kind:?} {i}"),
                 }
             }
@@ -692,13 +715,98 @@ async fn batches_match_one_by_one_and_a_bad_value_fails_alone() {
         let good: Vec<(Context<'_>, &[u8])> = stored
             .iter()
             .enumerate()
-            .filter(|(i, _)| ![40, 50].contains(i))
+            .filter(|(i, _)| !unresolved.contains(i))
             .map(|(_, s)| *s)
             .collect();
         assert!(matches!(
             env.open_many(&good).await,
             Err(Error::Authentication)
         ));
+    }
+}
+
+/// `seal_many` over interleaved values of two tables, two columns and three
+/// tenants (none and two named; equal names held in one string or in two), under
+/// each scope policy: the values of one (scope, tenant) share one data key,
+/// each other group has its own, and every value is in its place and opens.
+#[tokio::test]
+async fn seal_many_groups_interleaved_values_by_scope_and_tenant() {
+    for kind in ALL {
+        let db = Db::connect(kind).await;
+        let fixed = unique("mix_fixed");
+        for policy in [
+            ScopePolicy::Table,
+            ScopePolicy::Column,
+            ScopePolicy::Fixed(fixed.clone()),
+        ] {
+            let env = Envelope::builder()
+                .keyring(local_keyring())
+                .store_arc(db.key_store())
+                .scope_policy(policy.clone())
+                .build()
+                .unwrap();
+            let (ta, tb) = (unique("mix_a"), unique("mix_b"));
+            // Tenants of their own: a tenant's branch key is shared by all
+            // its tables, wrapped by the master key that made it (each
+            // envelope here has a fresh one).
+            let (x, y) = (unique("mix_x"), unique("mix_y"));
+            let (ta_again, x_again) = (ta.clone(), x.clone());
+            let rows: Vec<RowId> = (0..48_i64).map(RowId::from).collect();
+            let plains: Vec<Vec<u8>> = (0..rows.len())
+                .map(|i| format!("value {i}").into_bytes())
+                .collect();
+            let items: Vec<(Context<'_>, &[u8])> = rows
+                .iter()
+                .zip(&plains)
+                .enumerate()
+                .map(|(i, (row, pt))| {
+                    let table = [&ta, &tb, &ta_again][i % 3];
+                    let ctx = Context::new(table, ["c1", "c2"][i % 2], row);
+                    let ctx = match i % 4 {
+                        0 => ctx,
+                        1 => ctx.with_tenant(&x),
+                        2 => ctx.with_tenant(&x_again),
+                        _ => ctx.with_tenant(&y),
+                    };
+                    (ctx, &pt[..])
+                })
+                .collect();
+            let sealed = env.seal_many(&items).await.unwrap();
+            assert_eq!(sealed.len(), items.len());
+            let mut keys: HashMap<(String, Option<&str>), HashSet<_>> = HashMap::new();
+            for ((ctx, _), s) in items.iter().zip(&sealed) {
+                let scope = match &policy {
+                    ScopePolicy::Table => ctx.table.to_owned(),
+                    ScopePolicy::Column => format!("{}.{}", ctx.table, ctx.column),
+                    _ => fixed.clone(),
+                };
+                keys.entry((scope, ctx.tenant))
+                    .or_default()
+                    .insert(s.key_id());
+            }
+            // Two tables x three tenants; by column, the four (column,
+            // tenant) pairs that i % 2 and i % 4 make, x two tables; one
+            // fixed scope x three tenants.
+            let groups = match &policy {
+                ScopePolicy::Table => 6,
+                ScopePolicy::Column => 8,
+                _ => 3,
+            };
+            assert_eq!(keys.len(), groups, "{kind:?} {policy:?}");
+            assert!(
+                keys.values().all(|k| k.len() == 1),
+                "{kind:?} {policy:?}: {keys:?}"
+            );
+            let distinct: HashSet<_> = keys.values().flatten().collect();
+            assert_eq!(distinct.len(), groups, "{kind:?} {policy:?}");
+            for ((ctx, pt), s) in items.iter().zip(&sealed) {
+                assert_eq!(
+                    &env.open(ctx, s).await.unwrap()[..],
+                    *pt,
+                    "{kind:?} {policy:?}"
+                );
+            }
+        }
     }
 }
 

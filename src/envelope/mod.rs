@@ -53,9 +53,12 @@ impl ScopePolicy {
         }
     }
 
-    /// Whether two values share an active key: the same scope and tenant.
-    /// Cheap when they name their table, column and tenant with the same
-    /// strings, as the values of one batch usually do.
+    /// True only if two values have the same scope and tenant (so they share
+    /// an active key). It compares names, at once when they are the same
+    /// strings (as the values of one batch usually are); two different
+    /// names that make one scope (`Column`: table `a.b` with column `c`, and
+    /// table `a` with column `b.c`) are not seen as one here, so a caller
+    /// that gets false compares the scopes themselves ([`Self::scope_of`]).
     #[inline]
     pub(crate) fn same_group(&self, a: &Context<'_>, b: &Context<'_>) -> bool {
         use crate::format::same_str;
@@ -343,8 +346,9 @@ mod tests {
     use crate::context::RowId;
 
     /// The batch seal's shortcut (`same_group`, which compares names by
-    /// address first) groups values exactly as their scopes and tenants do,
-    /// whether equal names are one string or two.
+    /// address first) agrees with comparing scopes and tenants, whether equal
+    /// names are one string or two; where two different names make one scope,
+    /// it says false (the caller then compares scopes), never true wrongly.
     #[test]
     fn same_group_is_same_scope_and_tenant() {
         let row = RowId::from(1_i64);
@@ -382,5 +386,14 @@ mod tests {
         assert!(
             grouped > ctxs.len() * policies.len() && grouped < ctxs.len().pow(2) * policies.len()
         );
+        let (p, q) = (
+            Context::new("a.b", "c", &row),
+            Context::new("a", "b.c", &row),
+        );
+        assert_eq!(
+            ScopePolicy::Column.scope_of(&p),
+            ScopePolicy::Column.scope_of(&q)
+        );
+        assert!(!ScopePolicy::Column.same_group(&p, &q));
     }
 }

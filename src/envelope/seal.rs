@@ -48,7 +48,8 @@ fn same_place(a: &PlaceRef<'_>, b: &PlaceRef<'_>) -> bool {
 /// Seal `values` under `key`, split across cores when the batch is large.
 /// Every output buffer is allocated here, on the calling thread (which gets
 /// the values back and will free them); the other threads only encrypt in
-/// place.
+/// place. If sealing panics, the buffers (some still holding plaintext) are
+/// wiped before the panic goes on.
 fn seal_spread(
     key: &crate::key::DataKey,
     values: &[(&Context<'_>, &[u8])],
@@ -56,10 +57,30 @@ fn seal_spread(
     threads: usize,
 ) -> Vec<Vec<u8>> {
     let mut out = format::seal_buffers(key, values, nonces);
+    let sealed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        seal_parts(key, values, &mut out, threads)
+    }));
+    if let Err(panic) = sealed {
+        for buf in &mut out {
+            zeroize::Zeroize::zeroize(buf);
+        }
+        std::panic::resume_unwind(panic);
+    }
+    out
+}
+
+/// Seal `out` (made by [`format::seal_buffers`] for `values`) in place: in
+/// parts of at least [`SEAL_SPLIT_MIN`] values on up to `threads` threads,
+/// the first on the calling thread.
+fn seal_parts(
+    key: &crate::key::DataKey,
+    values: &[(&Context<'_>, &[u8])],
+    out: &mut [Vec<u8>],
+    threads: usize,
+) {
     let parts = (values.len() / SEAL_SPLIT_MIN).min(threads);
     if parts <= 1 {
-        format::seal_batch_into(key, values, &mut out);
-        return out;
+        return format::seal_batch_into(key, values, out);
     }
     let per = values.len().div_ceil(parts);
     std::thread::scope(|s| {
@@ -75,7 +96,6 @@ fn seal_spread(
             }
         }
     });
-    out
 }
 
 impl Envelope {
@@ -373,6 +393,41 @@ impl Envelope {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::{DataKey, KeyId, KeyMaterial};
+
+    /// A batch split into uneven parts on three threads: every value is
+    /// sealed once, in order, with its own nonce, and opens to its plaintext.
+    #[test]
+    fn a_split_batch_seals_every_value_once_in_order() {
+        let key = DataKey::new(KeyId::new(7), &KeyMaterial::generate());
+        let n = 3 * SEAL_SPLIT_MIN + 1;
+        let rows: Vec<RowId> = (0..n as i64).map(RowId::from).collect();
+        let plains: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8; i % 70]).collect();
+        let ctxs: Vec<Context<'_>> = rows.iter().map(|r| Context::new("t", "c", r)).collect();
+        let values: Vec<(&Context<'_>, &[u8])> =
+            ctxs.iter().zip(&plains).map(|(c, p)| (c, &p[..])).collect();
+        let nonces = format::random_nonces(n);
+        for threads in [1, 2, 3] {
+            let sealed = seal_spread(&key, &values, &nonces, threads);
+            assert_eq!(sealed.len(), n);
+            for (i, s) in sealed.iter().enumerate() {
+                assert_eq!(
+                    &s[format::NONCE_OFFSET..format::HEADER_LEN],
+                    &nonces[i],
+                    "{i}"
+                );
+                let opened = format::open_in_place(&key, &ctxs[i], s.clone()).unwrap();
+                assert_eq!(&opened[..], &plains[i][..], "{threads} threads, value {i}");
+            }
+            // Opened under another value's context, it fails: bound to its row.
+            assert!(format::open_in_place(&key, &ctxs[1], sealed[n - 1].clone()).is_err());
         }
     }
 }
