@@ -587,12 +587,14 @@ async fn batches_match_one_by_one_and_a_bad_value_fails_alone() {
         // And a large batch under one key, split in three uneven parts on
         // three threads (another envelope: another table). A batch is split
         // from twice 2,048 values.
-        let big = Envelope::builder()
-            .keyring(local_keyring())
-            .store_arc(db.key_store())
-            .batch_threads(3)
-            .build()
-            .unwrap();
+        let with_threads = |n: usize| {
+            Envelope::builder()
+                .keyring(local_keyring())
+                .store_arc(db.key_store())
+                .batch_threads(n)
+                .build()
+        };
+        let big = with_threads(3).unwrap();
         let t_big = unique("runs_big");
         let big_rows: Vec<RowId> = (0..6_145_i64).map(RowId::from).collect();
         let big_plains: Vec<Vec<u8>> = (0..big_rows.len())
@@ -609,21 +611,12 @@ async fn batches_match_one_by_one_and_a_bad_value_fails_alone() {
             1
         );
         // The same large batch kept on the calling thread (batch_threads(1)).
-        let one = Envelope::builder()
-            .keyring(local_keyring())
-            .store_arc(db.key_store())
-            .batch_threads(1)
-            .build()
-            .unwrap();
+        let one = with_threads(1).unwrap();
         assert_eq!(one.batch_threads(), 1);
         let t_one = unique("runs_one");
-        let one_items = batch_items(&t_one, &rows, &plains);
+        let one_items = batch_items(&t_one, &big_rows, &big_plains);
         let one_sealed = one.seal_many(&one_items).await.unwrap();
-        let zero = Envelope::builder()
-            .keyring(local_keyring())
-            .store_arc(db.key_store())
-            .batch_threads(0)
-            .build();
+        let zero = with_threads(0);
         assert!(
             matches!(&zero, Err(Error::Config(m)) if m.contains("batch_threads")),
             "{zero:?}"
@@ -631,7 +624,7 @@ async fn batches_match_one_by_one_and_a_bad_value_fails_alone() {
         for (env, items, sealed, plains) in [
             (&env, &items, &sealed, &plains),
             (&big, &big_items, &big_sealed, &big_plains),
-            (&one, &one_items, &one_sealed, &plains),
+            (&one, &one_items, &one_sealed, &big_plains),
         ] {
             for ((ctx, pt), s) in items.iter().zip(sealed).step_by(7) {
                 assert_eq!(&env.open(ctx, s).await.unwrap()[..], *pt, "{kind:?}");
