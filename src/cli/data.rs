@@ -143,6 +143,8 @@ pub struct DropArgs {
     #[arg(long)]
     pub table: String,
     /// Its primary key: COLUMN[:KIND][,COLUMN[:KIND]...] in key order; KIND is int (default), uuid, text or bytes.
+    /// Checked for form only: the drop does not read rows by key (accepted so that the flags of the other data
+    /// commands can be reused as they are).
     #[arg(long, default_value = "id")]
     pub pk: String,
     /// The plaintext column to drop.
