@@ -141,6 +141,22 @@ fn setup_threads(
     })
 }
 
+/// `n` calls of `env.seal_many(items)`, timed.
+fn seal_many_timed(
+    rt: &tokio::runtime::Runtime,
+    env: &Envelope,
+    items: &[(Context<'_>, &[u8])],
+    n: u64,
+) -> Duration {
+    rt.block_on(async {
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(env.seal_many(items).await.unwrap());
+        }
+        t.elapsed()
+    })
+}
+
 fn raw_seal(cipher: &Aes256Gcm, nonce: [u8; 12], pt: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(12 + pt.len() + 16);
     out.extend_from_slice(&nonce);
@@ -392,37 +408,15 @@ fn main() {
         variant(
             "batch_10k/seal_many",
             Some("batch_10k/seal_one_by_one"),
-            |n| {
-                rt.block_on(async {
-                    let t = Instant::now();
-                    for _ in 0..n {
-                        black_box(senv.seal_many(&items_pt).await.unwrap());
-                    }
-                    t.elapsed()
-                })
-            },
+            |n| seal_many_timed(&rt, &senv, &items_pt, n),
         ),
         variant(
             "batch_10k/seal_many_one_thread",
             Some("batch_10k/seal_many"),
-            |n| {
-                rt.block_on(async {
-                    let t = Instant::now();
-                    for _ in 0..n {
-                        black_box(senv1.seal_many(&items_pt).await.unwrap());
-                    }
-                    t.elapsed()
-                })
-            },
+            |n| seal_many_timed(&rt, &senv1, &items_pt, n),
         ),
         variant("page_2k/seal_many", Some("page_2k/seal_one_by_one"), |n| {
-            rt.block_on(async {
-                let t = Instant::now();
-                for _ in 0..n {
-                    black_box(senv.seal_many(&page_items).await.unwrap());
-                }
-                t.elapsed()
-            })
+            seal_many_timed(&rt, &senv, &page_items, n)
         }),
         variant("page_2k/seal_one_by_one", None, |n| {
             rt.block_on(async {

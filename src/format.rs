@@ -480,6 +480,16 @@ pub(crate) fn same_str(a: &str, b: &str) -> bool {
     std::ptr::eq(a, b) || a == b
 }
 
+/// [`same_str`] for optional names (tenants): both absent, or the same name.
+#[inline]
+pub(crate) fn same_opt_str(a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(x), Some(y)) => same_str(x, y),
+        _ => false,
+    }
+}
+
 /// Open a batch of values in place, each under the key its header names: the
 /// counter blocks of each run of values under one key go through one
 /// block-cipher call (see [`crate::gcm`]). `ok[i]` tells whether value `i`
@@ -515,8 +525,8 @@ pub(crate) fn open_batch(items: &mut [Opening<'_, '_>], ok: &mut Vec<bool>) {
 }
 
 /// The buffers [`seal_batch_into`] seals in place: each value's header and
-/// plaintext, with room for its tag. Allocated on the caller's thread, so that
-/// the values end up in its allocator arena whichever thread encrypts them.
+/// plaintext, with room for its tag, allocated on the calling thread (the
+/// thread that gets the sealed values back).
 pub(crate) fn seal_buffers(
     key: &DataKey,
     values: &[(&Context<'_>, &[u8])],

@@ -61,18 +61,13 @@ impl ScopePolicy {
     /// that gets false compares the scopes themselves ([`Self::scope_of`]).
     #[inline]
     pub(crate) fn same_group(&self, a: &Context<'_>, b: &Context<'_>) -> bool {
-        use crate::format::same_str;
+        use crate::format::{same_opt_str, same_str};
         let scope = match self {
             ScopePolicy::Table => same_str(a.table, b.table),
             ScopePolicy::Column => same_str(a.table, b.table) && same_str(a.column, b.column),
             ScopePolicy::Fixed(_) => true,
         };
-        scope
-            && match (a.tenant, b.tenant) {
-                (None, None) => true,
-                (Some(x), Some(y)) => same_str(x, y),
-                _ => false,
-            }
+        scope && same_opt_str(a.tenant, b.tenant)
     }
 }
 
@@ -184,11 +179,11 @@ impl EnvelopeBuilder {
     /// from 4,096 values (parts of at least 2,048; a page of a few thousand
     /// values is sealed faster on one thread than handed half to another
     /// core), the model batch openers ([`crate::model::open_all`] and its kin)
-    /// a result set from 1,024 rows (parts of at least 512). Default: the machine's cores, for an application that waits for
-    /// the batch. With 1 every batch stays on one thread, which leaves the
-    /// other cores to the database when the application seals one page while
-    /// the database writes another (or opens one page while the next is
-    /// fetched).
+    /// a result set from 1,024 rows (parts of at least 512). Default: the
+    /// machine's cores, for an application that waits for the batch. With 1
+    /// every batch stays on one thread, which leaves the other cores to the
+    /// database when the application seals one page while the database writes
+    /// another (or opens one page while the next is fetched).
     pub fn batch_threads(mut self, n: usize) -> Self {
         self.batch_threads = Some(n);
         self

@@ -24,25 +24,19 @@ const FEW_PLACES: usize = 16;
 /// A batch of at least twice this many values under one key is sealed on
 /// several cores (parts of at least this many values): the database waits for
 /// the batch, so its cores are idle. Below it, handing half a batch to another
-/// core costs more than it saves. Measured on a 2-core machine (with the
-/// earlier threshold of 512): a page of 2,000 values took 400 µs split in two
-/// and 358 µs on one thread, while 10,000 values took 1.58 ms split and
-/// 1.83 ms on one thread (`batch_10k/seal_many_one_thread` in
-/// `benches/envelope.rs`).
+/// core costs more than it saves. Measured on a 2-core machine: a page of
+/// 2,000 values took 400 µs split in two (a one-off run with the earlier
+/// threshold of 512) and 358 µs on one thread (`page_2k/seal_many` in
+/// `benches/envelope.rs` now), while 10,000 values took 1.58 ms split and
+/// 1.83 ms on one thread (`batch_10k/seal_many_one_thread`).
 const SEAL_SPLIT_MIN: usize = 2_048;
 
 /// Whether two places are the same, at once when they are named by the same
 /// strings.
 #[inline]
 fn same_place(a: &PlaceRef<'_>, b: &PlaceRef<'_>) -> bool {
-    use crate::format::same_str;
-    same_str(a.0, b.0)
-        && same_str(a.1, b.1)
-        && match (a.2, b.2) {
-            (None, None) => true,
-            (Some(x), Some(y)) => same_str(x, y),
-            _ => false,
-        }
+    use crate::format::{same_opt_str, same_str};
+    same_str(a.0, b.0) && same_str(a.1, b.1) && same_opt_str(a.2, b.2)
 }
 
 /// Seal `values` under `key`, split across cores when the batch is large.
