@@ -35,7 +35,10 @@
 //!   the time the select waited for it are reported per pass: they tell CPU
 //!   shared with the fetch from latency added to it. Timed `SELECT_PASSES`
 //!   times per run (each pass after the database settled), so its median and
-//!   range are over `BENCH_RUNS` x `SELECT_PASSES` pairs.
+//!   range are over `BENCH_RUNS` x `SELECT_PASSES` pairs;
+//! - select, unopened (envelope only): the same pages fetched and not opened,
+//!   what the longer stored values cost the select, opening aside (the
+//!   select's counterpart of "sealed beforehand").
 
 use std::time::Instant;
 
@@ -94,6 +97,9 @@ struct Runs {
     /// select waited for an opening to finish.
     select_opening: Vec<f64>,
     select_wait: Vec<f64>,
+    /// Envelope only, per select pass: the same pages fetched and not
+    /// opened (what the longer stored values cost the select).
+    select_fetch_only: Vec<f64>,
     /// Share of all cores busy during each timed part, by run.
     insert_busy: Vec<f64>,
     insert_pipelined_busy: Vec<f64>,
@@ -137,6 +143,7 @@ impl Runs {
             "select": rate(rows, &self.select),
             "select_seconds_opening": self.select_opening,
             "select_seconds_waiting_for_opening": self.select_wait,
+            "select_fetch_only": optional(&self.select_fetch_only),
             "machine_cpu_busy_share": {
                 "insert": busy(&self.insert_busy),
                 "insert_pipelined": busy(&self.insert_pipelined_busy),
@@ -326,6 +333,22 @@ macro_rules! driver {
                     .collect()
             }
 
+            /// Fetch every page of `table` (nothing opened), checking that
+            /// each value is `len` bytes long; returns how many rows came.
+            async fn fetch_pages(pool: &$pool, table: &str, len: usize) -> usize {
+                let (mut n, mut after) = (0usize, 0i64);
+                loop {
+                    let p = page(pool, table, after).await;
+                    let Some(last) = p.last() else { break };
+                    after = last.0;
+                    for (_, e, s) in &p {
+                        assert_eq!((e.len(), s.len()), (len, len));
+                    }
+                    n += p.len();
+                }
+                n
+            }
+
             pub async fn plaintext(pool: &$pool, d: &Data, runs: &mut Runs) {
                 let table = "bench_plain";
                 setup(pool, table).await;
@@ -345,16 +368,7 @@ macro_rules! driver {
                 for _ in 0..SELECT_PASSES {
                     settle(pool, table).await;
                     let t = Timer::start();
-                    let (mut n, mut after) = (0usize, 0i64);
-                    loop {
-                        let p = page(pool, table, after).await;
-                        let Some(last) = p.last() else { break };
-                        after = last.0;
-                        for (_, e, s) in &p {
-                            assert_eq!(e.len() + s.len(), 128);
-                        }
-                        n += p.len();
-                    }
+                    let n = fetch_pages(pool, table, 64).await;
                     t.stop(&mut runs.select, &mut runs.select_busy);
                     assert_eq!(n, d.ids.len());
                 }
@@ -461,6 +475,16 @@ macro_rules! driver {
                     t.stop(&mut runs.select, &mut runs.select_busy);
                     runs.select_opening.push(opening_secs);
                     runs.select_wait.push(waited);
+                    assert_eq!(n, d.ids.len());
+                }
+
+                // The same select, nothing opened: the sealed values' length
+                // alone.
+                for _ in 0..SELECT_PASSES {
+                    settle(pool, table).await;
+                    let t = Instant::now();
+                    let n = fetch_pages(pool, table, 64 + sqlx_envelope::format::OVERHEAD).await;
+                    runs.select_fetch_only.push(t.elapsed().as_secs_f64());
                     assert_eq!(n, d.ids.len());
                 }
             }
@@ -688,6 +712,7 @@ async fn main() {
                     "insert_pipelined": ratio(&enc.insert_pipelined, &plain.insert),
                     "insert_sealed_beforehand": ratio(&enc.insert_presealed, &plain.insert),
                     "select": ratio(&enc.select, &plain.select),
+                    "select_fetch_only": ratio(&enc.select_fetch_only, &plain.select),
                 },
                 // Both envelopes: the pipelined one mints its own data keys.
                 "keyring_calls": {"generate": env.stats().keyring_generate_calls + one_core.stats().keyring_generate_calls,
@@ -848,6 +873,14 @@ async fn main() {
         let waiting = format!(
             "   waiting for seals: {:.1} ms (median)",
             1000.0 * median(&enc.insert_pipelined_wait)
+        );
+        println!(
+            "{db:<9} {:<19} {:>24} {:>24} {:>14} {:>14}",
+            "envelope, unopened",
+            "",
+            fmt(n, &enc.select_fetch_only),
+            "",
+            rs(&enc.select_fetch_only, &plain.select)
         );
         let seal_only = format!(
             "   sealing alone: {:.1} ms, {:.0} ns per value (median)",

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use aes_gcm::aead::{AeadInOut, Generate};
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use sqlx_envelope::store::{KeyStore, SqliteKeyStore};
-use sqlx_envelope::{CacheLimits, Context, Envelope, KeyMaterial, LocalKeyring, RowId, format};
+use sqlx_envelope::{
+    CacheLimits, Context, Encrypted, Envelope, KeyMaterial, LocalKeyring, RowId, format,
+};
 
 const ROUNDS: usize = 15;
 const ROUND_TARGET: Duration = Duration::from_millis(40);
@@ -179,6 +181,17 @@ fn raw_open(cipher: &Aes256Gcm, v: &[u8]) -> zeroize::Zeroizing<Vec<u8>> {
     buf
 }
 
+/// The end-to-end page as a model: two encrypted 64-byte fields per row.
+#[derive(Encrypted, Clone)]
+#[envelope(table = "bench_enc")]
+struct Person {
+    id: i64,
+    #[encrypt]
+    email: Vec<u8>,
+    #[encrypt]
+    ssn: Vec<u8>,
+}
+
 fn user_nonce() -> [u8; 12] {
     let mut n = [0u8; 12];
     rand::fill(&mut n);
@@ -249,6 +262,15 @@ fn main() {
     let raw_page: Vec<Vec<u8>> = (0..page.len())
         .map(|_| raw_seal(&cipher, format::random_nonce(), &pt64))
         .collect();
+    // The same page as sealed rows of a model, opened by `open_all`.
+    let people: Vec<Person> = (1..=1_000_i64)
+        .map(|id| Person {
+            id,
+            email: pt64.to_vec(),
+            ssn: pt64.to_vec(),
+        })
+        .collect();
+    let model_page = rt.block_on(Person::seal_all(&env, &people)).unwrap();
 
     let mut v = vec![
         variant("nonce/getrandom", None, |n| {
@@ -395,6 +417,19 @@ fn main() {
                         .map(|((c, _), v)| (*c, v))
                         .collect();
                     black_box(page_keys.open_batch_in_place(items));
+                })
+            },
+        ),
+        variant(
+            "page_2k/model_open_all",
+            Some("page_2k/open_batch_in_place"),
+            |n| {
+                rt.block_on(async {
+                    let t = Instant::now();
+                    for _ in 0..n {
+                        black_box(Person::open_all(&env, model_page.clone()).await.unwrap());
+                    }
+                    t.elapsed()
                 })
             },
         ),

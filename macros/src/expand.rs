@@ -616,6 +616,25 @@ fn sealed_row_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
         })
     });
 
+    // The same values as `visits`, in the same order, moved out.
+    let takes: Vec<TokenStream> = input
+        .fields
+        .iter()
+        .filter_map(|f| {
+            let e = f.encrypt.as_ref()?;
+            let (ident, column) = (f.ident, f.column());
+            Some(if e.nullable_sealed() {
+                quote! {
+                    if let ::core::option::Option::Some(__v) = &mut self.#ident {
+                        __f(#column, #private::take_sealed(__v));
+                    }
+                }
+            } else {
+                quote!(__f(#column, #private::take_sealed(&mut self.#ident));)
+            })
+        })
+        .collect();
+
     let set_index_arms: Vec<TokenStream> = all_indexes(input)
         .enumerate()
         .map(|(n, (index, _))| {
@@ -666,9 +685,16 @@ fn sealed_row_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
                 }
             }
 
-            fn __open(
+            fn __take_sealed(
+                &mut self,
+                __f: &mut dyn ::core::ops::FnMut(&'static str, #krate::Sealed),
+            ) {
+                #(#takes)*
+            }
+
+            fn __open_with(
                 self,
-                __keys: &#krate::model::KeySet,
+                __opener: &mut dyn #private::FieldOpener,
             ) -> ::core::result::Result<#model, #private::OpenFailure> {
                 let ::core::option::Option::Some(__row_id) =
                     <Self as #krate::model::SealedRow>::row_id(&self)
@@ -702,7 +728,7 @@ fn sealed_row_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
 }
 
 /// Expression opening `self.<field>` (moved) into the field's value:
-/// `Result<FieldType>`. Needs `__keys`, `__row_id`, `__tenant`.
+/// `Result<FieldType>`. Needs `__opener`, `__row_id`, `__tenant`.
 fn open_field(f: &Field<'_>, table: &str, p: &Paths) -> TokenStream {
     let (krate, private) = (&p.krate, &p.private);
     let e = f.encrypt.as_ref().expect("encrypted field");
@@ -725,7 +751,7 @@ fn open_field(f: &Field<'_>, table: &str, p: &Paths) -> TokenStream {
                 row: &__row_id,
                 tenant: __tenant.as_deref(),
             };
-            #private::open_field(__keys, &__ctx, #value, __FRAME)
+            #private::open_field(__opener, &__ctx, #value, __FRAME)
         }}
     };
     // One stored value (a `Sealed`) opened and decoded into the field's value;

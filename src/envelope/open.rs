@@ -339,7 +339,10 @@ impl KeySet {
         self.open_batch_parts(&ctxs, bufs)
     }
 
-    fn open_batch_parts<'c, C: std::borrow::Borrow<Context<'c>>>(
+    /// [`KeySet::open_batch_in_place`] with the contexts and the buffers
+    /// apart (how the model batch opener holds them): one result per buffer,
+    /// in order.
+    pub(crate) fn open_batch_parts<'c, C: std::borrow::Borrow<Context<'c>>>(
         &self,
         ctxs: &[C],
         mut bufs: Vec<Zeroizing<Vec<u8>>>,

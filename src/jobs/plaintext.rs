@@ -360,6 +360,19 @@ fn parse_datetime(t: &str) -> Option<(i64, u32, Option<i32>)> {
     Some((local - i64::from(offset.unwrap_or(0)), nanos, offset))
 }
 
+/// A date as a blind index reads it, whoever computes the index: `chrono`'s
+/// `%Y-%m-%d` (what `IndexText` for `chrono::NaiveDate` gives the derive), the
+/// year zero-padded to four digits and signed outside 0000-9999, so that an
+/// index the job fills finds the rows a model writes and the other way round.
+pub(crate) fn index_date(days: i32) -> String {
+    let (y, m, d) = civil_from_days(i64::from(days));
+    match y {
+        0..=9999 => format!("{y:04}-{m:02}-{d:02}"),
+        10_000.. => format!("+{y}-{m:02}-{d:02}"),
+        _ => format!("-{:04}-{m:02}-{d:02}", -y),
+    }
+}
+
 fn format_date(days: i32) -> String {
     let (y, m, d) = civil_from_days(i64::from(days));
     format!("{y:04}-{m:02}-{d:02}")
@@ -413,6 +426,38 @@ mod tests {
         assert_eq!(parse_date("2024-02-29"), Some(19_782));
         for days in [-700_000, -56_270, -1, 0, 1, 19_782, 2_932_896] {
             assert_eq!(parse_date(&format_date(days)), Some(days), "{days}");
+        }
+    }
+
+    #[cfg(feature = "chrono")]
+    #[test]
+    fn index_dates_are_spelled_as_the_derive_spells_them() {
+        use crate::index::IndexText;
+        let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid");
+        // Around year 0 (-719,528 is 0000-01-01), year 10,000 (2,932,897 is
+        // 10000-01-01) and chrono's limits.
+        let days: [i32; 12] = [
+            -95_000_000,
+            -3_000_000,
+            -719_529,
+            -719_528,
+            -719_162,
+            -1,
+            0,
+            19_782,
+            2_932_896,
+            2_932_897,
+            10_000_000,
+            95_000_000,
+        ];
+        for days in days {
+            let offset = chrono::Days::new(u64::from(days.unsigned_abs()));
+            let date = if days < 0 {
+                epoch - offset
+            } else {
+                epoch + offset
+            };
+            assert_eq!(index_date(days), date.index_text(), "{days}");
         }
     }
 

@@ -869,12 +869,16 @@ impl Job {
                 let value = c.codec.decode(pt.into_zeroizing())?;
                 let text = match &value {
                     PlainValue::Null => return Ok(Val::Null),
+                    // As `chrono`'s `%Y-%m-%d` spells it (a sign outside
+                    // 0000-9999), not as the plaintext column takes it.
+                    PlainValue::Date { days } => {
+                        zeroize::Zeroizing::new(plaintext::index_date(*days))
+                    }
                     PlainValue::Text(_)
                     | PlainValue::Int(_)
                     | PlainValue::Bool(_)
                     | PlainValue::Char(_)
-                    | PlainValue::Uuid(_)
-                    | PlainValue::Date { .. } => {
+                    | PlainValue::Uuid(_) => {
                         // PostgreSQL's spelling of booleans is `true`/`false`.
                         match plaintext::render(Dialect::Postgres, &value) {
                             Some(Rendered::Text(t)) => t,

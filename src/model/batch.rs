@@ -9,7 +9,12 @@
 //! decrypted ([`Envelope::keys_for`]: each distinct key once); the rest is
 //! synchronous CPU work that needs no database, so a large batch is split
 //! across cores ([`OFFLOAD_MIN_ROWS`]) while a small one stays on the calling
-//! task, where moving it would cost more than it saves. A stream opens rows
+//! task, where moving it would cost more than it saves. Within a part, every
+//! value is moved out of its row and all are opened together, each in the
+//! buffer it was read into, as [`KeySet::open_batch_in_place`] opens a page
+//! (consecutive values under one data key share a block-cipher call and the
+//! hashed associated data of their columns); each row is then built from its
+//! own values. A stream opens rows
 //! in chunks as they arrive, so decryption overlaps with fetching.
 //!
 //! When a data key cannot be resolved, the batch is not lost: each distinct
@@ -24,6 +29,9 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 use futures_util::stream::{self, BoxStream, Stream, StreamExt};
 
+use zeroize::Zeroizing;
+
+use super::__private::FieldOpener;
 use super::{Encrypted, SealedRow};
 use crate::context::{Context, RowId};
 use crate::envelope::{Envelope, KeySet};
@@ -41,7 +49,7 @@ pub const OFFLOAD_MIN_ROWS: usize = 512;
 pub const STREAM_CHUNK_ROWS: usize = 1024;
 
 /// Why one row did not open: the column, the row id if it was known, the
-/// error. Produced by the generated `SealedRow::__open`.
+/// error. Produced by the generated `SealedRow::__open_with`.
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct OpenFailure {
@@ -209,30 +217,90 @@ async fn resolve<S: SealedRow>(envelope: &Envelope, rows: &[S]) -> Resolved {
 }
 
 /// Open rows synchronously. Positions start at `offset`. With `stop`, the
-/// first error ends the batch (it is the last entry).
+/// first error ends the batch (it is the last entry; the values of the rows
+/// after it were decrypted, and are wiped unread).
+///
+/// Every value of the rows whose keys resolved is moved out of its row and
+/// all of them are opened together ([`KeySet::open_batch_in_place`]'s way:
+/// consecutive values under one data key share a block-cipher call and the
+/// hashed associated data of their columns), each in the buffer it was read
+/// into; then each row is built from its own values, in order, so a value
+/// that failed fails its row alone, naming its column.
 fn open_rows<S: SealedRow>(
-    rows: Vec<S>,
+    mut rows: Vec<S>,
     offset: usize,
     resolved: &Resolved,
     stop: bool,
 ) -> Vec<Result<S::Model>> {
     let desc = <S::Model as Encrypted>::DESCRIPTION;
+    let per_row = <S::Model as Encrypted>::ENCRYPTED_COLUMNS.len();
+    // Per row: the key that did not resolve, or how many values it gave.
+    let mut taken: Vec<std::result::Result<usize, (&'static str, Arc<Error>)>> =
+        Vec::with_capacity(rows.len());
+    // Per value: its column and which of `owners` (row id, tenant) it is bound to.
+    let mut owners: Vec<(RowId, Option<String>)> = Vec::with_capacity(rows.len());
+    let mut columns: Vec<&'static str> = Vec::with_capacity(rows.len() * per_row);
+    let mut owner_of: Vec<usize> = Vec::with_capacity(rows.len() * per_row);
+    let mut bufs: Vec<Zeroizing<Vec<u8>>> = Vec::with_capacity(rows.len() * per_row);
+    for row in &mut rows {
+        if let Some(unusable) = unusable_key(row, &resolved.failed) {
+            taken.push(Err(unusable));
+            continue;
+        }
+        // A row without its id gives nothing: building it reports the id.
+        let Some(id) = row.row_id() else {
+            taken.push(Ok(0));
+            continue;
+        };
+        let before = bufs.len();
+        let owner = owners.len();
+        row.__take_sealed(&mut |column, value| {
+            columns.push(column);
+            owner_of.push(owner);
+            bufs.push(Zeroizing::new(value.into_bytes()));
+        });
+        owners.push((id, row.tenant()));
+        taken.push(Ok(bufs.len() - before));
+    }
+    let table = <S::Model as Encrypted>::TABLE;
+    let ctxs: Vec<Context<'_>> = columns
+        .iter()
+        .zip(&owner_of)
+        .map(|(&column, &o)| Context {
+            table,
+            column,
+            row: &owners[o].0,
+            tenant: owners[o].1.as_deref(),
+        })
+        .collect();
+    let mut opened = resolved.keys.open_batch_parts(&ctxs, bufs).into_iter();
+    drop(ctxs);
+
     let mut out = Vec::with_capacity(rows.len());
-    for (i, row) in rows.into_iter().enumerate() {
+    let mut at = 0;
+    for (i, (row, taken)) in rows.into_iter().zip(taken).enumerate() {
         let position = offset + i;
-        let result = match unusable_key(&row, &resolved.failed) {
-            Some((column, source)) => Err(Error::Row {
+        let result = match taken {
+            Err((column, source)) => Err(Error::Row {
                 position,
                 column,
                 key: row.row_id().and_then(|r| desc.key_in_errors(&r)),
                 source,
             }),
-            None => row.__open(&resolved.keys).map_err(|f| Error::Row {
-                position,
-                column: f.column,
-                key: f.row.and_then(|r| desc.key_in_errors(&r)),
-                source: Arc::new(f.error),
-            }),
+            Ok(n) => {
+                let mut values = Opened {
+                    values: &mut opened,
+                    columns: &columns[at..at + n],
+                    next: 0,
+                };
+                at += n;
+                row.__open_with(&mut values).map_err(|f| Error::Row {
+                    position,
+                    column: f.column,
+                    key: f.row.and_then(|r| desc.key_in_errors(&r)),
+                    source: Arc::new(f.error),
+                })
+            }
         };
         let failed = result.is_err();
         out.push(result);
@@ -241,6 +309,42 @@ fn open_rows<S: SealedRow>(
         }
     }
     out
+}
+
+/// The values of one row, opened beforehand by [`open_rows`], handed back in
+/// the order the row asks for them (the order it gave them in). Values the
+/// row does not ask for (it failed first) are dropped, wiped, with it.
+struct Opened<'a, I: Iterator<Item = Result<Zeroizing<Vec<u8>>>>> {
+    values: &'a mut I,
+    columns: &'a [&'static str],
+    next: usize,
+}
+
+impl<I: Iterator<Item = Result<Zeroizing<Vec<u8>>>>> FieldOpener for Opened<'_, I> {
+    fn open(&mut self, ctx: &Context<'_>, _taken: Sealed) -> Result<Zeroizing<Vec<u8>>> {
+        match self.columns.get(self.next) {
+            Some(&column) if crate::format::same_str(column, ctx.column) => {
+                self.next += 1;
+                self.values.next().unwrap_or_else(|| {
+                    Err(Error::Config(format!(
+                        "internal error: no opened value for column {column}"
+                    )))
+                })
+            }
+            _ => Err(Error::Config(format!(
+                "internal error: column {} asked for a value the batch opener did not take",
+                ctx.column
+            ))),
+        }
+    }
+}
+
+impl<I: Iterator<Item = Result<Zeroizing<Vec<u8>>>>> Drop for Opened<'_, I> {
+    fn drop(&mut self) {
+        for _ in self.next..self.columns.len() {
+            drop(self.values.next());
+        }
+    }
 }
 
 /// The first value of `row` whose data key did not resolve, with the reason.

@@ -15,8 +15,9 @@
 //! `Patient::fetch_by_key`; and any `query_as` on the sealed row opens its
 //! results in the same call ([`QueryAsExt::opened`]). Values are sealed and
 //! opened in batches: a row (or a batch of rows) makes one
-//! [`Envelope::seal_many`] call; a result set resolves each data key once and
-//! is opened across cores when it is large ([`open_all`], [`open_each`],
+//! [`Envelope::seal_many`] call; a result set resolves each data key once,
+//! opens its values together (as [`KeySet::open_batch_in_place`] does) and is
+//! opened across cores when it is large ([`open_all`], [`open_each`],
 //! [`open_stream`]).
 //!
 //! ```no_run
@@ -205,9 +206,27 @@ pub trait SealedRow: Sized + Send + Sync + 'static {
     }
 
     /// Decrypt each value in its own buffer, reporting which column failed.
-    /// Generated; [`SealedRow::open_with`] and the batch openers call it.
+    /// [`SealedRow::open_with`] calls it.
     #[doc(hidden)]
-    fn __open(self, keys: &KeySet) -> std::result::Result<Self::Model, batch::OpenFailure>;
+    fn __open(self, keys: &KeySet) -> std::result::Result<Self::Model, batch::OpenFailure> {
+        self.__open_with(&mut &*keys)
+    }
+
+    /// Build the model, each encrypted field's stored value opened by
+    /// `opener` (in field order, NULLs skipped), reporting which column
+    /// failed. Generated.
+    #[doc(hidden)]
+    fn __open_with(
+        self,
+        opener: &mut dyn __private::FieldOpener,
+    ) -> std::result::Result<Self::Model, batch::OpenFailure>;
+
+    /// Move each stored value of the encrypted fields out of the row, with
+    /// its column (NULLs skipped), in field order: the batch opener opens
+    /// them all together, then hands them back through
+    /// [`SealedRow::__open_with`]. Generated.
+    #[doc(hidden)]
+    fn __take_sealed(&mut self, f: &mut dyn FnMut(&'static str, Sealed));
 
     /// Set the value of blind index `index` (of [`Encrypted::INDEXES`]).
     /// Generated; the batch sealer calls it.
@@ -343,16 +362,38 @@ pub mod __private {
     pub use crate::model::codec::{json_decode, json_encode, json_len};
     use crate::sealed::Sealed;
 
+    /// Opens the stored values of one row for the generated
+    /// `SealedRow::__open_with`: a [`KeySet`] opens each value when asked;
+    /// the batch opener hands back values it opened together beforehand.
+    pub trait FieldOpener {
+        /// The plaintext of `value`, the value of `ctx`. The batch opener
+        /// took the value out of the row beforehand (`value` is the empty
+        /// value it left) and hands back what it opened, once it checked
+        /// that `ctx` names the column it took it from.
+        fn open(&mut self, ctx: &Context<'_>, value: Sealed) -> Result<Zeroizing<Vec<u8>>>;
+    }
+
+    impl FieldOpener for &KeySet {
+        fn open(&mut self, ctx: &Context<'_>, value: Sealed) -> Result<Zeroizing<Vec<u8>>> {
+            self.open_in_place(ctx, value.into_bytes())
+        }
+    }
+
     /// Open one stored value in its own buffer and remove its frame: the
     /// encoded field value, or `None` for a hidden NULL.
     pub fn open_field(
-        keys: &KeySet,
+        opener: &mut dyn FieldOpener,
         ctx: &Context<'_>,
         value: Sealed,
         framing: Framing,
     ) -> Result<Option<Zeroizing<Vec<u8>>>> {
-        let plain = keys.open_in_place(ctx, value.into_bytes())?;
-        framing.unframe(plain)
+        framing.unframe(opener.open(ctx, value)?)
+    }
+
+    /// Move a stored value out of a row for the batch opener (see
+    /// `SealedRow::__take_sealed`).
+    pub fn take_sealed(value: &mut Sealed) -> Sealed {
+        value.take()
     }
 
     /// The error for a migrating field whose encrypted and plaintext columns

@@ -33,6 +33,15 @@ impl Sealed {
         Sealed(bytes)
     }
 
+    /// Move the stored bytes out, leaving an empty value behind. The empty
+    /// value is not a sealed value (it has no header): the model batch opener
+    /// leaves one in each field it takes (through the generated
+    /// `SealedRow::__take_sealed`) of a row it builds next and never reads
+    /// again; should one be read anyway, it has key id 0, which no key has.
+    pub(crate) fn take(&mut self) -> Self {
+        Sealed(std::mem::take(&mut self.0))
+    }
+
     /// The stored bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
@@ -43,11 +52,10 @@ impl Sealed {
         self.0
     }
 
-    /// The data key this value was sealed under.
+    /// The data key this value was sealed under (id 0, which no key has, for
+    /// the empty value a batch opener leaves in a row it is opening).
     pub fn key_id(&self) -> KeyId {
-        format::parse_header(&self.0)
-            .expect("validated on construction")
-            .key_id
+        format::parse_header(&self.0).map_or(KeyId::new(0), |h| h.key_id)
     }
 
     /// Stored length in bytes (plaintext length plus [`format::OVERHEAD`]).
@@ -55,7 +63,9 @@ impl Sealed {
         self.0.len()
     }
 
-    /// Always `false`: a sealed value has at least [`format::OVERHEAD`] bytes.
+    /// `false` for every value read or sealed (at least [`format::OVERHEAD`]
+    /// bytes); `true` only for the empty value a batch opener leaves in a row
+    /// it is opening.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
