@@ -143,6 +143,21 @@ fn setup_threads(
     })
 }
 
+/// [`timed`] for an async body: `n` runs of `f()`, awaited in turn on `rt`.
+fn timed_async<F: std::future::Future<Output = ()>>(
+    rt: &tokio::runtime::Runtime,
+    n: u64,
+    mut f: impl FnMut() -> F,
+) -> Duration {
+    rt.block_on(async {
+        let t = Instant::now();
+        for _ in 0..n {
+            f().await;
+        }
+        t.elapsed()
+    })
+}
+
 /// `n` calls of `env.seal_many(items)`, timed.
 fn seal_many_timed(
     rt: &tokio::runtime::Runtime,
@@ -150,12 +165,8 @@ fn seal_many_timed(
     items: &[(Context<'_>, &[u8])],
     n: u64,
 ) -> Duration {
-    rt.block_on(async {
-        let t = Instant::now();
-        for _ in 0..n {
-            black_box(env.seal_many(items).await.unwrap());
-        }
-        t.elapsed()
+    timed_async(rt, n, || async {
+        black_box(env.seal_many(items).await.unwrap());
     })
 }
 
@@ -313,13 +324,9 @@ fn main() {
             "seal_open_64/envelope_async",
             Some("seal_open_64/raw_aes_gcm"),
             |n| {
-                rt.block_on(async {
-                    let t = Instant::now();
-                    for _ in 0..n {
-                        let s = env.seal(&ctx, black_box(&pt64)).await.unwrap();
-                        black_box(env.open(&ctx, &s).await.unwrap());
-                    }
-                    t.elapsed()
+                timed_async(&rt, n, || async {
+                    let s = env.seal(&ctx, black_box(&pt64)).await.unwrap();
+                    black_box(env.open(&ctx, &s).await.unwrap());
                 })
             },
         ),
@@ -390,12 +397,8 @@ fn main() {
             "batch_10k/open_many",
             Some("batch_10k/open_one_by_one"),
             |n| {
-                rt.block_on(async {
-                    let t = Instant::now();
-                    for _ in 0..n {
-                        black_box(benv.open_many(&items).await.unwrap());
-                    }
-                    t.elapsed()
+                timed_async(&rt, n, || async {
+                    black_box(benv.open_many(&items).await.unwrap());
                 })
             },
         ),
@@ -424,12 +427,8 @@ fn main() {
             "page_2k/model_open_all",
             Some("page_2k/open_batch_in_place"),
             |n| {
-                rt.block_on(async {
-                    let t = Instant::now();
-                    for _ in 0..n {
-                        black_box(Person::open_all(&env, model_page.clone()).await.unwrap());
-                    }
-                    t.elapsed()
+                timed_async(&rt, n, || async {
+                    black_box(Person::open_all(&env, model_page.clone()).await.unwrap());
                 })
             },
         ),
@@ -454,14 +453,10 @@ fn main() {
             seal_many_timed(&rt, &senv, &page_items, n)
         }),
         variant("page_2k/seal_one_by_one", None, |n| {
-            rt.block_on(async {
-                let t = Instant::now();
-                for _ in 0..n {
-                    for (c, v) in &page_items {
-                        black_box(senv.seal(c, v).await.unwrap());
-                    }
+            timed_async(&rt, n, || async {
+                for (c, v) in &page_items {
+                    black_box(senv.seal(c, v).await.unwrap());
                 }
-                t.elapsed()
             })
         }),
     ];

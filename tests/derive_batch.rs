@@ -211,7 +211,13 @@ struct Mixed {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_opens_each_row_as_it_opens_alone() {
     let db = Db::connect(support::Kind::Sqlite).await;
-    let env = support::envelope(&db, CacheLimits::default());
+    // Two threads whatever the machine: the page is split in two parts.
+    let env = Envelope::builder()
+        .keyring(support::local_keyring())
+        .store_arc(db.key_store())
+        .batch_threads(2)
+        .build()
+        .expect("envelope");
     let orgs = ["acme", "globex", "initech"];
     let models: Vec<Mixed> = (0..1_536_i64)
         .map(|i| Mixed {

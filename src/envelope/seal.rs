@@ -31,6 +31,14 @@ const FEW_PLACES: usize = 16;
 /// 1.83 ms on one thread (`batch_10k/seal_many_one_thread`).
 const SEAL_SPLIT_MIN: usize = 2_048;
 
+/// Values of one `seal_many` batch that share an active key: one scope and
+/// tenant (those of `first`, its first value), and where they are in the batch.
+struct SealGroup<'a, 'c> {
+    first: &'a Context<'c>,
+    scope: std::borrow::Cow<'a, str>,
+    members: Vec<usize>,
+}
+
 /// Whether two places are the same, at once when they are named by the same
 /// strings.
 #[inline]
@@ -41,8 +49,8 @@ fn same_place(a: &PlaceRef<'_>, b: &PlaceRef<'_>) -> bool {
 
 /// Seal `values` under `key`, split across cores when the batch is large.
 /// Every output buffer is allocated here, on the calling thread (which gets
-/// the values back and will free them); the other threads only encrypt in
-/// place. If sealing panics, the buffers (some still holding plaintext) are
+/// the values back and will free them); the other threads encrypt the buffers
+/// in place (with scratch space of their own) and allocate none of them. If sealing panics, the buffers (some still holding plaintext) are
 /// wiped before the panic goes on.
 fn seal_spread(
     key: &crate::key::DataKey,
@@ -151,32 +159,41 @@ impl Envelope {
             check_row(ctx)?;
         }
         // Group by (scope, tenant): the values of one group share an active key.
-        // A value usually shares the previous one's group (a row's columns,
-        // consecutive rows): that is checked first, without building a scope.
-        let mut groups: Vec<(std::borrow::Cow<'_, str>, Option<&str>, Vec<usize>)> = Vec::new();
-        let mut last: Option<(&Context<'_>, usize)> = None;
+        // A value is compared by name with each group's first value (the
+        // previous value's group first: a row's columns, consecutive rows),
+        // without building a scope; only a value no group matches by name has
+        // its scope built and compared (two different names can make one
+        // scope, see `ScopePolicy::same_group`).
+        let mut groups: Vec<SealGroup<'_, '_>> = Vec::new();
+        let mut prev = 0;
         for (i, (ctx, _)) in items.iter().enumerate() {
-            let g = match last {
-                Some((prev, g)) if self.inner.scope.same_group(prev, ctx) => g,
-                _ => {
-                    let scope = self.inner.scope.scope_of(ctx);
-                    match groups
-                        .iter()
-                        .position(|(s, t, _)| *s == scope && *t == ctx.tenant)
-                    {
-                        Some(g) => g,
-                        None => {
-                            groups.push((scope, ctx.tenant, Vec::new()));
-                            groups.len() - 1
-                        }
+            let named = |g: &SealGroup<'_, '_>| self.inner.scope.same_group(g.first, ctx);
+            let g = if groups.get(prev).is_some_and(named) {
+                prev
+            } else if let Some(g) = groups.iter().position(named) {
+                g
+            } else {
+                let scope = self.inner.scope.scope_of(ctx);
+                match groups
+                    .iter()
+                    .position(|g| g.scope == scope && g.first.tenant == ctx.tenant)
+                {
+                    Some(g) => g,
+                    None => {
+                        groups.push(SealGroup {
+                            first: ctx,
+                            scope,
+                            members: Vec::new(),
+                        });
+                        groups.len() - 1
                     }
                 }
             };
-            groups[g].2.push(i);
-            last = Some((ctx, g));
+            groups[g].members.push(i);
+            prev = g;
         }
         let mut out: Vec<Option<Sealed>> = vec![None; items.len()];
-        for (_, _, members) in groups {
+        for SealGroup { members, .. } in groups {
             let count = members.len() as u64;
             let bytes: u64 = members.iter().map(|&i| items[i].1.len() as u64).sum();
             if count > limits.max_uses || bytes > limits.max_bytes {

@@ -360,11 +360,31 @@ fn parse_datetime(t: &str) -> Option<(i64, u32, Option<i32>)> {
     Some((local - i64::from(offset.unwrap_or(0)), nanos, offset))
 }
 
+/// A value's text as a blind index reads it: what `IndexText` gives the
+/// derive for the field's type (text as is; integers, `bool` and `char` in
+/// their `Display` form; a UUID hyphenated and lowercase; a date as
+/// [`index_date`] spells it). `None` for a kind no index reads (and NULL).
+pub(crate) fn index_text(value: &PlainValue) -> Option<Zeroizing<String>> {
+    match value {
+        PlainValue::Date { days } => Some(Zeroizing::new(index_date(*days))),
+        // PostgreSQL's spelling of booleans is `true`/`false`, as `Display`'s.
+        PlainValue::Text(_)
+        | PlainValue::Int(_)
+        | PlainValue::Bool(_)
+        | PlainValue::Char(_)
+        | PlainValue::Uuid(_) => match render(Dialect::Postgres, value) {
+            Some(Rendered::Text(t)) => Some(t),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// A date as a blind index reads it, whoever computes the index: `chrono`'s
 /// `%Y-%m-%d` (what `IndexText` for `chrono::NaiveDate` gives the derive), the
 /// year zero-padded to four digits and signed outside 0000-9999, so that an
 /// index the job fills finds the rows a model writes and the other way round.
-pub(crate) fn index_date(days: i32) -> String {
+fn index_date(days: i32) -> String {
     let (y, m, d) = civil_from_days(i64::from(days));
     match y {
         0..=9999 => format!("{y:04}-{m:02}-{d:02}"),

@@ -867,29 +867,13 @@ impl Job {
                 let pt = self.envelope.open_bytes(ctx, v).await?;
                 // The field's text as `IndexText` gives it to the derive.
                 let value = c.codec.decode(pt.into_zeroizing())?;
-                let text = match &value {
-                    PlainValue::Null => return Ok(Val::Null),
-                    // As `chrono`'s `%Y-%m-%d` spells it (a sign outside
-                    // 0000-9999), not as the plaintext column takes it.
-                    PlainValue::Date { days } => {
-                        zeroize::Zeroizing::new(plaintext::index_date(*days))
-                    }
-                    PlainValue::Text(_)
-                    | PlainValue::Int(_)
-                    | PlainValue::Bool(_)
-                    | PlainValue::Char(_)
-                    | PlainValue::Uuid(_) => {
-                        // PostgreSQL's spelling of booleans is `true`/`false`.
-                        match plaintext::render(Dialect::Postgres, &value) {
-                            Some(Rendered::Text(t)) => t,
-                            _ => unreachable!("these values render as text"),
-                        }
-                    }
-                    _ => {
-                        return Err(JobError::Invalid(format!(
-                            "{c} holds values a blind index cannot read (text, integers, bool, char, UUID and dates can be indexed)"
-                        )));
-                    }
+                if matches!(value, PlainValue::Null) {
+                    return Ok(Val::Null);
+                }
+                let Some(text) = plaintext::index_text(&value) else {
+                    return Err(JobError::Invalid(format!(
+                        "{c} holds values a blind index cannot read (text, integers, bool, char, UUID and dates can be indexed)"
+                    )));
                 };
                 if dry {
                     return Ok(Val::Null);

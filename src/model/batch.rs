@@ -314,13 +314,13 @@ fn open_rows<S: SealedRow>(
 /// The values of one row, opened beforehand by [`open_rows`], handed back in
 /// the order the row asks for them (the order it gave them in). Values the
 /// row does not ask for (it failed first) are dropped, wiped, with it.
-struct Opened<'a, I: Iterator<Item = Result<Zeroizing<Vec<u8>>>>> {
-    values: &'a mut I,
+struct Opened<'a> {
+    values: &'a mut std::vec::IntoIter<Result<Zeroizing<Vec<u8>>>>,
     columns: &'a [&'static str],
     next: usize,
 }
 
-impl<I: Iterator<Item = Result<Zeroizing<Vec<u8>>>>> FieldOpener for Opened<'_, I> {
+impl FieldOpener for Opened<'_> {
     fn open(&mut self, ctx: &Context<'_>, _taken: Sealed) -> Result<Zeroizing<Vec<u8>>> {
         match self.columns.get(self.next) {
             Some(&column) if crate::format::same_str(column, ctx.column) => {
@@ -339,7 +339,7 @@ impl<I: Iterator<Item = Result<Zeroizing<Vec<u8>>>>> FieldOpener for Opened<'_, 
     }
 }
 
-impl<I: Iterator<Item = Result<Zeroizing<Vec<u8>>>>> Drop for Opened<'_, I> {
+impl Drop for Opened<'_> {
     fn drop(&mut self) {
         for _ in self.next..self.columns.len() {
             drop(self.values.next());

@@ -205,13 +205,6 @@ pub trait SealedRow: Sized + Send + Sync + 'static {
         out
     }
 
-    /// Decrypt each value in its own buffer, reporting which column failed.
-    /// [`SealedRow::open_with`] calls it.
-    #[doc(hidden)]
-    fn __open(self, keys: &KeySet) -> std::result::Result<Self::Model, batch::OpenFailure> {
-        self.__open_with(&mut &*keys)
-    }
-
     /// Build the model, each encrypted field's stored value opened by
     /// `opener` (in field order, NULLs skipped), reporting which column
     /// failed. Generated.
@@ -240,7 +233,7 @@ pub trait SealedRow: Sized + Send + Sync + 'static {
     /// decrypted in the buffer it was read into (no copy of the ciphertext),
     /// and `String`/`Vec<u8>` fields take that buffer over.
     fn open_with(self, keys: &KeySet) -> Result<Self::Model> {
-        self.__open(keys).map_err(|f| f.error)
+        self.__open_with(&mut &*keys).map_err(|f| f.error)
     }
 
     /// Decrypt this row.
