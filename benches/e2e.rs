@@ -34,8 +34,10 @@
 //!   page), while the next page is being fetched. The time spent opening and
 //!   the time the select waited for it are reported per pass: they tell CPU
 //!   shared with the fetch from latency added to it. Timed `SELECT_PASSES`
-//!   times per run (each pass after the database settled), so its median and
-//!   range are over `BENCH_RUNS` x `SELECT_PASSES` pairs;
+//!   times per run (each pass after the database settled), the plaintext,
+//!   opened and unopened passes alternating pass by pass, so its median and
+//!   range are over `BENCH_RUNS` x `SELECT_PASSES` pairs taken within a
+//!   second of each other;
 //! - select, unopened (envelope only): the same pages fetched and not opened,
 //!   what the longer stored values cost the select, opening aside (the
 //!   select's counterpart of "sealed beforehand").
@@ -56,7 +58,7 @@ const BATCH: usize = 1_000;
 /// fraction of a second, short enough for one scheduling hiccup to move it by
 /// a fifth, so each run times it several times (plaintext and envelope pass
 /// by pass, paired for the ratio).
-const SELECT_PASSES: usize = 3;
+const SELECT_PASSES: usize = 4;
 const PASSPHRASE: &str = "bench-passphrase";
 
 struct Data {
@@ -365,13 +367,6 @@ macro_rules! driver {
                     insert_batch(pool, table, chunk, cols).await;
                 }
                 t.stop(&mut runs.insert, &mut runs.insert_busy);
-                for _ in 0..SELECT_PASSES {
-                    settle(pool, table).await;
-                    let t = Timer::start();
-                    let n = fetch_pages(pool, table, 64).await;
-                    t.stop(&mut runs.select, &mut runs.select_busy);
-                    assert_eq!(n, d.ids.len());
-                }
                 runs.bytes_per_value = 64.0;
             }
 
@@ -443,50 +438,77 @@ macro_rules! driver {
                 }
                 t.stop(&mut runs.insert_presealed, &mut runs.insert_presealed_busy);
 
-                // Select: open page k on a blocking thread while page k + 1 is
-                // fetched.
-                for _ in 0..SELECT_PASSES {
-                    settle(pool, table).await;
-                    let t = Timer::start();
-                    let (mut n, mut after) = (0usize, 0i64);
-                    let (mut opening_secs, mut waited) = (0.0, 0.0);
-                    let mut opening: Option<tokio::task::JoinHandle<(usize, f64)>> = None;
-                    loop {
-                        let p = page(pool, table, after).await;
-                        if let Some(h) = opening.take() {
-                            let w = Instant::now();
-                            let (rows, secs) = h.await.unwrap();
-                            waited += w.elapsed().as_secs_f64();
-                            n += rows;
-                            opening_secs += secs;
-                        }
-                        let Some(last) = p.last() else { break };
-                        after = last.0;
-                        let keys = env
-                            .keys_for(p.iter().flat_map(|(_, e, s)| [e.as_slice(), s.as_slice()]))
-                            .await
-                            .unwrap();
-                        opening = Some(tokio::task::spawn_blocking(move || {
-                            let t = Instant::now();
-                            let rows = open_page(&keys, table, p);
-                            (rows, t.elapsed().as_secs_f64())
-                        }));
-                    }
-                    t.stop(&mut runs.select, &mut runs.select_busy);
-                    runs.select_opening.push(opening_secs);
-                    runs.select_wait.push(waited);
-                    assert_eq!(n, d.ids.len());
-                }
+            }
 
-                // The same select, nothing opened: the sealed values' length
-                // alone.
-                for _ in 0..SELECT_PASSES {
-                    settle(pool, table).await;
-                    let t = Instant::now();
-                    let n = fetch_pages(pool, table, 64 + sqlx_envelope::format::OVERHEAD).await;
-                    runs.select_fetch_only.push(t.elapsed().as_secs_f64());
-                    assert_eq!(n, d.ids.len());
+            /// The select passes of one run, the three variants alternating
+            /// pass by pass (forward, then backward: plaintext, opened,
+            /// unopened, unopened, opened, plaintext, ...), so that the passes
+            /// a ratio pairs ran within a second of each other, the database
+            /// settled before each.
+            pub async fn selects(pool: &$pool, d: &Data, env: &Envelope, plain: &mut Runs, enc: &mut Runs) {
+                for pass in 0..SELECT_PASSES {
+                    let mut order = [0, 1, 2];
+                    if pass % 2 == 1 {
+                        order.reverse();
+                    }
+                    for variant in order {
+                        match variant {
+                            0 => {
+                                settle(pool, "bench_plain").await;
+                                let t = Timer::start();
+                                let n = fetch_pages(pool, "bench_plain", 64).await;
+                                t.stop(&mut plain.select, &mut plain.select_busy);
+                                assert_eq!(n, d.ids.len());
+                            }
+                            1 => select_opened(pool, d, env, enc).await,
+                            _ => {
+                                // The same select, nothing opened: the sealed
+                                // values' length alone.
+                                settle(pool, "bench_enc").await;
+                                let t = Instant::now();
+                                let n = fetch_pages(pool, "bench_enc", 64 + sqlx_envelope::format::OVERHEAD).await;
+                                enc.select_fetch_only.push(t.elapsed().as_secs_f64());
+                                assert_eq!(n, d.ids.len());
+                            }
+                        }
+                    }
                 }
+            }
+
+            /// One select pass over the envelope's table: page k is opened on
+            /// a blocking thread while page k + 1 is fetched.
+            async fn select_opened(pool: &$pool, d: &Data, env: &Envelope, runs: &mut Runs) {
+                let table = "bench_enc";
+                settle(pool, table).await;
+                let t = Timer::start();
+                let (mut n, mut after) = (0usize, 0i64);
+                let (mut opening_secs, mut waited) = (0.0, 0.0);
+                let mut opening: Option<tokio::task::JoinHandle<(usize, f64)>> = None;
+                loop {
+                    let p = page(pool, table, after).await;
+                    if let Some(h) = opening.take() {
+                        let w = Instant::now();
+                        let (rows, secs) = h.await.unwrap();
+                        waited += w.elapsed().as_secs_f64();
+                        n += rows;
+                        opening_secs += secs;
+                    }
+                    let Some(last) = p.last() else { break };
+                    after = last.0;
+                    let keys = env
+                        .keys_for(p.iter().flat_map(|(_, e, s)| [e.as_slice(), s.as_slice()]))
+                        .await
+                        .unwrap();
+                    opening = Some(tokio::task::spawn_blocking(move || {
+                        let t = Instant::now();
+                        let rows = open_page(&keys, table, p);
+                        (rows, t.elapsed().as_secs_f64())
+                    }));
+                }
+                t.stop(&mut runs.select, &mut runs.select_busy);
+                runs.select_opening.push(opening_secs);
+                runs.select_wait.push(waited);
+                assert_eq!(n, d.ids.len());
             }
 
             pub async fn store(pool: &$pool) -> $store {
@@ -702,6 +724,7 @@ async fn main() {
             for _ in 0..reps {
                 $m::plaintext(&$pool, &d, &mut plain).await;
                 $m::envelope(&$pool, &d, &env, &one_core, &mut enc).await;
+                $m::selects(&$pool, &d, &env, &mut plain, &mut enc).await;
             }
             let load = format!("{load_before} -> {}", loadavg());
             report.insert($name.into(), json!({

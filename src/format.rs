@@ -162,12 +162,18 @@ fn column_aad_len(ctx: &Context<'_>) -> usize {
 /// [`write_aad`] after what `out` already holds.
 fn append_aad(out: &mut Vec<u8>, version: u8, key_id: KeyId, ctx: &Context<'_>) {
     out.reserve(column_aad_len(ctx) + row_aad_len(ctx));
+    append_column_aad(out, version, key_id, ctx);
+    append_row_aad(out, ctx);
+}
+
+/// The part of a value's associated data every value of its column under one
+/// key shares ([`column_aad_len`] bytes), after what `out` already holds.
+fn append_column_aad(out: &mut Vec<u8>, version: u8, key_id: KeyId, ctx: &Context<'_>) {
     out.extend_from_slice(AAD_DOMAIN);
     out.push(version);
     out.extend_from_slice(&key_id.get().to_be_bytes());
     put_lp(out, ctx.table.as_bytes());
     put_lp(out, ctx.column.as_bytes());
-    append_row_aad(out, ctx);
 }
 
 /// How many bytes of a value's associated data follow its column's share
@@ -391,85 +397,58 @@ fn runs(values: impl Iterator<Item = (KeyId, usize)>) -> Vec<std::ops::Range<usi
 /// associated data).
 const RUN_PREFIXES: usize = 8;
 
-/// The associated data of the values of one run under one key: each value's
-/// whole associated data back to back in `aads`, where each one ends in
-/// `bounds`, and which of `prefixes` it starts with in `which`. A prefix is
-/// the whole blocks of what every value of a column shares (domain, version,
-/// key id, table, column), hashed once per column and run
-/// ([`crate::gcm::AadPrefix`]).
+/// The associated data of the values of a batch under one key, value by
+/// value: for each column (up to [`RUN_PREFIXES`]), what all its values share
+/// (domain, version, key id, table, column) is hashed once
+/// ([`crate::gcm::AadPrefix`]), and a value writes only its own part (primary
+/// key and tenant) into one reused buffer. A value of a column past those
+/// writes its whole associated data.
 #[derive(Default)]
-struct RunAads<'a> {
-    aads: Vec<u8>,
-    bounds: Vec<usize>,
-    prefixes: Vec<RunPrefix<'a>>,
-    which: Vec<Option<usize>>,
+struct RunColumns<'c> {
+    /// The key the prefixes were hashed under (its id is in them).
+    key: Option<KeyId>,
+    columns: Vec<(&'c str, &'c str, crate::gcm::AadPrefix)>,
+    own: Vec<u8>,
 }
 
-/// One column of a run: where the first of its values' associated data
-/// holds the share all of them start with, and that share's whole blocks
-/// hashed.
-struct RunPrefix<'a> {
-    table: &'a str,
-    column: &'a str,
-    shared: std::ops::Range<usize>,
-    hashed: crate::gcm::AadPrefix,
-}
-
-impl<'a> RunAads<'a> {
-    /// Write the associated data of `ctxs` under `key` (what it held before
-    /// is cleared; its buffers are kept).
-    fn write<'c: 'a>(
-        &mut self,
-        key: &DataKey,
-        ctxs: impl ExactSizeIterator<Item = &'a Context<'c>>,
-    ) {
-        self.aads.clear();
-        self.bounds.clear();
-        self.prefixes.clear();
-        self.which.clear();
-        // Room for the usual associated data (short names, one key part)
-        // up front, rather than growing the buffer value by value.
-        self.aads.reserve(ctxs.len() * 96);
-        for ctx in ctxs {
-            let start = self.aads.len();
-            let found = self
-                .prefixes
-                .iter()
-                .position(|p| same_str(p.table, ctx.table) && same_str(p.column, ctx.column));
-            let which = match found {
-                // The column's share is copied from its first value's.
-                Some(i) => {
-                    let shared = self.prefixes[i].shared.clone();
-                    self.aads.reserve(shared.len() + row_aad_len(ctx));
-                    self.aads.extend_from_within(shared);
-                    append_row_aad(&mut self.aads, ctx);
-                    Some(i)
-                }
-                None => {
-                    append_aad(&mut self.aads, VERSION_V1, key.id(), ctx);
-                    (self.prefixes.len() < RUN_PREFIXES).then(|| {
-                        let shared = start..start + column_aad_len(ctx);
-                        let prefix = key.gcm().aad_prefix(&self.aads[shared.clone()]);
-                        self.prefixes.push(RunPrefix {
-                            table: ctx.table,
-                            column: ctx.column,
-                            shared,
-                            hashed: prefix,
-                        });
-                        self.prefixes.len() - 1
-                    })
-                }
-            };
-            self.bounds.push(self.aads.len());
-            self.which.push(which);
+impl<'c> RunColumns<'c> {
+    /// Use `key` from now on (the prefixes of another key are dropped).
+    fn for_key(&mut self, key: &DataKey) {
+        if self.key != Some(key.id()) {
+            self.key = Some(key.id());
+            self.columns.clear();
         }
     }
 
-    /// Value `i`'s associated data and its column's prefix.
-    fn get(&self, i: usize) -> (Option<&crate::gcm::AadPrefix>, &[u8]) {
-        let start = if i == 0 { 0 } else { self.bounds[i - 1] };
-        let prefix = self.which[i].map(|w| &self.prefixes[w].hashed);
-        (prefix, &self.aads[start..self.bounds[i]])
+    /// The associated data under `key` (the one given to
+    /// [`RunColumns::for_key`]) of a value stored at `ctx`: what
+    /// [`write_aad`] writes, split at its column's share.
+    fn aad(&mut self, key: &DataKey, ctx: &Context<'c>) -> crate::gcm::Aad<'_> {
+        debug_assert_eq!(self.key, Some(key.id()));
+        self.own.clear();
+        let found = self
+            .columns
+            .iter()
+            .position(|(t, c, _)| same_str(t, ctx.table) && same_str(c, ctx.column));
+        let found = found.or_else(|| {
+            (self.columns.len() < RUN_PREFIXES).then(|| {
+                append_column_aad(&mut self.own, VERSION_V1, key.id(), ctx);
+                let prefix = key.gcm().aad_prefix(&self.own);
+                self.own.clear();
+                self.columns.push((ctx.table, ctx.column, prefix));
+                self.columns.len() - 1
+            })
+        });
+        match found {
+            Some(i) => {
+                append_row_aad(&mut self.own, ctx);
+                crate::gcm::Aad::split(&self.columns[i].2, &self.own)
+            }
+            None => {
+                append_aad(&mut self.own, VERSION_V1, key.id(), ctx);
+                crate::gcm::Aad::whole(&self.own)
+            }
+        }
     }
 }
 
@@ -494,33 +473,20 @@ pub(crate) fn same_opt_str(a: Option<&str>, b: Option<&str>) -> bool {
 /// counter blocks of each run of values under one key go through one
 /// block-cipher call (see [`crate::gcm`]). `ok[i]` tells whether value `i`
 /// opened (its tag matched); a value that did not open is left as it was.
-pub(crate) fn open_batch(items: &mut [Opening<'_, '_>], ok: &mut Vec<bool>) {
+pub(crate) fn open_batch<'c>(items: &mut [Opening<'_, 'c>], ok: &mut Vec<bool>) {
     ok.clear();
-    let (mut blocks, mut run_ok, mut aads) = (
-        crate::gcm::Keystream::default(),
-        Vec::new(),
-        RunAads::default(),
-    );
+    let (mut blocks, mut columns) = (crate::gcm::Keystream::default(), RunColumns::default());
     for range in runs(items.iter().map(|i| (i.key.id(), i.ct.len()))) {
         let run = &mut items[range];
         let key = run[0].key;
-        aads.write(key, run.iter().map(|i| i.ctx));
-        let mut gcm_items: Vec<crate::gcm::RunItem<'_>> = run
-            .iter_mut()
-            .enumerate()
-            .map(|(i, item)| {
-                let (prefix, aad) = aads.get(i);
-                crate::gcm::RunItem {
-                    nonce: item.nonce,
-                    prefix,
-                    aad,
-                    data: &mut *item.ct,
-                    tag: item.tag,
-                }
-            })
-            .collect();
-        key.gcm().open_run(&mut gcm_items, &mut blocks, &mut run_ok);
-        ok.extend_from_slice(&run_ok);
+        let gcm = key.gcm();
+        columns.for_key(key);
+        let mut streams = gcm.keystreams(run.iter().map(|i| (&i.nonce, i.ct.len())), &mut blocks);
+        for item in run.iter_mut() {
+            let ks = streams.next(item.ct.len());
+            let aad = columns.aad(key, item.ctx);
+            ok.push(gcm.open_in_run(aad, item.ct, &item.tag, ks));
+        }
     }
 }
 
@@ -550,31 +516,30 @@ pub(crate) fn seal_batch_into(
     out: &mut [Vec<u8>],
 ) {
     assert_eq!(values.len(), out.len(), "one buffer per value");
-    let (mut blocks, mut aads) = (crate::gcm::Keystream::default(), RunAads::default());
+    let (mut blocks, mut columns) = (crate::gcm::Keystream::default(), RunColumns::default());
+    let gcm = key.gcm();
+    columns.for_key(key);
     for range in runs(values.iter().map(|(_, pt)| (key.id(), pt.len()))) {
-        aads.write(key, values[range.clone()].iter().map(|(c, _)| *c));
-        let mut items: Vec<crate::gcm::RunItem<'_>> = out[range.clone()]
-            .iter_mut()
-            .enumerate()
-            .map(|(i, v)| {
-                let (prefix, aad) = aads.get(i);
-                let (head, data) = v.split_at_mut(HEADER_LEN);
-                crate::gcm::RunItem {
-                    nonce: head[NONCE_OFFSET..].try_into().expect("12 bytes"),
-                    prefix,
-                    aad,
-                    data,
-                    tag: [0; TAG_LEN],
-                }
-            })
-            .collect();
-        key.gcm().seal_run(&mut items, &mut blocks);
-        let tags: Vec<[u8; TAG_LEN]> = items.iter().map(|t| t.tag).collect();
-        drop(items);
-        for (v, tag) in out[range].iter_mut().zip(tags) {
+        let mut streams = gcm.keystreams(
+            out[range.clone()]
+                .iter()
+                .map(|v| (nonce_of(v), v.len() - HEADER_LEN)),
+            &mut blocks,
+        );
+        for ((ctx, _), v) in values[range.clone()].iter().zip(&mut out[range]) {
+            let ks = streams.next(v.len() - HEADER_LEN);
+            let aad = columns.aad(key, ctx);
+            let tag = gcm.seal_in_run(aad, &mut v[HEADER_LEN..], ks);
             v.extend_from_slice(&tag);
         }
     }
+}
+
+/// The nonce in the header of a buffer [`seal_buffers`] made.
+fn nonce_of(value: &[u8]) -> &[u8; NONCE_LEN] {
+    value[NONCE_OFFSET..HEADER_LEN]
+        .try_into()
+        .expect("12 bytes")
 }
 
 #[cfg(test)]
@@ -596,12 +561,12 @@ mod tests {
             RowId::from("k"),
         ];
         // (table, column): "c0" in both tables; RUN_PREFIXES + 3 in all.
-        let columns: Vec<(&str, String)> = std::iter::once(("other_table", "c0".to_owned()))
+        let columns_order: Vec<(&str, String)> = std::iter::once(("other_table", "c0".to_owned()))
             .chain((0..RUN_PREFIXES + 2).map(|i| (["t", "other_table"][i % 2], format!("c{i}"))))
             .collect();
         let mut ctxs = Vec::new();
         for round in 0..3 {
-            for (i, (table, column)) in columns.iter().enumerate() {
+            for (i, (table, column)) in columns_order.iter().enumerate() {
                 let ctx = Context::new(table, column, &rows[(i + round) % rows.len()]);
                 ctxs.push(if (i + round) % 3 == 0 {
                     ctx.with_tenant("acme")
@@ -610,22 +575,28 @@ mod tests {
                 });
             }
         }
-        let mut aads = RunAads::default();
-        aads.write(&key, ctxs.iter());
+        let mut columns = RunColumns::default();
+        columns.for_key(&key);
         for (i, ctx) in ctxs.iter().enumerate() {
             let mut want = Vec::new();
             write_aad(&mut want, VERSION_V1, key.id(), ctx);
-            let (prefix, got) = aads.get(i);
-            assert_eq!(got, &want[..], "value {i}");
+            let aad = columns.aad(&key, ctx);
+            assert_eq!(aad.to_vec(), want, "value {i}");
             let column = columns
+                .columns
+                .iter()
+                .position(|(t, c, _)| *t == ctx.table && *c == ctx.column);
+            let first = columns_order
                 .iter()
                 .position(|(t, c)| *t == ctx.table && c == ctx.column)
                 .unwrap();
-            assert_eq!(prefix.is_some(), column < RUN_PREFIXES, "value {i}");
-            if let Some(p) = prefix {
-                let shared = column_aad_len(ctx) / 16 * 16;
-                assert_eq!(p.bytes(), &want[..shared], "value {i}");
-            }
+            assert_eq!(column.is_some(), first < RUN_PREFIXES, "value {i}");
         }
+        // Another key: its own prefixes (its id is in them).
+        let other = DataKey::new(KeyId::new(8), &KeyMaterial::generate());
+        columns.for_key(&other);
+        let mut want = Vec::new();
+        write_aad(&mut want, VERSION_V1, other.id(), &ctxs[0]);
+        assert_eq!(columns.aad(&other, &ctxs[0]).to_vec(), want);
     }
 }

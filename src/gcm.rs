@@ -8,8 +8,8 @@
 //! round keys into wide registers), twice per message. For a 64-byte value that
 //! set-up costs more than the encryption itself. Here the tag mask and every
 //! counter block of a value go through one block-cipher call, and a run of
-//! values under one key ([`Gcm::open_run`], [`Gcm::seal_run`]) through one call
-//! for all of them, so the wide backend works on many blocks at once.
+//! values under one key ([`Gcm::keystreams`]) through one call for all of
+//! them, so the wide backend works on many blocks at once.
 //!
 //! GHASH is computed as POLYVAL over byte-reversed blocks (RFC 8452,
 //! appendix A), the way the `ghash` crate does it, but with the blocks of a
@@ -18,8 +18,11 @@
 //! them four per reduction instead of one call (and one reduction) per block.
 //! In a run, the associated data every value of a column starts with (domain,
 //! version, key id, table, column) is hashed once per column
-//! ([`Gcm::aad_prefix`]); each value starts from the hash state after as many
-//! of those blocks as leave its own blocks in whole groups of four.
+//! ([`Gcm::aad_prefix`]); each value passes only the rest of its associated
+//! data ([`Aad`]) and starts from the hash state after as many of the shared
+//! blocks as leave its own blocks in whole groups of four. Nothing is copied
+//! or compared per value to find that state: a value names its column's
+//! prefix.
 //!
 //! Tests check this module against `aes-gcm` (every length up to 600 bytes and
 //! around the chunk boundaries, both directions, tampering) and against NIST's
@@ -56,26 +59,63 @@ pub(crate) struct Gcm {
     polyval: polyval::Polyval,
 }
 
-/// The first whole blocks of some associated data, already hashed: values
-/// whose associated data starts the same way (one column's) start from it
-/// instead of hashing those blocks again. It holds the hash state after each
-/// of its blocks, so that a value can skip as many as leave the rest of its
-/// blocks in whole groups of four (POLYVAL reduces once per group, and once
-/// per block left over).
+/// The start every value of a column shares in its associated data, its
+/// whole blocks already hashed: values of that column start from it instead
+/// of hashing those blocks again ([`Aad::split`]). It holds the hash state
+/// after each of its whole blocks, so that a value can skip as many as leave
+/// the rest of its blocks in whole groups of four (POLYVAL reduces once per
+/// group, and once per block left over).
 #[derive(Clone)]
 pub(crate) struct AadPrefix {
     /// `states[k]`: the state after the first `k` blocks (`states[0]` is the
     /// key's initial state).
     states: Vec<polyval::Polyval>,
-    /// The bytes the blocks were taken from: a value whose associated data
-    /// does not start with them hashes all of it.
+    /// The shared bytes, all of them (a partial last block included: a value
+    /// hashes it with its own bytes).
     bytes: Vec<u8>,
 }
 
-/// Scratch space for the keystreams of runs ([`Gcm::seal_run`],
-/// [`Gcm::open_run`]): reused from run to run of a batch and wiped, whole
-/// capacity, when dropped or before it grows (never freed or moved with
-/// keystream in it), rather than after every run.
+/// A value's associated data: whole, or a column's [`AadPrefix`] followed by
+/// the value's own bytes.
+#[derive(Clone, Copy)]
+pub(crate) struct Aad<'a> {
+    prefix: Option<&'a AadPrefix>,
+    rest: &'a [u8],
+}
+
+impl<'a> Aad<'a> {
+    /// Associated data with nothing hashed beforehand.
+    pub fn whole(aad: &'a [u8]) -> Self {
+        Aad {
+            prefix: None,
+            rest: aad,
+        }
+    }
+
+    /// Associated data that is `prefix`'s bytes followed by `rest`.
+    pub fn split(prefix: &'a AadPrefix, rest: &'a [u8]) -> Self {
+        Aad {
+            prefix: Some(prefix),
+            rest,
+        }
+    }
+
+    /// The bytes hashed before [`Aad::rest`] (none without a prefix).
+    fn shared(&self) -> &'a [u8] {
+        self.prefix.map_or(&[], |p| &p.bytes)
+    }
+
+    /// All of it, in one buffer.
+    #[cfg(test)]
+    pub fn to_vec(self) -> Vec<u8> {
+        [self.shared(), self.rest].concat()
+    }
+}
+
+/// Scratch space for the keystreams of runs ([`Gcm::keystreams`]): reused
+/// from run to run of a batch and wiped, whole capacity, when dropped or
+/// before it grows (never freed or moved with keystream in it), rather than
+/// after every run.
 #[derive(Default)]
 pub(crate) struct Keystream(Vec<Block>);
 
@@ -107,28 +147,24 @@ impl Drop for Keystream {
     }
 }
 
-#[cfg(test)]
-impl AadPrefix {
-    /// The bytes its blocks were taken from.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-}
-
 /// The tag did not match: nothing was decrypted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TagMismatch;
 
-/// One value of a run under one key: its nonce, associated data and the bytes
-/// to encrypt or decrypt in place, with its tag (expected when opening,
-/// written when sealing). `prefix`, if any, holds the first blocks of `aad`
-/// already hashed.
-pub(crate) struct RunItem<'a> {
-    pub nonce: [u8; NONCE_LEN],
-    pub prefix: Option<&'a AadPrefix>,
-    pub aad: &'a [u8],
-    pub data: &'a mut [u8],
-    pub tag: [u8; TAG_LEN],
+/// The keystreams of a run, value after value ([`Gcm::keystreams`]).
+pub(crate) struct Keystreams<'k> {
+    blocks: &'k [Block],
+}
+
+impl<'k> Keystreams<'k> {
+    /// The next value's tag mask and counter blocks; `len` is its length, as
+    /// given to [`Gcm::keystreams`].
+    #[inline]
+    pub fn next(&mut self, len: usize) -> (&'k Block, &'k [Block]) {
+        let (value, rest) = self.blocks.split_at(len.div_ceil(16) + 1);
+        self.blocks = rest;
+        value.split_first().expect("mask block")
+    }
 }
 
 impl Gcm {
@@ -146,20 +182,19 @@ impl Gcm {
         Gcm { aes, polyval }
     }
 
-    /// Hash the whole blocks at the start of `aad` (any partial block at its
-    /// end is left out), for [`RunItem::prefix`].
-    pub fn aad_prefix(&self, aad: &[u8]) -> AadPrefix {
-        let len = aad.len() / 16 * 16;
-        let mut states = Vec::with_capacity(len / 16 + 1);
+    /// Hash the whole blocks of `shared`, the start of the associated data of
+    /// every value of a column ([`Aad::split`]).
+    pub fn aad_prefix(&self, shared: &[u8]) -> AadPrefix {
+        let mut states = Vec::with_capacity(shared.len() / 16 + 1);
         let mut state = self.polyval.clone();
         states.push(state.clone());
-        for c in aad[..len].chunks_exact(16) {
+        for c in shared.chunks_exact(16) {
             state.update(&[reversed(c.try_into().expect("16 bytes"))]);
             states.push(state.clone());
         }
         AadPrefix {
             states,
-            bytes: aad[..len].to_vec(),
+            bytes: shared.to_vec(),
         }
     }
 
@@ -167,7 +202,7 @@ impl Gcm {
     pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], data: &mut [u8]) -> [u8; TAG_LEN] {
         assert!(data.len() as u64 <= P_MAX, "AES-GCM plaintext too long");
         let mask = self.apply_keystream(nonce, data, |_| true);
-        self.tag(None, aad, data, &mask)
+        self.tag(Aad::whole(aad), data, &mask)
     }
 
     /// Check `tag` over `data` (ciphertext) and, only if it matches, decrypt
@@ -184,66 +219,62 @@ impl Gcm {
         }
         let mut ok = false;
         self.apply_keystream(nonce, data, |(mask, ct)| {
-            ok = tags_equal(&self.tag(None, aad, ct, mask), tag);
+            ok = tags_equal(&self.tag(Aad::whole(aad), ct, mask), tag);
             ok
         });
         if ok { Ok(()) } else { Err(TagMismatch) }
     }
 
-    /// Seal a run of values (each item's tag is written): one block-cipher
-    /// call for the counter blocks of all of them. `buf` is scratch space,
-    /// reused across runs (and wiped when dropped).
-    pub fn seal_run(&self, items: &mut [RunItem<'_>], buf: &mut Keystream) {
-        self.run(items, buf, |item, mask, ks| {
-            assert!(
-                item.data.len() as u64 <= P_MAX,
-                "AES-GCM plaintext too long"
-            );
-            xor(item.data, ks);
-            item.tag = self.tag(item.prefix, item.aad, item.data, mask);
-        });
-    }
-
-    /// Open a run of values in place: one block-cipher call for the counter
-    /// blocks of all of them; each value is decrypted only if its own tag
-    /// matches. `ok[i]` tells whether item `i` opened.
-    pub fn open_run(&self, items: &mut [RunItem<'_>], buf: &mut Keystream, ok: &mut Vec<bool>) {
-        ok.clear();
-        self.run(items, buf, |item, mask, ks| {
-            let good = item.data.len() as u64 <= P_MAX
-                && tags_equal(&self.tag(item.prefix, item.aad, item.data, mask), &item.tag);
-            if good {
-                xor(item.data, ks);
-            }
-            ok.push(good);
-        });
-    }
-
-    /// Generate the keystreams of `items` (tag mask, then counter blocks from
-    /// 2) in one call, then run `each` on every item with its mask and
-    /// keystream.
-    fn run(
+    /// The keystreams of a run of values, each given by its nonce and length:
+    /// its tag mask (counter block 1) and its counter blocks from 2, all of
+    /// them through one block-cipher call. `buf` is scratch space, reused
+    /// across runs (and wiped when dropped).
+    pub fn keystreams<'k, 'n>(
         &self,
-        items: &mut [RunItem<'_>],
-        buf: &mut Keystream,
-        mut each: impl FnMut(&mut RunItem<'_>, &Block, &[Block]),
-    ) {
-        let need = items.iter().map(|i| i.data.len().div_ceil(16) + 1).sum();
+        values: impl Iterator<Item = (&'n [u8; NONCE_LEN], usize)> + Clone,
+        buf: &'k mut Keystream,
+    ) -> Keystreams<'k> {
+        let need = values.clone().map(|(_, len)| len.div_ceil(16) + 1).sum();
         let buf = buf.clear_for(need);
         let room = buf.as_ptr();
-        for item in items.iter() {
-            let n = item.data.len().div_ceil(16);
-            push_counters(buf, &item.nonce, 1, n + 1);
+        for (nonce, len) in values {
+            push_counters(buf, nonce, 1, len.div_ceil(16) + 1);
         }
         debug_assert_eq!(room, buf.as_ptr(), "a run's keystream never moves");
         self.aes.encrypt_blocks(buf);
-        let mut at = 0;
-        for item in items.iter_mut() {
-            let n = item.data.len().div_ceil(16);
-            let (mask, ks) = buf[at..at + n + 1].split_first().expect("mask block");
-            each(item, mask, ks);
-            at += n + 1;
+        Keystreams { blocks: buf }
+    }
+
+    /// Seal one value of a run in place with its mask and keystream (from
+    /// [`Gcm::keystreams`]); returns its tag.
+    #[inline]
+    pub fn seal_in_run(
+        &self,
+        aad: Aad<'_>,
+        data: &mut [u8],
+        (mask, ks): (&Block, &[Block]),
+    ) -> [u8; TAG_LEN] {
+        assert!(data.len() as u64 <= P_MAX, "AES-GCM plaintext too long");
+        xor(data, ks);
+        self.tag(aad, data, mask)
+    }
+
+    /// Open one value of a run in place with its mask and keystream (from
+    /// [`Gcm::keystreams`]): decrypted only if `tag` matches, which it
+    /// returns.
+    #[inline]
+    pub fn open_in_run(
+        &self,
+        aad: Aad<'_>,
+        data: &mut [u8],
+        tag: &[u8; TAG_LEN],
+        (mask, ks): (&Block, &[Block]),
+    ) -> bool {
+        let good = data.len() as u64 <= P_MAX && tags_equal(&self.tag(aad, data, mask), tag);
+        if good {
+            xor(data, ks);
         }
+        good
     }
 
     /// XOR `data` with the keystream of `nonce` (counter blocks from 2) and
@@ -293,41 +324,40 @@ impl Gcm {
         mask
     }
 
-    /// GHASH over the associated data and the ciphertext, masked, starting
-    /// from `prefix`'s state after as many of its blocks as leave the rest in
-    /// whole groups of four (or all of them). A short value (up to
-    /// [`SHORT_BLOCKS`] blocks with its lengths, as a stored field usually
-    /// is) is reversed into one stack buffer and handed to POLYVAL in one
-    /// call; a longer one streams through [`Ghash`].
-    fn tag(
-        &self,
-        prefix: Option<&AadPrefix>,
-        aad: &[u8],
-        ct: &[u8],
-        mask: &Block,
-    ) -> [u8; TAG_LEN] {
+    /// GHASH over the associated data and the ciphertext, masked. With a
+    /// prefix, it starts from the prefix's state after as many of its whole
+    /// blocks as leave the rest in whole groups of four (or all of them). A
+    /// short value (up to [`SHORT_BLOCKS`] blocks with its lengths, as a
+    /// stored field usually is) is reversed into one stack buffer and handed
+    /// to POLYVAL in one call; a longer one streams through [`Ghash`].
+    fn tag(&self, aad: Aad<'_>, ct: &[u8], mask: &Block) -> [u8; TAG_LEN] {
+        let shared = aad.shared();
+        let aad_len = shared.len() + aad.rest.len();
         let mut lengths = [0u8; 16];
-        lengths[..8].copy_from_slice(&(aad.len() as u64 * 8).to_be_bytes());
+        lengths[..8].copy_from_slice(&(aad_len as u64 * 8).to_be_bytes());
         lengths[8..].copy_from_slice(&(ct.len() as u64 * 8).to_be_bytes());
-        let total = aad.len().div_ceil(16) + ct.len().div_ceil(16) + 1;
-        let (start, skip) = match prefix {
-            // A prefix of other associated data is not used (a wrong tag
-            // would follow, not a wrong value).
-            Some(p) if aad.starts_with(&p.bytes) => {
+        let total = aad_len.div_ceil(16) + ct.len().div_ceil(16) + 1;
+        let (start, skip) = match aad.prefix {
+            Some(p) => {
+                // The most whole blocks of the prefix whose skipping leaves
+                // the rest in groups of four, or all of them if none does.
                 let most = p.states.len() - 1;
-                let skip = (0..=most)
-                    .rev()
-                    .find(|k| (total - k).is_multiple_of(4))
+                let skip = most
+                    .checked_sub((most % 4 + 4 - total % 4) % 4)
                     .unwrap_or(most);
                 (&p.states[skip], skip)
             }
-            _ => (&self.polyval, 0),
+            None => (&self.polyval, 0),
         };
-        let aad = &aad[skip * 16..];
+        let head = &shared[skip * 16..];
         let n = total - skip;
         let hash = if n <= SHORT_BLOCKS {
             let mut blocks = [Block::default(); SHORT_BLOCKS];
-            let mut at = reverse_padded(&mut blocks, 0, aad);
+            let mut at = 0;
+            padded_blocks(head, aad.rest, |b| {
+                blocks[at] = reversed(b);
+                at += 1;
+            });
             at = reverse_padded(&mut blocks, at, ct);
             blocks[at] = reversed(&lengths);
             ghash_value(start.clone(), &blocks[..n])
@@ -337,13 +367,45 @@ impl Gcm {
                 buf: [Block::default(); GHASH_BUF],
                 n: 0,
             };
-            g.absorb_padded(aad);
-            g.absorb_padded(ct);
+            padded_blocks(head, aad.rest, |b| g.absorb(b));
+            padded_blocks(ct, &[], |b| g.absorb(b));
             g.absorb(&lengths);
             g.finish()
         };
         let mask: [u8; 16] = (*mask).into();
         (u128::from_ne_bytes(hash) ^ u128::from_ne_bytes(mask)).to_ne_bytes()
+    }
+}
+
+/// The blocks of `a` followed by `b`, the last one padded with zeros, to `f`
+/// one by one (GHASH's blocks of associated data split in two).
+#[inline]
+fn padded_blocks(a: &[u8], b: &[u8], mut f: impl FnMut(&[u8; 16])) {
+    let mut chunks = a.chunks_exact(16);
+    for c in &mut chunks {
+        f(c.try_into().expect("16 bytes"));
+    }
+    let rest = chunks.remainder();
+    let b = if rest.is_empty() {
+        b
+    } else {
+        // The block where `a` ends and `b` starts.
+        let mut joint = [0u8; 16];
+        joint[..rest.len()].copy_from_slice(rest);
+        let take = (16 - rest.len()).min(b.len());
+        joint[rest.len()..rest.len() + take].copy_from_slice(&b[..take]);
+        f(&joint);
+        &b[take..]
+    };
+    let mut chunks = b.chunks_exact(16);
+    for c in &mut chunks {
+        f(c.try_into().expect("16 bytes"));
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut last = [0u8; 16];
+        last[..rest.len()].copy_from_slice(rest);
+        f(&last);
     }
 }
 
@@ -404,20 +466,6 @@ impl Ghash {
         if self.n == GHASH_BUF {
             self.polyval.update(&self.buf);
             self.n = 0;
-        }
-    }
-
-    /// Absorb `data`, its last block padded with zeros.
-    fn absorb_padded(&mut self, data: &[u8]) {
-        let mut chunks = data.chunks_exact(16);
-        for c in &mut chunks {
-            self.absorb(c.try_into().expect("16 bytes"));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut last = [0u8; 16];
-            last[..rest.len()].copy_from_slice(rest);
-            self.absorb(&last);
         }
     }
 
@@ -611,6 +659,27 @@ mod tests {
         assert!(grown.is_empty());
     }
 
+    /// One value of a test run: nonce, associated data, data, and the tag to
+    /// open it with (none: seal it).
+    type RunValue<'a> = ([u8; 12], Aad<'a>, Vec<u8>, Option<[u8; 16]>);
+
+    /// Seal (`tag` is `None`) or open (`tag` given) `data` as a run of
+    /// values, each with its nonce and associated data; returns each value's
+    /// tag (written when sealing, given when opening) and whether it opened.
+    fn run(gcm: &Gcm, buf: &mut Keystream, values: &mut [RunValue<'_>]) -> Vec<([u8; 16], bool)> {
+        let mut streams = gcm.keystreams(values.iter().map(|v| (&v.0, v.2.len())), buf);
+        values
+            .iter_mut()
+            .map(|(_, aad, data, tag)| {
+                let ks = streams.next(data.len());
+                match tag {
+                    None => (gcm.seal_in_run(*aad, data, ks), true),
+                    Some(t) => (*t, gcm.open_in_run(*aad, data, t, ks)),
+                }
+            })
+            .collect()
+    }
+
     /// A run gives each value what sealing it alone gives; opening a run with
     /// one broken tag fails that value alone and leaves it as it was; the
     /// scratch buffer's wipe clears all it has room for.
@@ -622,135 +691,108 @@ mod tests {
             let values: Vec<([u8; 12], Vec<u8>, Vec<u8>)> = (0..count)
                 .map(|i| (random::<12>(), random_vec(i % 45), random_vec(i * 37 % 300)))
                 .collect();
-            let mut sealed: Vec<Vec<u8>> = values.iter().map(|v| v.2.clone()).collect();
-            let mut items: Vec<RunItem<'_>> = values
+            let mut items: Vec<_> = values
                 .iter()
-                .zip(sealed.iter_mut())
-                .map(|((nonce, aad, _), data)| RunItem {
-                    nonce: *nonce,
-                    prefix: None,
-                    aad,
-                    data,
-                    tag: [0; 16],
-                })
+                .map(|(nonce, aad, pt)| (*nonce, Aad::whole(aad), pt.clone(), None))
                 .collect();
-            gcm.seal_run(&mut items, &mut buf);
-            let tags: Vec<[u8; 16]> = items.iter().map(|i| i.tag).collect();
-            drop(items);
+            let tags: Vec<[u8; 16]> = run(&gcm, &mut buf, &mut items)
+                .into_iter()
+                .map(|(t, _)| t)
+                .collect();
             assert_eq!(count > 0, buf.0.iter().any(|b| b.iter().any(|&x| x != 0)));
             buf.wipe();
             assert_eq!(buf.0.len(), buf.0.capacity());
             assert!(buf.0.iter().all(|b| b.iter().all(|&x| x == 0)));
-            for (((nonce, aad, pt), ct), tag) in values.iter().zip(&sealed).zip(&tags) {
+            for (((nonce, aad, pt), item), tag) in values.iter().zip(&items).zip(&tags) {
                 let mut one = pt.clone();
                 assert_eq!(&gcm.seal(nonce, aad, &mut one), tag);
-                assert_eq!(&one, ct);
+                assert_eq!(one, item.2);
             }
-            let cts = sealed.clone();
+            let cts: Vec<Vec<u8>> = items.iter().map(|i| i.2.clone()).collect();
             let broken = (count > 0).then_some(count / 2);
-            let mut items: Vec<RunItem<'_>> = values
-                .iter()
-                .zip(sealed.iter_mut())
-                .zip(&tags)
-                .enumerate()
-                .map(|(i, (((nonce, aad, _), data), tag))| {
-                    let mut tag = *tag;
-                    if Some(i) == broken {
-                        tag[0] ^= 1;
-                    }
-                    RunItem {
-                        nonce: *nonce,
-                        prefix: None,
-                        aad,
-                        data,
-                        tag,
-                    }
-                })
+            for (i, (item, tag)) in items.iter_mut().zip(&tags).enumerate() {
+                let mut tag = *tag;
+                if Some(i) == broken {
+                    tag[0] ^= 1;
+                }
+                item.3 = Some(tag);
+            }
+            let ok: Vec<bool> = run(&gcm, &mut buf, &mut items)
+                .into_iter()
+                .map(|(_, ok)| ok)
                 .collect();
-            let mut ok = Vec::new();
-            gcm.open_run(&mut items, &mut buf, &mut ok);
-            drop(items);
             assert_eq!(count > 0, buf.0.iter().any(|b| b.iter().any(|&x| x != 0)));
             buf.wipe();
             assert_eq!(buf.0.len(), buf.0.capacity());
             assert!(buf.0.iter().all(|b| b.iter().all(|&x| x == 0)));
-            for (i, (v, opened)) in values.iter().zip(&sealed).enumerate() {
+            for (i, (v, item)) in values.iter().zip(&items).enumerate() {
                 assert_eq!(ok[i], Some(i) != broken);
                 if Some(i) == broken {
-                    assert_eq!(opened, &cts[i]);
+                    assert_eq!(item.2, cts[i]);
                 } else {
-                    assert_eq!(opened, &v.2);
+                    assert_eq!(item.2, v.2);
                 }
             }
         }
     }
 
-    /// Seal (`tag` is `None`; returns the tag written) or open (returns the
-    /// tag given, with whether it matched) `data` as a run of one value from
-    /// `prefix`.
-    fn run_one(
-        gcm: &Gcm,
-        buf: &mut Keystream,
-        nonce: [u8; 12],
-        prefix: &AadPrefix,
-        aad: &[u8],
-        data: &mut [u8],
-        tag: Option<[u8; 16]>,
-    ) -> ([u8; 16], Vec<bool>) {
-        let mut ok = Vec::new();
-        let mut items = [RunItem {
-            nonce,
-            prefix: Some(prefix),
-            aad,
-            data,
-            tag: tag.unwrap_or_default(),
-        }];
-        match tag {
-            None => gcm.seal_run(&mut items, buf),
-            Some(_) => gcm.open_run(&mut items, buf, &mut ok),
-        }
-        (items[0].tag, ok)
-    }
-
-    /// Starting from an associated-data prefix hashed once gives the tag of
-    /// the whole associated data, for prefixes of every length and values of
-    /// every block count (so every number of prefix blocks skipped); a prefix
-    /// of other associated data is not used; a value whose associated data
-    /// differs after the prefix fails.
+    /// Associated data split into a prefix hashed once and the rest gives the
+    /// tag of the whole, for prefixes of every length (whole blocks or not)
+    /// and values of every block count (so every number of prefix blocks
+    /// skipped), short and long values; a value whose own part differs fails.
     #[test]
     fn aad_prefix_gives_the_whole_aad_tag() {
         let gcm = Gcm::new(&random::<32>());
         let mut buf = Keystream::default();
         for aad_len in 0..80 {
             let aad = random_vec(aad_len);
-            let prefix = gcm.aad_prefix(&aad);
-            assert_eq!(prefix.states.len(), aad_len / 16 + 1);
-            for pt_len in [0, 1, 16, 17, 33, 64, 100, 300] {
-                let nonce = random::<12>();
-                let pt = random_vec(pt_len);
-                let mut whole = pt.clone();
-                let want = gcm.seal(&nonce, &aad, &mut whole);
-                let mut data = pt.clone();
-                let (tag, _) = run_one(&gcm, &mut buf, nonce, &prefix, &aad, &mut data, None);
-                assert_eq!(tag, want, "aad {aad_len}, pt {pt_len}");
-                assert_eq!(data, whole);
-                // Another column's prefix is not used: still the right tag.
-                let other_prefix = gcm.aad_prefix(&random_vec(aad_len.max(16)));
-                let mut again = pt.clone();
-                let (tag, _) =
-                    run_one(&gcm, &mut buf, nonce, &other_prefix, &aad, &mut again, None);
-                assert_eq!(tag, want, "other prefix, aad {aad_len}");
-                if aad_len > prefix.bytes.len() {
-                    let mut other = aad.clone();
-                    other[aad_len - 1] ^= 1;
-                    let mut bad = data.clone();
-                    let (_, ok) =
-                        run_one(&gcm, &mut buf, nonce, &prefix, &other, &mut bad, Some(want));
-                    assert_eq!(ok, [false]);
+            let splits = [
+                0,
+                1,
+                15,
+                16,
+                17,
+                31,
+                32,
+                33,
+                48,
+                50,
+                64,
+                aad_len / 2,
+                aad_len,
+            ];
+            for split in splits.into_iter().filter(|s| *s <= aad_len) {
+                let prefix = gcm.aad_prefix(&aad[..split]);
+                assert_eq!(prefix.states.len(), split / 16 + 1);
+                let split_aad = Aad::split(&prefix, &aad[split..]);
+                assert_eq!(split_aad.to_vec(), aad);
+                for pt_len in [0, 1, 16, 17, 33, 64, 100, 300] {
+                    let nonce = random::<12>();
+                    let pt = random_vec(pt_len);
+                    let mut whole = pt.clone();
+                    let want = gcm.seal(&nonce, &aad, &mut whole);
+                    let mut items = [(nonce, split_aad, pt.clone(), None)];
+                    let [(tag, _)] = run(&gcm, &mut buf, &mut items)[..] else {
+                        panic!("one value")
+                    };
+                    assert_eq!(tag, want, "aad {aad_len}, split {split}, pt {pt_len}");
+                    assert_eq!(items[0].2, whole);
+                    if split < aad_len {
+                        let mut other = aad[split..].to_vec();
+                        other[aad_len - split - 1] ^= 1;
+                        let mut bad = [(
+                            nonce,
+                            Aad::split(&prefix, &other),
+                            whole.clone(),
+                            Some(want),
+                        )];
+                        assert!(!run(&gcm, &mut buf, &mut bad)[0].1);
+                        assert_eq!(bad[0].2, whole, "a refused value is left as it was");
+                    }
+                    items[0].3 = Some(want);
+                    assert!(run(&gcm, &mut buf, &mut items)[0].1);
+                    assert_eq!(items[0].2, pt);
                 }
-                let (_, ok) = run_one(&gcm, &mut buf, nonce, &prefix, &aad, &mut data, Some(want));
-                assert_eq!(ok, [true]);
-                assert_eq!(data, pt);
             }
         }
     }
