@@ -110,10 +110,16 @@ struct Runs {
     bytes_per_value: f64,
 }
 
+/// The median (of an even count, the mean of the middle two).
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
-    s[s.len() / 2]
+    let mid = s.len() / 2;
+    if s.len().is_multiple_of(2) {
+        (s[mid - 1] + s[mid]) / 2.0
+    } else {
+        s[mid]
+    }
 }
 
 fn rate(rows: usize, secs: &[f64]) -> Value {

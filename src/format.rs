@@ -392,9 +392,9 @@ fn runs(values: impl Iterator<Item = (KeyId, usize)>) -> Vec<std::ops::Range<usi
     out
 }
 
-/// Columns of one run whose associated-data prefix is hashed once (a page
-/// usually holds a few columns; past these, values hash their whole
-/// associated data).
+/// Columns of a batch under one key whose associated-data prefix is hashed
+/// once (a page usually holds a few columns; past these, values hash their
+/// whole associated data).
 const RUN_PREFIXES: usize = 8;
 
 /// The associated data of the values of a batch under one key, value by
@@ -404,27 +404,28 @@ const RUN_PREFIXES: usize = 8;
 /// key and tenant) into one reused buffer. A value of a column past those
 /// writes its whole associated data.
 #[derive(Default)]
-struct RunColumns<'c> {
-    /// The key the prefixes were hashed under (its id is in them).
-    key: Option<KeyId>,
+struct RunColumns<'k, 'c> {
+    /// The key the prefixes were hashed under (its id is in them, and its
+    /// hash key in their states).
+    key: Option<&'k DataKey>,
     columns: Vec<(&'c str, &'c str, crate::gcm::AadPrefix)>,
     own: Vec<u8>,
 }
 
-impl<'c> RunColumns<'c> {
-    /// Use `key` from now on (the prefixes of another key are dropped).
-    fn for_key(&mut self, key: &DataKey) {
-        if self.key != Some(key.id()) {
-            self.key = Some(key.id());
+impl<'k, 'c> RunColumns<'k, 'c> {
+    /// Use `key` from now on (the prefixes of any other key are dropped).
+    fn for_key(&mut self, key: &'k DataKey) {
+        if !self.key.is_some_and(|k| std::ptr::eq(k, key)) {
+            self.key = Some(key);
             self.columns.clear();
         }
     }
 
-    /// The associated data under `key` (the one given to
-    /// [`RunColumns::for_key`]) of a value stored at `ctx`: what
-    /// [`write_aad`] writes, split at its column's share.
-    fn aad(&mut self, key: &DataKey, ctx: &Context<'c>) -> crate::gcm::Aad<'_> {
-        debug_assert_eq!(self.key, Some(key.id()));
+    /// The associated data, under the key given to [`RunColumns::for_key`],
+    /// of a value stored at `ctx`: what [`write_aad`] writes, split at its
+    /// column's share.
+    fn aad(&mut self, ctx: &Context<'c>) -> crate::gcm::Aad<'_> {
+        let key = self.key.expect("RunColumns::for_key first");
         self.own.clear();
         let found = self
             .columns
@@ -483,8 +484,8 @@ pub(crate) fn open_batch<'c>(items: &mut [Opening<'_, 'c>], ok: &mut Vec<bool>) 
         columns.for_key(key);
         let mut streams = gcm.keystreams(run.iter().map(|i| (&i.nonce, i.ct.len())), &mut blocks);
         for item in run.iter_mut() {
-            let ks = streams.next(item.ct.len());
-            let aad = columns.aad(key, item.ctx);
+            let ks = streams.next();
+            let aad = columns.aad(item.ctx);
             ok.push(gcm.open_in_run(aad, item.ct, &item.tag, ks));
         }
     }
@@ -527,8 +528,8 @@ pub(crate) fn seal_batch_into(
             &mut blocks,
         );
         for ((ctx, _), v) in values[range.clone()].iter().zip(&mut out[range]) {
-            let ks = streams.next(v.len() - HEADER_LEN);
-            let aad = columns.aad(key, ctx);
+            let ks = streams.next();
+            let aad = columns.aad(ctx);
             let tag = gcm.seal_in_run(aad, &mut v[HEADER_LEN..], ks);
             v.extend_from_slice(&tag);
         }
@@ -580,7 +581,7 @@ mod tests {
         for (i, ctx) in ctxs.iter().enumerate() {
             let mut want = Vec::new();
             write_aad(&mut want, VERSION_V1, key.id(), ctx);
-            let aad = columns.aad(&key, ctx);
+            let aad = columns.aad(ctx);
             assert_eq!(aad.to_vec(), want, "value {i}");
             let column = columns
                 .columns
@@ -597,6 +598,6 @@ mod tests {
         columns.for_key(&other);
         let mut want = Vec::new();
         write_aad(&mut want, VERSION_V1, other.id(), &ctxs[0]);
-        assert_eq!(columns.aad(&other, &ctxs[0]).to_vec(), want);
+        assert_eq!(columns.aad(&ctxs[0]).to_vec(), want);
     }
 }
