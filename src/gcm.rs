@@ -235,17 +235,17 @@ impl Gcm {
     /// across runs (and wiped when dropped).
     pub fn keystreams<'k, 'n>(
         &self,
-        values: impl Iterator<Item = (&'n [u8; NONCE_LEN], usize)> + Clone,
+        values: impl Iterator<Item = (&'n [u8; NONCE_LEN], usize)>,
         buf: &'k mut Keystream,
     ) -> Keystreams<'k> {
-        let need = values.clone().map(|(_, len)| len.div_ceil(16) + 1).sum();
+        let values: Vec<(&[u8; NONCE_LEN], usize)> = values.collect();
+        let need = values.iter().map(|(_, len)| len.div_ceil(16) + 1).sum();
         let buf = buf.clear_for(need);
         let room = buf.as_ptr();
-        let mut lens = Vec::new();
-        for (nonce, len) in values {
+        for (nonce, len) in &values {
             push_counters(buf, nonce, 1, len.div_ceil(16) + 1);
-            lens.push(len);
         }
+        let lens: Vec<usize> = values.into_iter().map(|(_, len)| len).collect();
         debug_assert_eq!(room, buf.as_ptr(), "a run's keystream never moves");
         self.aes.encrypt_blocks(buf);
         Keystreams {
