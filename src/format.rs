@@ -204,17 +204,79 @@ thread_local! {
     static AAD_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn with_aad<R>(key_id: KeyId, ctx: &Context<'_>, f: impl FnOnce(&[u8]) -> R) -> R {
+/// Columns per data key whose associated-data prefix the key keeps hashed
+/// ([`ColumnPrefix`]): the first this many columns a key seals or opens
+/// values of (a key usually serves one column, or the few of one table);
+/// values of any further column hash their whole associated data.
+pub(crate) const COLUMN_PREFIXES: usize = 8;
+
+/// The part of the associated data every value of one column shares under
+/// one data key (domain, version, key id, table, column), hashed once under
+/// that key ([`crate::gcm::AadPrefix`]) and kept in the key
+/// ([`DataKey::column_prefixes`]): a value then writes and hashes only its
+/// own part (primary key and tenant).
+pub(crate) struct ColumnPrefix {
+    table: Box<str>,
+    column: Box<str>,
+    prefix: crate::gcm::AadPrefix,
+}
+
+/// The hashed prefix `key` keeps for the column of `ctx`: found, or made now
+/// in the first free slot (another thread may fill that slot first, with its
+/// own column: the search goes on); `None` when the key's slots all hold
+/// other columns. After a column's first value this reads atomics and
+/// compares names, nothing else.
+fn column_prefix<'k>(key: &'k DataKey, ctx: &Context<'_>) -> Option<&'k crate::gcm::AadPrefix> {
+    let is_ours = |c: &ColumnPrefix| *c.table == *ctx.table && *c.column == *ctx.column;
+    for slot in key.column_prefixes() {
+        let c = match slot.get() {
+            Some(c) => c,
+            None => slot.get_or_init(|| {
+                let mut shared = Vec::with_capacity(column_aad_len(ctx));
+                append_column_aad(&mut shared, VERSION_V1, key.id(), ctx);
+                ColumnPrefix {
+                    table: ctx.table.into(),
+                    column: ctx.column.into(),
+                    prefix: key.gcm().aad_prefix(&shared),
+                }
+            }),
+        };
+        if is_ours(c) {
+            return Some(&c.prefix);
+        }
+    }
+    None
+}
+
+/// The associated data of a value under `key` at `ctx`, what [`write_aad`]
+/// writes: its own part written into `buf` after the column's `prefix`, or
+/// all of it without one.
+fn value_aad<'a>(
+    key: &DataKey,
+    prefix: Option<&'a crate::gcm::AadPrefix>,
+    ctx: &Context<'_>,
+    buf: &'a mut Vec<u8>,
+) -> crate::gcm::Aad<'a> {
+    buf.clear();
+    match prefix {
+        Some(p) => {
+            append_row_aad(buf, ctx);
+            crate::gcm::Aad::split(p, buf)
+        }
+        None => {
+            append_aad(buf, VERSION_V1, key.id(), ctx);
+            crate::gcm::Aad::whole(buf)
+        }
+    }
+}
+
+/// Run `f` with the associated data of one value under `key` at `ctx`
+/// (from the key's column prefix when it has one), in a per-thread buffer.
+fn with_aad<R>(key: &DataKey, ctx: &Context<'_>, f: impl FnOnce(crate::gcm::Aad<'_>) -> R) -> R {
+    let prefix = column_prefix(key, ctx);
     AAD_BUF.with(|buf| match buf.try_borrow_mut() {
-        Ok(mut buf) => {
-            write_aad(&mut buf, VERSION_V1, key_id, ctx);
-            f(&buf)
-        }
-        Err(_) => {
-            let mut own = Vec::new();
-            write_aad(&mut own, VERSION_V1, key_id, ctx);
-            f(&own)
-        }
+        Ok(mut buf) => f(value_aad(key, prefix, ctx, &mut buf)),
+        Err(_) => f(value_aad(key, prefix, ctx, &mut Vec::new())),
     })
 }
 
@@ -257,7 +319,7 @@ pub fn seal_with_nonce(
     plaintext: &[u8],
 ) -> Vec<u8> {
     let mut out = header_and_plaintext(key, &nonce, plaintext);
-    let tag = with_aad(key.id(), ctx, |aad| {
+    let tag = with_aad(key, ctx, |aad| {
         key.gcm().seal(&nonce, aad, &mut out[HEADER_LEN..])
     });
     out.extend_from_slice(&tag);
@@ -318,7 +380,7 @@ pub(crate) fn open_in_place_parsed(
     }
     let ct_end = buf.len() - TAG_LEN;
     let tag: [u8; TAG_LEN] = buf[ct_end..].try_into().expect("16 bytes");
-    with_aad(key.id(), ctx, |aad| {
+    with_aad(key, ctx, |aad| {
         key.gcm()
             .open(&header.nonce, aad, &mut buf[HEADER_LEN..ct_end], &tag)
     })
@@ -348,7 +410,7 @@ pub(crate) fn open_parsed(
     let ct_end = value.len() - TAG_LEN;
     let mut buf = zeroize::Zeroizing::new(value[HEADER_LEN..ct_end].to_vec());
     let tag: [u8; TAG_LEN] = value[ct_end..].try_into().expect("16 bytes");
-    with_aad(key.id(), ctx, |aad| {
+    with_aad(key, ctx, |aad| {
         key.gcm().open(&header.nonce, aad, buf.as_mut_slice(), &tag)
     })
     .map_err(|_| Error::Authentication)?;
@@ -392,28 +454,29 @@ fn runs(values: impl Iterator<Item = (KeyId, usize)>) -> Vec<std::ops::Range<usi
     out
 }
 
-/// Columns of a batch under one key whose associated-data prefix is hashed
-/// once (a page usually holds a few columns; past these, values hash their
-/// whole associated data).
-const RUN_PREFIXES: usize = 8;
+/// Columns a batch remembers the prefix of, per key (past these, a value's
+/// column is looked up in the key again).
+const RUN_COLUMNS: usize = 16;
 
 /// The associated data of the values of a batch under one key, value by
-/// value: for each column (up to [`RUN_PREFIXES`]), what all its values share
-/// (domain, version, key id, table, column) is hashed once
-/// ([`crate::gcm::AadPrefix`]), and a value writes only its own part (primary
-/// key and tenant) into one reused buffer. A value of a column past those
-/// writes its whole associated data.
+/// value: each value writes only its own part (primary key and tenant) into
+/// one reused buffer and starts from its column's prefix the key keeps
+/// ([`column_prefix`]), found once per column of the batch (by the name's
+/// address first: one column's contexts usually share one `&'static str`).
+/// A value of a column the key keeps no prefix for writes its whole
+/// associated data.
 #[derive(Default)]
 struct RunColumns<'k, 'c> {
-    /// The key the prefixes were hashed under (its id is in them, and its
-    /// hash key in their states).
+    /// The key the values are under (its id is in the prefixes, and its hash
+    /// key in their states).
     key: Option<&'k DataKey>,
-    columns: Vec<(&'c str, &'c str, crate::gcm::AadPrefix)>,
+    columns: Vec<(&'c str, &'c str, Option<&'k crate::gcm::AadPrefix>)>,
     own: Vec<u8>,
 }
 
 impl<'k, 'c> RunColumns<'k, 'c> {
-    /// Use `key` from now on (the prefixes of any other key are dropped).
+    /// Use `key` from now on (the columns found under any other key are
+    /// forgotten).
     fn for_key(&mut self, key: &'k DataKey) {
         if !self.key.is_some_and(|k| std::ptr::eq(k, key)) {
             self.key = Some(key);
@@ -423,33 +486,24 @@ impl<'k, 'c> RunColumns<'k, 'c> {
 
     /// The associated data, under the key given to [`RunColumns::for_key`],
     /// of a value stored at `ctx`: what [`write_aad`] writes, split at its
-    /// column's share.
+    /// column's share when the key keeps that column's prefix.
     fn aad(&mut self, ctx: &Context<'c>) -> crate::gcm::Aad<'_> {
         let key = self.key.expect("RunColumns::for_key first");
-        self.own.clear();
-        let found = self
+        let seen = self
             .columns
             .iter()
-            .position(|(t, c, _)| same_str(t, ctx.table) && same_str(c, ctx.column));
-        let found = found.or_else(|| {
-            (self.columns.len() < RUN_PREFIXES).then(|| {
-                append_column_aad(&mut self.own, VERSION_V1, key.id(), ctx);
-                let prefix = key.gcm().aad_prefix(&self.own);
-                self.own.clear();
-                self.columns.push((ctx.table, ctx.column, prefix));
-                self.columns.len() - 1
-            })
-        });
-        match found {
-            Some(i) => {
-                append_row_aad(&mut self.own, ctx);
-                crate::gcm::Aad::split(&self.columns[i].2, &self.own)
-            }
+            .find(|(t, c, _)| same_str(t, ctx.table) && same_str(c, ctx.column));
+        let prefix = match seen {
+            Some(&(_, _, prefix)) => prefix,
             None => {
-                append_aad(&mut self.own, VERSION_V1, key.id(), ctx);
-                crate::gcm::Aad::whole(&self.own)
+                let prefix = column_prefix(key, ctx);
+                if self.columns.len() < RUN_COLUMNS {
+                    self.columns.push((ctx.table, ctx.column, prefix));
+                }
+                prefix
             }
-        }
+        };
+        value_aad(key, prefix, ctx, &mut self.own)
     }
 }
 
@@ -561,9 +615,9 @@ mod tests {
             RowId::composite([PkPart::Int(2), PkPart::Text("b".into())]),
             RowId::from("k"),
         ];
-        // (table, column): "c0" in both tables; RUN_PREFIXES + 3 in all.
+        // (table, column): "c0" in both tables; COLUMN_PREFIXES + 3 in all.
         let columns_order: Vec<(&str, String)> = std::iter::once(("other_table", "c0".to_owned()))
-            .chain((0..RUN_PREFIXES + 2).map(|i| (["t", "other_table"][i % 2], format!("c{i}"))))
+            .chain((0..COLUMN_PREFIXES + 2).map(|i| (["t", "other_table"][i % 2], format!("c{i}"))))
             .collect();
         let mut ctxs = Vec::new();
         for round in 0..3 {
@@ -583,15 +637,18 @@ mod tests {
             write_aad(&mut want, VERSION_V1, key.id(), ctx);
             let aad = columns.aad(ctx);
             assert_eq!(aad.to_vec(), want, "value {i}");
-            let column = columns
-                .columns
-                .iter()
-                .position(|(t, c, _)| *t == ctx.table && *c == ctx.column);
             let first = columns_order
                 .iter()
                 .position(|(t, c)| *t == ctx.table && c == ctx.column)
                 .unwrap();
-            assert_eq!(column.is_some(), first < RUN_PREFIXES, "value {i}");
+            let prefixed = column_prefix(&key, ctx).is_some();
+            assert_eq!(prefixed, first < COLUMN_PREFIXES, "value {i}");
+            // A single value's associated data is the same.
+            let mut buf = Vec::new();
+            assert_eq!(
+                value_aad(&key, column_prefix(&key, ctx), ctx, &mut buf).to_vec(),
+                want
+            );
         }
         // Another key: its own prefixes (its id is in them).
         let other = DataKey::new(KeyId::new(8), &KeyMaterial::generate());
@@ -599,5 +656,139 @@ mod tests {
         let mut want = Vec::new();
         write_aad(&mut want, VERSION_V1, other.id(), &ctxs[0]);
         assert_eq!(columns.aad(&ctxs[0]).to_vec(), want);
+    }
+
+    /// A value sealed from its column's prefix is byte for byte the value
+    /// sealed from its whole associated data: the same key material twice,
+    /// one key with a prefix for the column, the other with its slots taken
+    /// by other columns; each opens the other's value, one by one and in a
+    /// batch; a value moved to another row or tenant fails under both.
+    #[test]
+    fn prefixed_and_whole_associated_data_seal_alike() {
+        let material = KeyMaterial::generate();
+        let (prefixed, whole) = (
+            DataKey::new(KeyId::new(5), &material),
+            DataKey::new(KeyId::new(5), &material),
+        );
+        let row = RowId::composite([PkPart::Int(9), PkPart::Text("x".into())]);
+        let others: Vec<String> = (0..COLUMN_PREFIXES).map(|i| format!("o{i}")).collect();
+        for o in &others {
+            seal(&whole, &Context::new("t", o, &row), b"fill");
+        }
+        let ctx = Context::new("customers", "email", &row).with_tenant("acme");
+        assert!(column_prefix(&prefixed, &ctx).is_some());
+        assert!(column_prefix(&whole, &ctx).is_none());
+        for len in [0, 1, 15, 16, 17, 64, 100, 300] {
+            let pt: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let nonce = random_nonce();
+            let a = seal_with_nonce(&prefixed, &ctx, nonce, &pt);
+            assert_eq!(a, seal_with_nonce(&whole, &ctx, nonce, &pt), "{len} bytes");
+            assert_eq!(&open(&whole, &ctx, &a).unwrap()[..], &pt[..]);
+            assert_eq!(&open(&prefixed, &ctx, &a).unwrap()[..], &pt[..]);
+            let other_row = RowId::composite([PkPart::Int(9), PkPart::Text("y".into())]);
+            let moved = Context::new("customers", "email", &other_row).with_tenant("acme");
+            let untenanted = Context::new("customers", "email", &row);
+            for key in [&prefixed, &whole] {
+                assert!(matches!(open(key, &moved, &a), Err(Error::Authentication)));
+                assert!(matches!(
+                    open(key, &untenanted, &a),
+                    Err(Error::Authentication)
+                ));
+            }
+        }
+    }
+
+    /// A batch whose values alternate keys (A, B, A) over more columns than a
+    /// run hashes prefixes for, with values long enough to cut runs, seals
+    /// byte for byte what sealing each value alone gives and opens value by
+    /// value; a tampered value fails alone and is left as it was.
+    #[test]
+    fn batches_across_keys_and_columns_match_one_by_one() {
+        let keys = [
+            DataKey::new(KeyId::new(1), &KeyMaterial::generate()),
+            DataKey::new(KeyId::new(2), &KeyMaterial::generate()),
+        ];
+        let rows: Vec<RowId> = (0..4)
+            .map(|i| RowId::composite([PkPart::Int(i), PkPart::Text(format!("r{i}"))]))
+            .collect();
+        let names: Vec<String> = (0..COLUMN_PREFIXES + 3).map(|i| format!("c{i}")).collect();
+        // (key, context, plaintext), in batch order: key A, then B, then A.
+        let mut values = Vec::new();
+        for (segment, k) in [0usize, 1, 0].into_iter().enumerate() {
+            for (r, row) in rows.iter().enumerate() {
+                for (c, name) in names.iter().enumerate() {
+                    let ctx = Context::new("t", name, row);
+                    let ctx = if (r + c) % 2 == 0 {
+                        ctx.with_tenant("acme")
+                    } else {
+                        ctx
+                    };
+                    // Mostly short; some past a run's 16 KiB of keystream.
+                    let len = if (segment + r + c) % 17 == 0 {
+                        RUN_BLOCKS * 16 + 5
+                    } else {
+                        (r * 31 + c * 7) % 130
+                    };
+                    let mut pt = vec![0u8; len];
+                    rand::fill(&mut pt[..]);
+                    values.push((k, ctx, pt));
+                }
+            }
+        }
+        // Seal each segment as a batch under its key, and each value alone.
+        let mut sealed: Vec<Vec<u8>> = Vec::new();
+        let mut start = 0;
+        while start < values.len() {
+            let k = values[start].0;
+            let end = (start..values.len())
+                .find(|&i| values[i].0 != k)
+                .unwrap_or(values.len());
+            let part: Vec<(&Context<'_>, &[u8])> = values[start..end]
+                .iter()
+                .map(|(_, ctx, pt)| (ctx, &pt[..]))
+                .collect();
+            let nonces = random_nonces(part.len());
+            let mut out = seal_buffers(&keys[k], &part, &nonces);
+            seal_batch_into(&keys[k], &part, &mut out);
+            for ((ctx, pt), (nonce, batch)) in part.iter().zip(nonces.iter().zip(&out)) {
+                assert_eq!(&seal_with_nonce(&keys[k], ctx, *nonce, pt), batch);
+            }
+            sealed.extend(out);
+            start = end;
+        }
+        // Open the whole batch at once, keys mixed; one value tampered.
+        let broken = values.len() / 2 + 1;
+        sealed[broken][HEADER_LEN] ^= 1;
+        let before = sealed[broken].clone();
+        let mut bufs = sealed.clone();
+        let mut items: Vec<Opening<'_, '_>> = bufs
+            .iter_mut()
+            .zip(&values)
+            .map(|(buf, (k, ctx, _))| {
+                let header = parse_header(buf).unwrap();
+                let ct_end = buf.len() - TAG_LEN;
+                let (head, tag) = buf.split_at_mut(ct_end);
+                Opening {
+                    key: &keys[*k],
+                    ctx,
+                    nonce: header.nonce,
+                    ct: &mut head[HEADER_LEN..],
+                    tag: (&*tag).try_into().unwrap(),
+                }
+            })
+            .collect();
+        let mut ok = Vec::new();
+        open_batch(&mut items, &mut ok);
+        drop(items);
+        assert_eq!(ok.len(), values.len());
+        for (i, ((buf, (_, _, pt)), ok)) in bufs.iter().zip(&values).zip(&ok).enumerate() {
+            if i == broken {
+                assert!(!ok, "the tampered value fails");
+                assert_eq!(buf, &before, "and is left as it was");
+            } else {
+                assert!(ok, "value {i}");
+                assert_eq!(&buf[HEADER_LEN..buf.len() - TAG_LEN], &pt[..], "value {i}");
+            }
+        }
     }
 }

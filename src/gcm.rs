@@ -16,14 +16,15 @@
 //! value reversed into a buffer first (all of them at once for a short value,
 //! eight at a time for a long one): the carry-less-multiply backend then takes
 //! them four per reduction instead of one call (and one reduction) per block.
-//! In a run, the associated data every value of a column starts with (domain,
-//! version, key id, table, column) is hashed once per column
-//! ([`Gcm::aad_prefix`]); each value passes only the rest of its associated
-//! data ([`Aad`]) and starts from the hash state after as many of the shared
-//! blocks as leave its own blocks in whole groups of four (it hashes again
-//! the shared blocks it skips fewer of, and the shared part's last partial
-//! block with its own bytes). A value names its column's prefix: its
-//! associated data is not copied whole, nor compared with the prefix.
+//! The associated data every value of a column starts with (domain, version,
+//! key id, table, column) is hashed once per column and key
+//! ([`Gcm::aad_prefix`], kept with the data key); each value, alone or in a
+//! run, passes only the rest of its associated data ([`Aad`]) and starts from
+//! the hash state after as many of the shared blocks as leave its own blocks
+//! in whole groups of four (it hashes again the shared blocks it skips fewer
+//! of, and the shared part's last partial block with its own bytes). A value
+//! names its column's prefix: its associated data is not copied whole, nor
+//! compared with the prefix.
 //!
 //! Tests check this module against `aes-gcm` (every length up to 600 bytes and
 //! around the chunk boundaries, both directions, tampering) and against NIST's
@@ -203,10 +204,10 @@ impl Gcm {
     }
 
     /// Encrypt `data` in place; returns the tag.
-    pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], data: &mut [u8]) -> [u8; TAG_LEN] {
+    pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: Aad<'_>, data: &mut [u8]) -> [u8; TAG_LEN] {
         assert!(data.len() as u64 <= P_MAX, "AES-GCM plaintext too long");
         let mask = self.apply_keystream(nonce, data, |_| true);
-        self.tag(Aad::whole(aad), data, &mask)
+        self.tag(aad, data, &mask)
     }
 
     /// Check `tag` over `data` (ciphertext) and, only if it matches, decrypt
@@ -214,7 +215,7 @@ impl Gcm {
     pub fn open(
         &self,
         nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
+        aad: Aad<'_>,
         data: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> Result<(), TagMismatch> {
@@ -223,7 +224,7 @@ impl Gcm {
         }
         let mut ok = false;
         self.apply_keystream(nonce, data, |(mask, ct)| {
-            ok = tags_equal(&self.tag(Aad::whole(aad), ct, mask), tag);
+            ok = tags_equal(&self.tag(aad, ct, mask), tag);
             ok
         });
         if ok { Ok(()) } else { Err(TagMismatch) }
@@ -597,10 +598,11 @@ mod tests {
             let nonce: [u8; 12] = unhex(iv).try_into().unwrap();
             let gcm = Gcm::new(&key);
             let mut data = unhex(pt);
-            let got = gcm.seal(&nonce, &unhex(aad), &mut data);
+            let got = gcm.seal(&nonce, Aad::whole(&unhex(aad)), &mut data);
             assert_eq!(data, unhex(ct));
             assert_eq!(got.to_vec(), unhex(tag));
-            gcm.open(&nonce, &unhex(aad), &mut data, &got).unwrap();
+            gcm.open(&nonce, Aad::whole(&unhex(aad)), &mut data, &got)
+                .unwrap();
             assert_eq!(data, unhex(pt));
         }
     }
@@ -627,7 +629,7 @@ mod tests {
             let pt = random_vec(len);
             let gcm = Gcm::new(&key);
             let mut ours = pt.clone();
-            let tag = gcm.seal(&nonce, &aad, &mut ours);
+            let tag = gcm.seal(&nonce, Aad::whole(&aad), &mut ours);
             let mut theirs = pt.clone();
             let want = reference(&key)
                 .encrypt_inout_detached(&nonce.into(), &aad, theirs.as_mut_slice().into())
@@ -638,21 +640,27 @@ mod tests {
             if !bad.is_empty() {
                 let i = len * 7 % bad.len();
                 bad[i] ^= 1;
-                assert_eq!(gcm.open(&nonce, &aad, &mut bad, &tag), Err(TagMismatch));
+                assert_eq!(
+                    gcm.open(&nonce, Aad::whole(&aad), &mut bad, &tag),
+                    Err(TagMismatch)
+                );
                 bad[i] ^= 1;
                 assert_eq!(bad, ours, "a refused value is left as it was");
             }
             let mut bad_tag = tag;
             bad_tag[len % 16] ^= 0x80;
-            assert_eq!(gcm.open(&nonce, &aad, &mut bad, &bad_tag), Err(TagMismatch));
+            assert_eq!(
+                gcm.open(&nonce, Aad::whole(&aad), &mut bad, &bad_tag),
+                Err(TagMismatch)
+            );
             let mut other_aad = aad.clone();
             other_aad.push(0);
             assert_eq!(
-                gcm.open(&nonce, &other_aad, &mut bad, &tag),
+                gcm.open(&nonce, Aad::whole(&other_aad), &mut bad, &tag),
                 Err(TagMismatch)
             );
             assert_eq!(bad, ours);
-            gcm.open(&nonce, &aad, &mut ours, &tag).unwrap();
+            gcm.open(&nonce, Aad::whole(&aad), &mut ours, &tag).unwrap();
             assert_eq!(ours, pt);
         }
     }
@@ -717,7 +725,7 @@ mod tests {
             assert!(buf.0.iter().all(|b| b.iter().all(|&x| x == 0)));
             for (((nonce, aad, pt), item), tag) in values.iter().zip(&items).zip(&tags) {
                 let mut one = pt.clone();
-                assert_eq!(&gcm.seal(nonce, aad, &mut one), tag);
+                assert_eq!(&gcm.seal(nonce, Aad::whole(aad), &mut one), tag);
                 assert_eq!(one, item.2);
             }
             let cts: Vec<Vec<u8>> = items.iter().map(|i| i.2.clone()).collect();
@@ -782,13 +790,19 @@ mod tests {
                     let nonce = random::<12>();
                     let pt = random_vec(pt_len);
                     let mut whole = pt.clone();
-                    let want = gcm.seal(&nonce, &aad, &mut whole);
+                    let want = gcm.seal(&nonce, Aad::whole(&aad), &mut whole);
                     let mut items = [(nonce, split_aad, pt.clone(), None)];
                     let [(tag, _)] = run(&gcm, &mut buf, &mut items)[..] else {
                         panic!("one value")
                     };
                     assert_eq!(tag, want, "aad {aad_len}, split {split}, pt {pt_len}");
                     assert_eq!(items[0].2, whole);
+                    // One value alone (not in a run) from the prefix.
+                    let mut single = pt.clone();
+                    assert_eq!(gcm.seal(&nonce, split_aad, &mut single), want);
+                    assert_eq!(single, whole);
+                    gcm.open(&nonce, split_aad, &mut single, &want).unwrap();
+                    assert_eq!(single, pt);
                     if split < aad_len {
                         let mut other = aad[split..].to_vec();
                         other[aad_len - split - 1] ^= 1;

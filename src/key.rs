@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use zeroize::Zeroizing;
 
@@ -240,9 +241,15 @@ impl fmt::Debug for KeyMaterial {
 /// An unwrapped data key, ready to seal and open values: the id and the expanded
 /// AES-256-GCM cipher (round keys zeroized on drop). Shared behind `Arc`, so the
 /// key is wiped only when the last user is done with it.
+///
+/// It also keeps, for the first few columns it seals or opens, the start of
+/// their values' associated data already hashed under it
+/// ([`crate::format`]'s column prefixes): each set once, on a column's first
+/// value, and read without a lock after that; wiped with the key.
 pub struct DataKey {
     id: KeyId,
     gcm: crate::gcm::Gcm,
+    columns: [OnceLock<crate::format::ColumnPrefix>; crate::format::COLUMN_PREFIXES],
 }
 
 impl DataKey {
@@ -251,7 +258,13 @@ impl DataKey {
         DataKey {
             id,
             gcm: crate::gcm::Gcm::new(material.expose()),
+            columns: Default::default(),
         }
+    }
+
+    /// The key's column prefixes: filled in order, each set once.
+    pub(crate) fn column_prefixes(&self) -> &[OnceLock<crate::format::ColumnPrefix>] {
+        &self.columns
     }
 
     /// The key's id.
