@@ -33,7 +33,7 @@
 //! differ. The version and key id are authenticated: changing either makes the tag
 //! fail (unlike Tink, whose key-id prefix is not authenticated).
 //!
-//! The known-answer vectors in `tests/format_vectors.rs` pin this layout.
+//! The known-answer vectors in `checks/tests/format_vectors.rs` pin this layout.
 
 use crate::context::Context;
 use crate::error::{Error, MalformedReason, Result};
@@ -206,8 +206,10 @@ thread_local! {
 
 /// Columns per data key whose associated-data prefix the key keeps hashed
 /// ([`ColumnPrefix`]): the first this many columns a key seals or opens
-/// values of (a key usually serves one column, or the few of one table);
-/// values of any further column hash their whole associated data.
+/// values of, for the key's life (a key usually serves one column, or the
+/// few of one table); values of any further column hash their whole
+/// associated data. A prefix takes about 700 bytes (four hash states and the
+/// names), an unused slot a pointer.
 pub(crate) const COLUMN_PREFIXES: usize = 8;
 
 /// The part of the associated data every value of one column shares under
@@ -234,11 +236,11 @@ fn column_prefix<'k>(key: &'k DataKey, ctx: &Context<'_>) -> Option<&'k crate::g
             None => slot.get_or_init(|| {
                 let mut shared = Vec::with_capacity(column_aad_len(ctx));
                 append_column_aad(&mut shared, VERSION_V1, key.id(), ctx);
-                ColumnPrefix {
+                Box::new(ColumnPrefix {
                     table: ctx.table.into(),
                     column: ctx.column.into(),
                     prefix: key.gcm().aad_prefix(&shared),
-                }
+                })
             }),
         };
         if is_ours(c) {
@@ -675,9 +677,24 @@ mod tests {
         for o in &others {
             seal(&whole, &Context::new("t", o, &row), b"fill");
         }
+        let long_table = "t".repeat(70);
+        let long = Context::new(&long_table, "a_column_with_a_long_name", &row);
         let ctx = Context::new("customers", "email", &row).with_tenant("acme");
-        assert!(column_prefix(&prefixed, &ctx).is_some());
-        assert!(column_prefix(&whole, &ctx).is_none());
+        for c in [&ctx, &long] {
+            assert!(column_prefix(&prefixed, c).is_some());
+            assert!(column_prefix(&whole, c).is_none());
+        }
+        for len in [0, 1, 15, 16, 17, 64, 100, 300] {
+            let pt = vec![7u8; len];
+            let nonce = random_nonce();
+            let a = seal_with_nonce(&prefixed, &long, nonce, &pt);
+            assert_eq!(
+                a,
+                seal_with_nonce(&whole, &long, nonce, &pt),
+                "long names, {len} bytes"
+            );
+            assert_eq!(&open(&whole, &long, &a).unwrap()[..], &pt[..]);
+        }
         for len in [0, 1, 15, 16, 17, 64, 100, 300] {
             let pt: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let nonce = random_nonce();
@@ -696,6 +713,68 @@ mod tests {
                 ));
             }
         }
+    }
+
+    /// Threads racing to give a fresh key its first columns (two threads
+    /// per column, names built apart so no two share an address) leave each
+    /// column in one slot, and every value they seal is the value sealed from
+    /// the whole associated data; names that join to the same bytes
+    /// (`("ab", "c")`, `("a", "bc")`) are two columns.
+    #[test]
+    fn racing_first_uses_give_each_column_one_prefix() {
+        let material = KeyMaterial::generate();
+        let (prefixed, whole) = (
+            DataKey::new(KeyId::new(6), &material),
+            DataKey::new(KeyId::new(6), &material),
+        );
+        let row = RowId::from(42);
+        for i in 0..COLUMN_PREFIXES {
+            seal(
+                &whole,
+                &Context::new("filler", &format!("f{i}"), &row),
+                b"x",
+            );
+        }
+        let mut names: Vec<(String, String)> = (0..COLUMN_PREFIXES - 2)
+            .flat_map(|i| [0, 1].map(|_| ("t".to_owned(), format!("c{i}"))))
+            .collect();
+        names.push(("ab".into(), "c".into()));
+        names.push(("a".into(), "bc".into()));
+        let barrier = std::sync::Barrier::new(names.len());
+        std::thread::scope(|s| {
+            for (table, column) in &names {
+                let (prefixed, whole, row, barrier) = (&prefixed, &whole, &row, &barrier);
+                s.spawn(move || {
+                    let ctx = Context::new(table, column, row);
+                    let nonce = random_nonce();
+                    barrier.wait();
+                    let a = seal_with_nonce(prefixed, &ctx, nonce, b"a secret of 21 bytes!");
+                    assert_eq!(
+                        a,
+                        seal_with_nonce(whole, &ctx, nonce, b"a secret of 21 bytes!")
+                    );
+                });
+            }
+        });
+        let mut held: Vec<(String, String)> = prefixed
+            .column_prefixes()
+            .iter()
+            .filter_map(|slot| slot.get())
+            .map(|c| (c.table.to_string(), c.column.to_string()))
+            .collect();
+        held.sort();
+        let mut want = names.clone();
+        want.sort();
+        want.dedup();
+        assert_eq!(held, want, "each column once");
+        let ab = Context::new("ab", "c", &row);
+        let a = seal(&prefixed, &ab, b"joined names");
+        let bc = Context::new("a", "bc", &row);
+        assert!(matches!(
+            open(&prefixed, &bc, &a),
+            Err(Error::Authentication)
+        ));
+        assert_eq!(&open(&whole, &ab, &a).unwrap()[..], b"joined names");
     }
 
     /// A batch whose values alternate keys (A, B, A) over more columns than a

@@ -18,13 +18,14 @@
 //! them four per reduction instead of one call (and one reduction) per block.
 //! The associated data every value of a column starts with (domain, version,
 //! key id, table, column) is hashed once per column and key
-//! ([`Gcm::aad_prefix`], kept with the data key); each value, alone or in a
-//! run, passes only the rest of its associated data ([`Aad`]) and starts from
-//! the hash state after as many of the shared blocks as leave its own blocks
-//! in whole groups of four (it hashes again the shared blocks it skips fewer
-//! of, and the shared part's last partial block with its own bytes). A value
-//! names its column's prefix: its associated data is not copied whole, nor
-//! compared with the prefix.
+//! ([`Gcm::aad_prefix`], kept with the data key for the first eight columns it
+//! serves; values of any further column hash theirs whole); each value, alone
+//! or in a run, passes only the rest of its associated data ([`Aad`]) and
+//! starts from the hash state after as many of the shared blocks as leave its
+//! own blocks in whole groups of four (it hashes again the shared blocks it
+//! skips fewer of, and the shared part's last partial block with its own
+//! bytes). A value names its column's prefix: its associated data is not
+//! copied whole, nor compared with the prefix.
 //!
 //! Tests check this module against `aes-gcm` (every length up to 600 bytes and
 //! around the chunk boundaries, both directions, tampering) and against NIST's
@@ -59,22 +60,46 @@ pub(crate) struct Gcm {
     aes: aes::Aes256,
     /// POLYVAL keyed with `mulX(reverse(H))`: GHASH over reversed blocks.
     polyval: polyval::Polyval,
+    /// Tells this key's [`AadPrefix`]es from other keys' (unique in the
+    /// process).
+    serial: u64,
 }
+
+/// The next [`Gcm::serial`].
+static SERIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The start every value of a column shares in its associated data, its
 /// whole blocks already hashed: values of that column start from it instead
-/// of hashing those blocks again ([`Aad::split`]). It holds the hash state
-/// after each of its whole blocks, so that a value can skip as many as leave
-/// the rest of its blocks in whole groups of four (POLYVAL reduces once per
-/// group, and once per block left over).
+/// of hashing those blocks again ([`Aad::split`]). It holds the hash states
+/// after its last (up to) four whole blocks: a value skips as many blocks as
+/// leave the rest of its blocks in whole groups of four (POLYVAL reduces once
+/// per group, and once per block left over), which is always one of the last
+/// four, or all of them. A prefix belongs to the key that hashed it: used with
+/// another, [`Gcm`] panics rather than compute a tag no one could check.
 #[derive(Clone)]
 pub(crate) struct AadPrefix {
-    /// `states[k]`: the state after the first `k` blocks (`states[0]` is the
-    /// key's initial state).
+    /// The [`Gcm::serial`] of the key that hashed it.
+    gcm: u64,
+    /// How many whole blocks `states[0]` is the state after.
+    first: usize,
+    /// `states[i]`: the state after the first `first + i` blocks, up to all
+    /// the whole blocks.
     states: Vec<polyval::Polyval>,
     /// The shared bytes, all of them (a partial last block included: a value
     /// hashes it with its own bytes).
     bytes: Vec<u8>,
+}
+
+impl AadPrefix {
+    /// How many whole blocks the shared bytes have.
+    fn whole_blocks(&self) -> usize {
+        self.first + self.states.len() - 1
+    }
+
+    /// The state after the first `k` blocks (one of the last four kept).
+    fn state(&self, k: usize) -> &polyval::Polyval {
+        &self.states[k - self.first]
+    }
 }
 
 /// A value's associated data: whole, or a column's [`AadPrefix`] followed by
@@ -184,20 +209,33 @@ impl Gcm {
         let polyval = polyval::Polyval::new(&key);
         hp.zeroize();
         key.as_mut_slice().zeroize();
-        Gcm { aes, polyval }
+        let serial = SERIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Gcm {
+            aes,
+            polyval,
+            serial,
+        }
     }
 
     /// Hash the whole blocks of `shared`, the start of the associated data of
     /// every value of a column ([`Aad::split`]).
     pub fn aad_prefix(&self, shared: &[u8]) -> AadPrefix {
-        let mut states = Vec::with_capacity(shared.len() / 16 + 1);
+        let blocks = shared.len() / 16;
+        let first = blocks.saturating_sub(3);
+        let mut states = Vec::with_capacity(blocks - first + 1);
         let mut state = self.polyval.clone();
-        states.push(state.clone());
-        for c in shared.chunks_exact(16) {
-            state.update(&[reversed(c.try_into().expect("16 bytes"))]);
+        if first == 0 {
             states.push(state.clone());
         }
+        for (i, c) in shared.chunks_exact(16).enumerate() {
+            state.update(&[reversed(c.try_into().expect("16 bytes"))]);
+            if i + 1 >= first {
+                states.push(state.clone());
+            }
+        }
         AadPrefix {
+            gcm: self.serial,
+            first,
             states,
             bytes: shared.to_vec(),
         }
@@ -352,13 +390,14 @@ impl Gcm {
         let total = aad_len.div_ceil(16) + ct.len().div_ceil(16) + 1;
         let (start, skip) = match aad.prefix {
             Some(p) => {
+                assert_eq!(p.gcm, self.serial, "a prefix hashed under another key");
                 // The most whole blocks of the prefix whose skipping leaves
                 // the rest in groups of four, or all of them if none does.
-                let most = p.states.len() - 1;
+                let most = p.whole_blocks();
                 let skip = most
                     .checked_sub((most % 4 + 4 - total % 4) % 4)
                     .unwrap_or(most);
-                (&p.states[skip], skip)
+                (p.state(skip), skip)
             }
             None => (&self.polyval, 0),
         };
@@ -756,6 +795,18 @@ mod tests {
         }
     }
 
+    /// A prefix hashed under one key is refused by another, rather than
+    /// giving a tag no one could check.
+    #[test]
+    #[should_panic(expected = "a prefix hashed under another key")]
+    fn a_prefix_belongs_to_its_key() {
+        let key = random::<32>();
+        let (one, other) = (Gcm::new(&key), Gcm::new(&key));
+        let prefix = one.aad_prefix(b"shared part of the associated data");
+        let mut data = *b"value";
+        other.seal(&random::<12>(), Aad::split(&prefix, b"own"), &mut data);
+    }
+
     /// Associated data split into a prefix hashed once and the rest gives the
     /// tag of the whole, for prefixes of every length (whole blocks or not)
     /// and values of every block count (so every number of prefix blocks
@@ -783,7 +834,8 @@ mod tests {
             ];
             for split in splits.into_iter().filter(|s| *s <= aad_len) {
                 let prefix = gcm.aad_prefix(&aad[..split]);
-                assert_eq!(prefix.states.len(), split / 16 + 1);
+                assert_eq!(prefix.whole_blocks(), split / 16);
+                assert_eq!(prefix.states.len(), (split / 16).min(3) + 1);
                 let split_aad = Aad::split(&prefix, &aad[split..]);
                 assert_eq!(split_aad.to_vec(), aad);
                 for pt_len in [0, 1, 16, 17, 33, 64, 100, 170, 185, 200, 300] {
@@ -814,6 +866,13 @@ mod tests {
                         )];
                         assert!(!run(&gcm, &mut buf, &mut bad)[0].1);
                         assert_eq!(bad[0].2, whole, "a refused value is left as it was");
+                        let mut single = whole.clone();
+                        let other_aad = Aad::split(&prefix, &other);
+                        assert_eq!(
+                            gcm.open(&nonce, other_aad, &mut single, &want),
+                            Err(TagMismatch)
+                        );
+                        assert_eq!(single, whole);
                     }
                     items[0].3 = Some(want);
                     assert!(run(&gcm, &mut buf, &mut items)[0].1);

@@ -245,11 +245,12 @@ impl fmt::Debug for KeyMaterial {
 /// It also keeps, for the first few columns it seals or opens, the start of
 /// their values' associated data already hashed under it
 /// ([`crate::format`]'s column prefixes): each set once, on a column's first
-/// value, and read without a lock after that; wiped with the key.
+/// value, and read without a lock after that; wiped with the key (POLYVAL
+/// zeroizes its states on drop: the `polyval` crate's `zeroize` feature).
 pub struct DataKey {
     id: KeyId,
     gcm: crate::gcm::Gcm,
-    columns: [OnceLock<crate::format::ColumnPrefix>; crate::format::COLUMN_PREFIXES],
+    columns: [OnceLock<Box<crate::format::ColumnPrefix>>; crate::format::COLUMN_PREFIXES],
 }
 
 impl DataKey {
@@ -263,7 +264,7 @@ impl DataKey {
     }
 
     /// The key's column prefixes: filled in order, each set once.
-    pub(crate) fn column_prefixes(&self) -> &[OnceLock<crate::format::ColumnPrefix>] {
+    pub(crate) fn column_prefixes(&self) -> &[OnceLock<Box<crate::format::ColumnPrefix>>] {
         &self.columns
     }
 
