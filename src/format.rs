@@ -209,7 +209,7 @@ thread_local! {
 /// values of, for the key's life (a key usually serves one column, or the
 /// few of one table); values of any further column hash their whole
 /// associated data. A prefix takes about 700 bytes (four hash states and the
-/// names), an unused slot a pointer.
+/// names), an unused slot 16 (a pointer and its `OnceLock` state).
 pub(crate) const COLUMN_PREFIXES: usize = 8;
 
 /// The part of the associated data every value of one column shares under
@@ -660,23 +660,34 @@ mod tests {
         assert_eq!(columns.aad(&ctxs[0]).to_vec(), want);
     }
 
-    /// A value sealed from its column's prefix is byte for byte the value
-    /// sealed from its whole associated data: the same key material twice,
-    /// one key with a prefix for the column, the other with its slots taken
-    /// by other columns; each opens the other's value, one by one and in a
-    /// batch; a value moved to another row or tenant fails under both.
-    #[test]
-    fn prefixed_and_whole_associated_data_seal_alike() {
+    /// The same key twice, from one key material: the first with its prefix
+    /// slots free, the second with every slot taken by other columns (its
+    /// values hash their whole associated data).
+    fn twin_keys(id: u64) -> (DataKey, DataKey) {
         let material = KeyMaterial::generate();
         let (prefixed, whole) = (
-            DataKey::new(KeyId::new(5), &material),
-            DataKey::new(KeyId::new(5), &material),
+            DataKey::new(KeyId::new(id), &material),
+            DataKey::new(KeyId::new(id), &material),
         );
-        let row = RowId::composite([PkPart::Int(9), PkPart::Text("x".into())]);
-        let others: Vec<String> = (0..COLUMN_PREFIXES).map(|i| format!("o{i}")).collect();
-        for o in &others {
-            seal(&whole, &Context::new("t", o, &row), b"fill");
+        let row = RowId::from(0);
+        for i in 0..COLUMN_PREFIXES {
+            seal(
+                &whole,
+                &Context::new("filler", &format!("f{i}"), &row),
+                b"x",
+            );
         }
+        (prefixed, whole)
+    }
+
+    /// A value sealed from its column's prefix is byte for byte the value
+    /// sealed from its whole associated data (twin keys, [`twin_keys`]),
+    /// alone and in a batch; each key opens the other's value; a value moved
+    /// to another row or tenant fails under both.
+    #[test]
+    fn prefixed_and_whole_associated_data_seal_alike() {
+        let (prefixed, whole) = twin_keys(5);
+        let row = RowId::composite([PkPart::Int(9), PkPart::Text("x".into())]);
         let long_table = "t".repeat(70);
         let long = Context::new(&long_table, "a_column_with_a_long_name", &row);
         let ctx = Context::new("customers", "email", &row).with_tenant("acme");
@@ -694,6 +705,20 @@ mod tests {
                 "long names, {len} bytes"
             );
             assert_eq!(&open(&whole, &long, &a).unwrap()[..], &pt[..]);
+        }
+        // A batch under the prefixed key, against each value alone under the
+        // whole one.
+        let pts: Vec<Vec<u8>> = [0, 1, 16, 17, 64, 300].map(|n| vec![3u8; n]).into();
+        let items: Vec<(&Context<'_>, &[u8])> = pts
+            .iter()
+            .enumerate()
+            .map(|(i, pt)| ([&ctx, &long][i % 2], &pt[..]))
+            .collect();
+        let nonces = random_nonces(items.len());
+        let mut batch = seal_buffers(&prefixed, &items, &nonces);
+        seal_batch_into(&prefixed, &items, &mut batch);
+        for (((c, pt), nonce), sealed) in items.iter().zip(&nonces).zip(&batch) {
+            assert_eq!(&seal_with_nonce(&whole, c, *nonce, pt), sealed);
         }
         for len in [0, 1, 15, 16, 17, 64, 100, 300] {
             let pt: Vec<u8> = (0..len).map(|i| i as u8).collect();
@@ -722,19 +747,8 @@ mod tests {
     /// (`("ab", "c")`, `("a", "bc")`) are two columns.
     #[test]
     fn racing_first_uses_give_each_column_one_prefix() {
-        let material = KeyMaterial::generate();
-        let (prefixed, whole) = (
-            DataKey::new(KeyId::new(6), &material),
-            DataKey::new(KeyId::new(6), &material),
-        );
+        let (prefixed, whole) = twin_keys(6);
         let row = RowId::from(42);
-        for i in 0..COLUMN_PREFIXES {
-            seal(
-                &whole,
-                &Context::new("filler", &format!("f{i}"), &row),
-                b"x",
-            );
-        }
         let mut names: Vec<(String, String)> = (0..COLUMN_PREFIXES - 2)
             .flat_map(|i| [0, 1].map(|_| ("t".to_owned(), format!("c{i}"))))
             .collect();
@@ -778,7 +792,7 @@ mod tests {
     }
 
     /// A batch whose values alternate keys (A, B, A) over more columns than a
-    /// run hashes prefixes for, with values long enough to cut runs, seals
+    /// key keeps prefixes for, with values long enough to cut runs, seals
     /// byte for byte what sealing each value alone gives and opens value by
     /// value; a tampered value fails alone and is left as it was.
     #[test]
