@@ -227,7 +227,8 @@ fn cpu_features() -> Vec<&'static str> {
         .find(|l| l.starts_with("flags"))
         .map(|l| l.split_whitespace().collect())
         .unwrap_or_default();
-    ["aes", "pclmulqdq", "avx2", "vaes", "vpclmulqdq"]
+    // `aes` runs 512-bit VAES where avx512f is there too, 256-bit VAES otherwise.
+    ["aes", "pclmulqdq", "avx2", "vaes", "vpclmulqdq", "avx512f"]
         .into_iter()
         .filter(|f| flags.contains(f))
         .collect()
