@@ -53,6 +53,9 @@ use sqlx_envelope::{CacheLimits, Context, Envelope, KeyMaterial, Keyring, LocalK
 #[allow(dead_code)]
 mod moto;
 
+mod machine;
+use machine::{cpu_features, loadavg, median};
+
 const BATCH: usize = 1_000;
 /// Timed passes of the select per run: a pass over 100,000 rows takes a
 /// fraction of a second, short enough for one scheduling hiccup to move it by
@@ -108,18 +111,6 @@ struct Runs {
     insert_presealed_busy: Vec<f64>,
     select_busy: Vec<f64>,
     bytes_per_value: f64,
-}
-
-/// The median (of an even count, the mean of the middle two).
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let mid = s.len() / 2;
-    if s.len().is_multiple_of(2) {
-        (s[mid - 1] + s[mid]) / 2.0
-    } else {
-        s[mid]
-    }
 }
 
 fn rate(rows: usize, secs: &[f64]) -> Value {
@@ -212,26 +203,6 @@ impl Timer {
         let now = cpu_ticks();
         busy.push((now.0 - self.ticks.0) as f64 / (now.1 - self.ticks.1).max(1) as f64);
     }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn cpu_features() -> Vec<&'static str> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flags: Vec<&str> = info
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .map(|l| l.split_whitespace().collect())
-        .unwrap_or_default();
-    // `aes` runs 512-bit VAES where avx512f is there too, 256-bit VAES otherwise.
-    ["aes", "pclmulqdq", "avx2", "vaes", "vpclmulqdq", "avx512f"]
-        .into_iter()
-        .filter(|f| flags.contains(f))
-        .collect()
 }
 
 type Page = Vec<(i64, Vec<u8>, Vec<u8>)>;

@@ -26,6 +26,9 @@ use sqlx_envelope::{
     CacheLimits, Context, Encrypted, Envelope, KeyMaterial, LocalKeyring, RowId, format,
 };
 
+mod machine;
+use machine::{cpu_features, loadavg, median};
+
 const ROUNDS: usize = 15;
 const ROUND_TARGET: Duration = Duration::from_millis(40);
 
@@ -60,40 +63,6 @@ fn timed(n: u64, mut f: impl FnMut()) -> Duration {
         f();
     }
     t.elapsed()
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    s[s.len() / 2]
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn cpu_features() -> Vec<&'static str> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flags: Vec<&str> = info
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .map(|l| l.split_whitespace().collect())
-        .unwrap_or_default();
-    // `aes` runs 512-bit VAES where avx512f is there too, 256-bit VAES otherwise.
-    [
-        "aes",
-        "pclmulqdq",
-        "avx2",
-        "vaes",
-        "vpclmulqdq",
-        "avx512f",
-        "sha_ni",
-    ]
-    .into_iter()
-    .filter(|f| flags.contains(f))
-    .collect()
 }
 
 fn run(variants: &mut [Variant<'_>]) {

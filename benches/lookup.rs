@@ -23,6 +23,9 @@ use serde_json::json;
 use sqlx_envelope::store::{KeyStore, PgKeyStore};
 use sqlx_envelope::{Encrypted, Envelope, LocalKeyring};
 
+mod machine;
+use machine::{cpu_features, loadavg, median};
+
 #[derive(Encrypted, Debug, Clone, PartialEq)]
 #[envelope(table = "bench_lookup_members")]
 struct Member {
@@ -44,12 +47,6 @@ fn email(i: u64) -> String {
     format!("member{i:08}@example.com")
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
-}
-
 fn summary(v: &[f64]) -> serde_json::Value {
     json!({
         "median": median(v),
@@ -57,12 +54,6 @@ fn summary(v: &[f64]) -> serde_json::Value {
         "max": v.iter().copied().fold(0.0, f64::max),
         "runs": v.len(),
     })
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// A small deterministic generator (no benchmark-only dependency).
@@ -215,11 +206,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         median(&blind)
     );
     let load_after = loadavg();
-    println!("load average: before {load_before}, after {load_after}");
+    let features = cpu_features();
+    println!(
+        "load average: before {load_before}, after {load_after}; CPU features: {}",
+        features.join(" ")
+    );
     let report = json!({
         "rows": rows,
         "load_average_before": load_before,
         "load_average_after": load_after,
+        "cpu_features": features,
         "seal_ns_per_value": {
             "without_index": summary(&seal_base),
             "with_full_length_index": summary(&seal_index),
