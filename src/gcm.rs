@@ -31,7 +31,7 @@
 //! around the chunk boundaries, both directions, tampering) and against NIST's
 //! test vectors; the value format's known-answer vectors pin the stored bytes.
 //! Keystream blocks are wiped after use (a batch's buffer once, when it is
-//! done, or before it grows); the tag is compared in constant time
+//! done, or before it grows; a single value's tag mask when its tag is done); the tag is compared in constant time
 //! and nothing is decrypted before it matches.
 
 use aes::cipher::{BlockCipherEncrypt, KeyInit};
@@ -244,8 +244,10 @@ impl Gcm {
     /// Encrypt `data` in place; returns the tag.
     pub fn seal(&self, nonce: &[u8; NONCE_LEN], aad: Aad<'_>, data: &mut [u8]) -> [u8; TAG_LEN] {
         assert!(data.len() as u64 <= P_MAX, "AES-GCM plaintext too long");
-        let mask = self.apply_keystream(nonce, data, |_| true);
-        self.tag(aad, data, &mask)
+        let mut mask = self.apply_keystream(nonce, data, |_| true);
+        let tag = self.tag(aad, data, &mask);
+        wipe(std::slice::from_mut(&mut mask));
+        tag
     }
 
     /// Check `tag` over `data` (ciphertext) and, only if it matches, decrypt
@@ -261,10 +263,11 @@ impl Gcm {
             return Err(TagMismatch);
         }
         let mut ok = false;
-        self.apply_keystream(nonce, data, |(mask, ct)| {
+        let mut mask = self.apply_keystream(nonce, data, |(mask, ct)| {
             ok = tags_equal(&self.tag(aad, ct, mask), tag);
             ok
         });
+        wipe(std::slice::from_mut(&mut mask));
         if ok { Ok(()) } else { Err(TagMismatch) }
     }
 
@@ -424,8 +427,7 @@ impl Gcm {
             g.absorb(&lengths);
             g.finish()
         };
-        let mask: [u8; 16] = (*mask).into();
-        (u128::from_ne_bytes(hash) ^ u128::from_ne_bytes(mask)).to_ne_bytes()
+        (u128::from_ne_bytes(hash) ^ u128::from_ne_bytes((*mask).into())).to_ne_bytes()
     }
 }
 

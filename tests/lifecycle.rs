@@ -563,7 +563,8 @@ async fn shredding_a_tenant_destroys_its_key_tree_and_nothing_else() {
         let w = World::new(Db::connect(kind).await).await;
         let limits = CacheLimits::default()
             .max_uses(2)
-            .decrypt_ttl(Duration::from_secs(60));
+            .decrypt_ttl(Duration::from_secs(60))
+            .branch_ttl(Duration::from_secs(120));
         let app = w.process(limits.clone());
         let other = w.process(limits);
         let (t1, t2) = (unique("lc_shred_a"), unique("lc_shred_b"));
@@ -584,7 +585,9 @@ async fn shredding_a_tenant_destroys_its_key_tree_and_nothing_else() {
             }
         }
         app.index_key(&t1, "email", Some(&gone), 1).await.unwrap();
-        // Another process has the tenant's keys cached.
+        // Another process has the tenant's keys cached, its index key too.
+        let gone_index = other.index_key(&t1, "email", Some(&gone), 1).await.unwrap();
+        let kept_index = other.index_key(&t1, "email", Some(&kept), 1).await.unwrap();
         for (t, r, tenant, v) in &values {
             other
                 .open(&Context::new(t, "v", r).with_tenant(tenant), v)
@@ -631,6 +634,33 @@ async fn shredding_a_tenant_destroys_its_key_tree_and_nothing_else() {
                 }
             }
         }
+        // Its index key: in the shredding process at once, in the other one
+        // once the entry's TTL (the branch TTL) has passed; the other
+        // tenant's index key is unwrapped again and still serves.
+        match app.index_key(&t1, "email", Some(&gone), 1).await {
+            Err(Error::KeyNotUsable {
+                id,
+                state: KeyState::Destroyed,
+                ..
+            }) => assert_eq!(id, gone_index.id(), "{kind:?}"),
+            other => panic!("{kind:?}: a shredded index key: {other:?}"),
+        }
+        w.clock.advance(Duration::from_secs(60));
+        match other.index_key(&t1, "email", Some(&gone), 1).await {
+            Err(Error::KeyNotUsable {
+                id,
+                state: KeyState::Destroyed,
+                ..
+            }) => assert_eq!(id, gone_index.id(), "{kind:?}"),
+            other => panic!("{kind:?}: a shredded index key, past its TTL: {other:?}"),
+        }
+        let again = other.index_key(&t1, "email", Some(&kept), 1).await.unwrap();
+        assert_eq!(again.id(), kept_index.id(), "{kind:?}");
+        assert_eq!(again.expose(), kept_index.expose(), "{kind:?}");
+        assert!(
+            !Arc::ptr_eq(&again, &kept_index),
+            "{kind:?}: unwrapped anew"
+        );
         // New writes for the other tenant go on as before.
         let r = RowId::from(99_i64);
         let ctx = Context::new(&t1, "v", &r).with_tenant(&kept);

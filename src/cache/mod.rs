@@ -190,7 +190,8 @@ pub struct CacheStats {
     pub evicted_bytes: u64,
     /// Entries of any cache evicted for capacity.
     pub evicted_capacity: u64,
-    /// Decrypt-cache entries reloaded because their TTL passed.
+    /// Decrypt-cache entries (data, branch and index keys) reloaded because
+    /// their TTL passed.
     pub expired_ttl: u64,
     /// Operations served from an expired entry during a keyring outage.
     pub served_in_grace: u64,
@@ -262,7 +263,7 @@ pub(crate) type ScopeKey = Box<str>;
 const GRACE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// `a + b >= c + d`, saturating (time comparisons of the conservative checks).
-fn reached(now: Duration, slack: Duration, start: Duration, limit: Duration) -> bool {
+pub(crate) fn reached(now: Duration, slack: Duration, start: Duration, limit: Duration) -> bool {
     now.saturating_add(slack) >= start.saturating_add(limit)
 }
 
@@ -556,9 +557,9 @@ impl KeyCache {
 /// within TTL + grace keeps serving. `publish` runs inside the per-key compute
 /// (so it is ordered with revocations of the same key).
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn load_through<V, F, Fut>(
-    cache: &Cache<KeyId, Arc<V>>,
-    id: KeyId,
+pub(crate) async fn load_through<K, V, F, Fut>(
+    cache: &Cache<K, Arc<V>>,
+    id: K,
     now: Duration,
     slack: Duration,
     ttl: Duration,
@@ -569,11 +570,13 @@ pub(crate) async fn load_through<V, F, Fut>(
     publish: impl FnOnce(&Arc<V>) + Send,
 ) -> Result<Arc<V>>
 where
+    K: std::hash::Hash + Eq + Clone + std::fmt::Display + Send + Sync + 'static,
     V: Loaded,
     F: FnOnce() -> Fut + Send,
     Fut: Future<Output = Result<Arc<V>>> + Send,
 {
     let grace_limit = ttl.saturating_add(grace);
+    let shown = id.clone();
     let res = cache
         .entry(id)
         .and_try_compute_with(|cur| async move {
@@ -602,7 +605,7 @@ where
                                 let nanos = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX).max(1);
                                 c.failed_at().store(nanos, Ordering::Relaxed);
                                 bump(&counters.served_in_grace);
-                                tracing::warn!(target: "sqlx_envelope::cache", key_id = id.get(), error = %e, "keyring unavailable; serving a cached key within outage grace");
+                                tracing::warn!(target: "sqlx_envelope::cache", key = %shown, error = %e, "keyring unavailable; serving a cached key within outage grace");
                                 Ok(Op::Nop)
                             }
                             _ => Err(e),

@@ -3,12 +3,13 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use zeroize::Zeroizing;
 
 use super::Envelope;
-use crate::cache::{ActiveKey, CachedBranch, CachedKey, bump, load_through};
+use crate::cache::{ActiveKey, CachedBranch, CachedKey, Loaded, bump, load_through};
 use crate::error::{Error, KeyOperation, Result};
 use crate::hierarchy::{BranchKey, BranchScope, slot};
 use crate::key::{DataKey, KeyContext, KeyId, KeyKind, KeyMaterial, KeyState};
@@ -27,6 +28,21 @@ const PEER_POLL: Duration = Duration::from_millis(50);
 pub struct IndexKey {
     id: KeyId,
     material: Zeroizing<[u8; 32]>,
+    /// When it was unwrapped (the envelope's clock): the cache serves it for
+    /// the branch TTL, then reads its state again.
+    loaded: Duration,
+    /// When a reload last failed during a keyring outage (nanoseconds of the
+    /// clock; 0: never).
+    failed_at: AtomicU64,
+}
+
+impl Loaded for IndexKey {
+    fn loaded(&self) -> Duration {
+        self.loaded
+    }
+    fn failed_at(&self) -> &AtomicU64 {
+        &self.failed_at
+    }
 }
 
 impl IndexKey {
@@ -343,9 +359,14 @@ impl Envelope {
 
     /// The blind-index key of index `index` of `table` for `tenant`, version
     /// `version`: created on first use (one keyring call; concurrent processes
-    /// agree on one key through its slot), then cached for the life of the
-    /// process. Index keys are separate from data keys and never rotate by age:
-    /// a new version is a new key (and a new index column).
+    /// agree on one key through its slot), then cached like an unwrapped
+    /// branch key (it is wrapped by the master key like one): for the branch
+    /// TTL, after which its state is read again and it is unwrapped anew (so a
+    /// key destroyed by another process, as by [`Envelope::shred_tenant`],
+    /// stops serving here within that TTL), served past it only within the
+    /// outage grace while the keyring is unavailable. Index keys are
+    /// separate from data keys and never rotate by age: a new version is a new
+    /// key (and a new index column).
     pub async fn index_key(
         &self,
         table: &str,
@@ -353,6 +374,7 @@ impl Envelope {
         tenant: Option<&str>,
         version: u32,
     ) -> Result<Arc<IndexKey>> {
+        let inner = &*self.inner;
         let slot = slot(
             KeyKind::Index,
             &[
@@ -363,32 +385,34 @@ impl Envelope {
                 &version.to_be_bytes(),
             ],
         );
-        if let Some(k) = self.inner.index_keys.get(&slot).await {
+        let l = &inner.cache.limits;
+        let now = inner.clock.coarse();
+        let slack = inner.clock.coarse_resolution();
+        if let Some(k) = inner.index_keys.get(&slot).await
+            && !crate::cache::reached(now, slack, k.loaded, l.branch_ttl)
+        {
             return Ok(k);
         }
         let scope = format!("{table}/{index}/v{version}");
         let (slot_ref, scope_ref) = (slot.as_str(), scope.as_str());
-        let res = self
-            .inner
-            .index_keys
-            .entry(slot.clone())
-            .and_try_compute_with(|cur| {
-                let present = cur.is_some();
-                async move {
-                    match present {
-                        true => Ok(moka::ops::compute::Op::Nop),
-                        false => self
-                            .load_index_key(slot_ref, scope_ref, tenant)
-                            .await
-                            .map(moka::ops::compute::Op::Put),
-                    }
-                }
-            })
-            .await?;
-        Ok(res
-            .into_entry()
-            .expect("compute either kept or put an entry")
-            .into_value())
+        let loaded = load_through(
+            &inner.index_keys,
+            slot.clone(),
+            now,
+            slack,
+            l.branch_ttl,
+            l.outage_grace,
+            &inner.counters,
+            |_| false,
+            || self.load_index_key(slot_ref, scope_ref, tenant),
+            |_| {},
+        )
+        .await;
+        if let Err(Error::KeyNotUsable { .. }) = &loaded {
+            // Destroyed meanwhile: let go of the material at once.
+            inner.index_keys.invalidate(&slot).await;
+        }
+        loaded
     }
 
     async fn load_index_key(
@@ -443,10 +467,13 @@ impl Envelope {
                     tokio::time::sleep(PEER_POLL).await;
                 }
                 state if state.can_decrypt() => {
+                    let loaded = inner.clock.coarse();
                     let material = self.keyring_unwrap(&holder).await?;
                     return Ok(Arc::new(IndexKey {
                         id: holder.id,
                         material: Zeroizing::new(*material.expose()),
+                        loaded,
+                        failed_at: AtomicU64::new(0),
                     }));
                 }
                 state => {
@@ -487,6 +514,8 @@ impl Envelope {
         Ok(Arc::new(IndexKey {
             id,
             material: Zeroizing::new(*generated.material.expose()),
+            loaded: inner.clock.coarse(),
+            failed_at: AtomicU64::new(0),
         }))
     }
 }

@@ -266,7 +266,8 @@ struct Inner {
     revocations: AtomicU64,
     /// See [`EnvelopeBuilder::batch_threads`].
     batch_threads: usize,
-    /// Unwrapped blind-index keys by slot, for the life of the process.
+    /// Unwrapped blind-index keys by slot, each for the branch TTL
+    /// ([`Envelope::index_key`]).
     index_keys: moka::future::Cache<String, Arc<keys::IndexKey>>,
 }
 

@@ -140,7 +140,7 @@ impl fmt::Debug for BlindIndexValue {
 }
 
 /// Compute the index of `parts` for `spec` and `tenant` with the index key
-/// (created on first use, then cached for the life of the process).
+/// (created on first use, then cached: [`Envelope::index_key`]).
 pub async fn compute(
     envelope: &Envelope,
     spec: &IndexSpec,

@@ -141,7 +141,8 @@ pub async fn seal_all<M: Encrypted>(envelope: &Envelope, models: &[M]) -> Result
 
 /// The blind-index values of every model, row by row (`models.len() *
 /// INDEXES.len()` entries; `None` for a NULL field). Each index key is
-/// resolved once and cached for the life of the process.
+/// resolved once per batch, through the envelope's cache
+/// ([`Envelope::index_key`]).
 pub async fn index_values<M: Encrypted>(
     envelope: &Envelope,
     models: &[M],

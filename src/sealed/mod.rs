@@ -11,6 +11,7 @@
 
 use std::fmt;
 
+use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::error::Result;
@@ -93,9 +94,19 @@ impl AsRef<[u8]> for Sealed {
     }
 }
 
-/// Decrypted bytes: zeroized on drop, never printed.
-#[derive(Clone, PartialEq, Eq)]
+/// Decrypted bytes: zeroized on drop, never printed, compared in constant
+/// time (for values of equal length: the length itself is not secret, a
+/// sealed value shows it).
+#[derive(Clone)]
 pub struct Plaintext(Zeroizing<Vec<u8>>);
+
+impl PartialEq for Plaintext {
+    fn eq(&self, other: &Self) -> bool {
+        bool::from(self.0.as_slice().ct_eq(other.0.as_slice()))
+    }
+}
+
+impl Eq for Plaintext {}
 
 impl Plaintext {
     pub(crate) fn new(bytes: Zeroizing<Vec<u8>>) -> Self {
@@ -180,3 +191,25 @@ macro_rules! sqlx_impls {
 sqlx_impls!("postgres", sqlx::Postgres);
 sqlx_impls!("mysql", sqlx::MySql);
 sqlx_impls!("sqlite", sqlx::Sqlite);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plain(b: &[u8]) -> Plaintext {
+        Plaintext::new(Zeroizing::new(b.to_vec()))
+    }
+
+    #[test]
+    fn plaintexts_compare_by_content_and_length() {
+        assert_eq!(plain(b"secret"), plain(b"secret"));
+        assert_ne!(plain(b"secret"), plain(b"secreT"));
+        assert_ne!(plain(b"secret"), plain(b"secret!"));
+        assert_ne!(plain(b""), plain(b"\0"));
+        assert_eq!(plain(b""), plain(b""));
+        assert_eq!(
+            format!("{:?}", plain(b"secret")),
+            "Plaintext(<6 bytes redacted>)"
+        );
+    }
+}
