@@ -54,7 +54,7 @@ use sqlx_envelope::{CacheLimits, Context, Envelope, KeyMaterial, Keyring, LocalK
 mod moto;
 
 mod machine;
-use machine::{cpu_features, loadavg, median};
+use machine::{aes_backend, cpu_features, loadavg, median};
 
 const BATCH: usize = 1_000;
 /// Timed passes of the select per run: a pass over 100,000 rows takes a
@@ -688,7 +688,7 @@ async fn main() {
         "setup".into(),
         json!({"rows": n, "fields_per_row": 2, "field_bytes": 64, "batch_rows": BATCH,
                "runs": reps, "select_passes_per_run": SELECT_PASSES, "cpu_features": cpu_features(),
-               "cpus": std::thread::available_parallelism().map_or(0, |n| n.get())}),
+               "aes_backend": aes_backend(), "cpus": std::thread::available_parallelism().map_or(0, |n| n.get())}),
     );
     let mut table: Vec<(&str, Runs, Runs, String)> = Vec::new();
 
@@ -826,8 +826,9 @@ async fn main() {
     .unwrap();
 
     println!(
-        "\n{n} rows x 2 fields of 64 B, batches of {BATCH}, {reps} interleaved runs ({SELECT_PASSES} select passes each); CPU: {}",
-        cpu_features().join(" ")
+        "\n{n} rows x 2 fields of 64 B, batches of {BATCH}, {reps} interleaved runs ({SELECT_PASSES} select passes each); CPU: {}; aes backend: {}",
+        cpu_features().join(" "),
+        aes_backend()
     );
     println!(
         "{:<9} {:<19} {:>24} {:>24} {:>14} {:>14}",

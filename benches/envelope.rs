@@ -7,9 +7,10 @@
 //! median ns per operation with the range over rounds, the ratio to the
 //! baseline (median and range of the per-round ratios: each round of a variant
 //! against its baseline's sample of the same round), the machine's load
-//! average before and after, and the CPU features AES-GCM can use. It is
-//! written to `target/bench/micro.json`. `BENCH_FILTER=seal_open_64` runs only
-//! the variants whose name contains it (and their baselines).
+//! average before and after, the CPU features AES-GCM can use and the `aes`
+//! crate's backend. It is written to `target/bench/micro.json`.
+//! `BENCH_FILTER=seal_open_64` runs only the variants whose name contains it
+//! (and their baselines).
 //!
 //! Baselines: raw AES-256-GCM seal/open with the expanded key reused and a
 //! nonce from the operating system (what the envelope does for every value).
@@ -27,7 +28,7 @@ use sqlx_envelope::{
 };
 
 mod machine;
-use machine::{cpu_features, loadavg, median};
+use machine::{aes_backend, cpu_features, loadavg, median};
 
 const ROUNDS: usize = 15;
 const ROUND_TARGET: Duration = Duration::from_millis(40);
@@ -471,7 +472,11 @@ fn main() {
         ROUND_TARGET.as_millis()
     );
     println!("load average before: {load_before}; after: {load_after}");
-    println!("CPU features: {}", features.join(" "));
+    println!(
+        "CPU features: {}; aes backend: {}",
+        features.join(" "),
+        aes_backend()
+    );
     println!(
         "{:<44} {:>10} {:>20} {:>7} {:>13}",
         "variant", "median ns", "range ns", "ratio", "ratio range"
@@ -505,7 +510,7 @@ fn main() {
     }
     let report = serde_json::json!({
         "load_before": load_before, "load_after": load_after,
-        "cpu_features": features, "rounds": ROUNDS, "results": json,
+        "cpu_features": features, "aes_backend": aes_backend(), "rounds": ROUNDS, "results": json,
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).unwrap();

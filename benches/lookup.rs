@@ -24,7 +24,7 @@ use sqlx_envelope::store::{KeyStore, PgKeyStore};
 use sqlx_envelope::{Encrypted, Envelope, LocalKeyring};
 
 mod machine;
-use machine::{cpu_features, loadavg, median};
+use machine::{aes_backend, cpu_features, loadavg, median};
 
 #[derive(Encrypted, Debug, Clone, PartialEq)]
 #[envelope(table = "bench_lookup_members")]
@@ -208,14 +208,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let load_after = loadavg();
     let features = cpu_features();
     println!(
-        "load average: before {load_before}, after {load_after}; CPU features: {}",
-        features.join(" ")
+        "load average: before {load_before}, after {load_after}; CPU features: {}; aes backend: {}",
+        features.join(" "),
+        aes_backend()
     );
     let report = json!({
         "rows": rows,
         "load_average_before": load_before,
         "load_average_after": load_after,
         "cpu_features": features,
+        "aes_backend": aes_backend(),
         "seal_ns_per_value": {
             "without_index": summary(&seal_base),
             "with_full_length_index": summary(&seal_index),

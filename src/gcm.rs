@@ -31,7 +31,9 @@
 //! around the chunk boundaries, both directions, tampering) and against NIST's
 //! test vectors; the value format's known-answer vectors pin the stored bytes.
 //! Keystream blocks are wiped after use (a batch's buffer once, when it is
-//! done, or before it grows; a single value's tag mask when its tag is done); the tag is compared in constant time
+//! done, or before it grows; the copy a single value's seal or open keeps of
+//! its tag mask when its tag is done: best effort, registers and temporaries
+//! the compiler makes are out of reach); the tag is compared in constant time
 //! and nothing is decrypted before it matches.
 
 use aes::cipher::{BlockCipherEncrypt, KeyInit};

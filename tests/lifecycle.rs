@@ -294,6 +294,62 @@ async fn a_load_in_flight_cannot_outlive_a_retire() {
     }
 }
 
+/// The same for an index key: a first load that read the key's record before
+/// the operator's retire, and is still unwrapping, does not leave the key
+/// cached afterwards (the retire waits for it through the key's slot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_key_load_in_flight_cannot_outlive_a_retire() {
+    for kind in ALL {
+        let db = Db::connect(kind).await;
+        let material = KeyMaterial::generate();
+        let writer = Envelope::builder()
+            .keyring(LocalKeyring::new("test/1", material.clone()).unwrap())
+            .store_arc(db.key_store())
+            .build()
+            .unwrap();
+        let t = unique("lc_inflight_index");
+        let id = writer.index_key(&t, "email", None, 1).await.unwrap().id();
+
+        let gated = Arc::new(Gated {
+            inner: LocalKeyring::new("test/1", material).unwrap(),
+            entered: tokio::sync::Notify::new(),
+            gate: tokio::sync::Semaphore::new(0),
+        });
+        let reader = Envelope::builder()
+            .keyring_arc(gated.clone())
+            .store_arc(db.key_store())
+            .build()
+            .unwrap();
+        let load = {
+            let (r, t) = (reader.clone(), t.clone());
+            tokio::spawn(async move { r.index_key(&t, "email", None, 1).await.map(|_| ()) })
+        };
+        gated.entered.notified().await;
+        let retire = {
+            let r = reader.clone();
+            tokio::spawn(async move { r.set_key_state(id, KeyState::Retired).await })
+        };
+        // (A retire that failed before its transition ends the wait: it is
+        // unwrapped below.)
+        while db.key_store().get(id).await.unwrap().unwrap().state != KeyState::Retired
+            && !retire.is_finished()
+        {
+            tokio::task::yield_now().await;
+        }
+        gated.gate.add_permits(1_000);
+        let _ = load.await.unwrap();
+        retire.await.unwrap().unwrap();
+        match reader.index_key(&t, "email", None, 1).await {
+            Err(Error::KeyNotUsable {
+                id: got,
+                state: KeyState::Retired,
+                ..
+            }) => assert_eq!(got, id, "{kind:?}"),
+            other => panic!("{kind:?}: a retired index key served: {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn destroyed_and_dropped_keys_leave_no_reachable_material() {
     for kind in ALL {
@@ -645,6 +701,11 @@ async fn shredding_a_tenant_destroys_its_key_tree_and_nothing_else() {
             }) => assert_eq!(id, gone_index.id(), "{kind:?}"),
             other => panic!("{kind:?}: a shredded index key: {other:?}"),
         }
+        // Past the decrypt TTL, within the branch TTL: the other process's
+        // entry is the one it cached (the TTL of index keys is the branch
+        // TTL, as documented).
+        let cached = other.index_key(&t1, "email", Some(&gone), 1).await.unwrap();
+        assert!(Arc::ptr_eq(&cached, &gone_index), "{kind:?}");
         w.clock.advance(Duration::from_secs(60));
         match other.index_key(&t1, "email", Some(&gone), 1).await {
             Err(Error::KeyNotUsable {

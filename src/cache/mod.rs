@@ -62,9 +62,10 @@ pub struct CacheLimits {
     pub decrypt_ttl: Duration,
     /// How many unwrapped data keys to hold. Default 10,000.
     pub decrypt_capacity: u64,
-    /// How long an unwrapped branch key stays cached: how often each process
-    /// asks the master keyring (KMS) for each branch key it uses. Default 10
-    /// minutes (the AWS Database Encryption SDK's examples use 600 s).
+    /// How long an unwrapped branch key (or blind-index key) stays cached: how
+    /// often each process asks the master keyring (KMS) for each branch or
+    /// index key it uses. Default 10 minutes (the AWS Database Encryption SDK's
+    /// examples use 600 s).
     pub branch_ttl: Duration,
     /// How long past max age / TTL a cached key keeps serving while the keyring
     /// is unavailable. Default zero: fail closed at once.
@@ -190,8 +191,9 @@ pub struct CacheStats {
     pub evicted_bytes: u64,
     /// Entries of any cache evicted for capacity.
     pub evicted_capacity: u64,
-    /// Decrypt-cache entries (data, branch and index keys) reloaded because
-    /// their TTL passed.
+    /// Cached unwrapped keys (data, branch and index keys) reloaded because
+    /// their TTL passed (an index key the cache's own wall-clock expiry already
+    /// dropped reloads uncounted).
     pub expired_ttl: u64,
     /// Operations served from an expired entry during a keyring outage.
     pub served_in_grace: u64,
@@ -436,6 +438,8 @@ pub(crate) struct CachedBranch {
 pub(crate) trait Loaded: Send + Sync + 'static {
     fn loaded(&self) -> Duration;
     fn failed_at(&self) -> &AtomicU64;
+    /// The key's id, for logs (none once revoked).
+    fn key_id(&self) -> Option<KeyId>;
     fn failed_recently(&self, now: Duration) -> bool {
         let at = self.failed_at().load(Ordering::Relaxed);
         at != 0 && now.saturating_sub(Duration::from_nanos(at)) < GRACE_RETRY_INTERVAL
@@ -452,6 +456,9 @@ impl Loaded for CachedKey {
     fn failed_recently(&self, now: Duration) -> bool {
         CachedKey::failed_recently(self, now)
     }
+    fn key_id(&self) -> Option<KeyId> {
+        self.data_key().map(|k| k.id())
+    }
 }
 
 impl Loaded for CachedBranch {
@@ -460,6 +467,9 @@ impl Loaded for CachedBranch {
     }
     fn failed_at(&self) -> &AtomicU64 {
         &self.failed_at
+    }
+    fn key_id(&self) -> Option<KeyId> {
+        Some(self.key.id())
     }
 }
 
@@ -570,13 +580,12 @@ pub(crate) async fn load_through<K, V, F, Fut>(
     publish: impl FnOnce(&Arc<V>) + Send,
 ) -> Result<Arc<V>>
 where
-    K: std::hash::Hash + Eq + Clone + std::fmt::Display + Send + Sync + 'static,
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
     V: Loaded,
     F: FnOnce() -> Fut + Send,
     Fut: Future<Output = Result<Arc<V>>> + Send,
 {
     let grace_limit = ttl.saturating_add(grace);
-    let shown = id.clone();
     let res = cache
         .entry(id)
         .and_try_compute_with(|cur| async move {
@@ -605,7 +614,7 @@ where
                                 let nanos = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX).max(1);
                                 c.failed_at().store(nanos, Ordering::Relaxed);
                                 bump(&counters.served_in_grace);
-                                tracing::warn!(target: "sqlx_envelope::cache", key = %shown, error = %e, "keyring unavailable; serving a cached key within outage grace");
+                                tracing::warn!(target: "sqlx_envelope::cache", key_id = c.key_id().map(KeyId::get), error = %e, "keyring unavailable; serving a cached key within outage grace");
                                 Ok(Op::Nop)
                             }
                             _ => Err(e),

@@ -43,6 +43,9 @@ impl Loaded for IndexKey {
     fn failed_at(&self) -> &AtomicU64 {
         &self.failed_at
     }
+    fn key_id(&self) -> Option<KeyId> {
+        Some(self.id)
+    }
 }
 
 impl IndexKey {
@@ -409,10 +412,24 @@ impl Envelope {
         )
         .await;
         if let Err(Error::KeyNotUsable { .. }) = &loaded {
-            // Destroyed meanwhile: let go of the material at once.
-            inner.index_keys.invalidate(&slot).await;
+            // No longer usable: let go of the material at once (through the
+            // slot's single-flight entry, ordered with its loads).
+            self.forget_index_slot(&slot).await;
         }
         loaded
+    }
+
+    /// Drop the cached index key of `slot`, after any load of it in flight
+    /// (which runs in the same single-flight entry) has finished: a load that
+    /// read the key's record before a state change cannot keep it cached.
+    pub(crate) async fn forget_index_slot(&self, slot: &str) {
+        self.inner
+            .index_keys
+            .entry(slot.to_owned())
+            .and_compute_with(|_| async { moka::ops::compute::Op::Remove })
+            .await;
+        // Let moka drop what it removed now, not at its next maintenance.
+        self.inner.index_keys.run_pending_tasks().await;
     }
 
     async fn load_index_key(
@@ -424,6 +441,9 @@ impl Envelope {
         let inner = &*self.inner;
         let waited_since = inner.clock.now();
         loop {
+            // Read before the key's record, so that its TTL counts from no
+            // later than the state it was loaded in.
+            let loaded = inner.clock.coarse();
             let holder = match inner.store.find_slot(slot).await? {
                 Some(r) => r,
                 None => {
@@ -467,7 +487,6 @@ impl Envelope {
                     tokio::time::sleep(PEER_POLL).await;
                 }
                 state if state.can_decrypt() => {
-                    let loaded = inner.clock.coarse();
                     let material = self.keyring_unwrap(&holder).await?;
                     return Ok(Arc::new(IndexKey {
                         id: holder.id,

@@ -1,6 +1,7 @@
 //! Key states from the application's side: operator transitions, revocation
 //! of this process's cached copies, and crypto-shredding a tenant.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use moka::ops::compute::Op;
@@ -42,8 +43,8 @@ impl Envelope {
     /// Move a key from the state it is in now to `state` (compare-and-set in the
     /// store, see [`KeyState::may_become`]), and drop it from this process's
     /// caches. `Destroyed` is final and deletes the wrapped key material. Other
-    /// processes see the change when their cache entries expire (max age,
-    /// decrypt TTL). Fails with [`Error::StateConflict`] when another process or
+    /// processes see the change when their cache entries expire (data keys:
+    /// max age, decrypt TTL; branch and index keys: branch TTL). Fails with [`Error::StateConflict`] when another process or
     /// operator changed the key between the read and the write.
     pub async fn set_key_state(&self, id: KeyId, state: KeyState) -> Result<()> {
         let record = self
@@ -53,6 +54,11 @@ impl Envelope {
             .await?
             .ok_or(Error::UnknownKey(id))?;
         if record.state == state {
+            // Another process or an earlier call made the change: this
+            // process's copies go all the same (an active key stays).
+            if state != KeyState::Active {
+                self.forget_record(&record).await;
+            }
             return Ok(());
         }
         if !record.state.may_become(state) {
@@ -63,7 +69,7 @@ impl Envelope {
             });
         }
         self.inner.store.transition(id, record.state, state).await?;
-        self.forget_key(id).await;
+        self.forget_record(&record).await;
         Ok(())
     }
 
@@ -71,7 +77,10 @@ impl Envelope {
     /// ordered with loads of the same key (both run in the key's single-flight
     /// compute), so a load that started before this call cannot publish the
     /// key afterwards; once the last user of the key lets go, its material is
-    /// zeroized.
+    /// zeroized. An index key's entry is found by its slot: given only the
+    /// id, this drops the cached entries it finds, not a first load still in
+    /// flight ([`Envelope::set_key_state`] and [`Envelope::shred_tenant`],
+    /// which know the slot, wait for that too).
     pub async fn forget_key(&self, id: KeyId) {
         let inner = &*self.inner;
         inner.revocations.fetch_add(1, Ordering::AcqRel);
@@ -109,10 +118,27 @@ impl Envelope {
         inner.cache.seal_front.remove_key(id);
         inner.cache.active.run_pending_tasks().await;
         inner.index_keys.run_pending_tasks().await;
-        for (slot, k) in inner.index_keys.iter() {
-            if k.id() == id {
-                inner.index_keys.invalidate(&*slot).await;
-            }
+        let slots: Vec<Arc<String>> = inner
+            .index_keys
+            .iter()
+            .filter(|(_, k)| k.id() == id)
+            .map(|(slot, _)| slot)
+            .collect();
+        for slot in slots {
+            self.forget_index_slot(&slot).await;
+        }
+    }
+
+    /// [`Envelope::forget_key`] for a key whose record is at hand: an index
+    /// key is also dropped by its slot, which waits for a load of it in
+    /// flight (one that read the record before the change and is not cached
+    /// yet).
+    async fn forget_record(&self, record: &KeyRecord) {
+        self.forget_key(record.id).await;
+        if record.kind == KeyKind::Index
+            && let Some(slot) = &record.slot
+        {
+            self.forget_index_slot(slot).await;
         }
     }
 
@@ -131,8 +157,11 @@ impl Envelope {
     /// meanwhile), deleting their wrapped material, and drop them from this
     /// process's caches. Afterwards every value of the tenant fails to open with
     /// [`Error::KeyNotUsable`] (state `destroyed`) in this process at once and
-    /// in other processes when their cached copies expire (decrypt TTL); other
-    /// tenants are not touched. Stop the tenant's writes first: a process that
+    /// in other processes when their cached copies expire (decrypt TTL), and
+    /// its blind indexes can no longer be computed under its existing index
+    /// keys (in other processes once their index keys' entries expire: branch
+    /// TTL; a running index job keeps the key it started with); other tenants
+    /// are not touched. Stop the tenant's writes first: a process that
     /// still holds one of its data keys as active seals under it until its max
     /// age, and such values are lost with the key.
     ///
@@ -191,7 +220,7 @@ impl Envelope {
                     },
                 }
             }
-            self.forget_key(r.id).await;
+            self.forget_record(&r).await;
         }
         report.master_keys.sort();
         tracing::warn!(target: "sqlx_envelope::keys", tenant, data_keys = report.data_keys, branch_keys = report.branch_keys, index_keys = report.index_keys, "tenant crypto-shredded");

@@ -227,6 +227,12 @@ impl EnvelopeBuilder {
             Arc::new(TenantKeyrings::new(default, self.tenants)?)
         };
         let counters = Arc::new(Counters::default());
+        let index_ttl = self
+            .limits
+            .branch_ttl
+            .saturating_add(self.limits.outage_grace)
+            // moka refuses a time to live of more than 1,000 years.
+            .min(Duration::from_secs(100 * 365 * 24 * 3600));
         Ok(Envelope {
             inner: Arc::new(Inner {
                 owner: process_owner(),
@@ -241,7 +247,14 @@ impl EnvelopeBuilder {
                 keyring_permits: tokio::sync::Semaphore::new(permits),
                 revocations: AtomicU64::new(0),
                 batch_threads,
-                index_keys: moka::future::Cache::builder().max_capacity(100_000).build(),
+                // The entries' own TTL is checked against the envelope's
+                // clock ([`Envelope::index_key`]); this one (wall time) is a
+                // backstop: moka drops an expired entry at its next
+                // maintenance (any later use of this cache).
+                index_keys: moka::future::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(index_ttl)
+                    .build(),
             }),
         })
     }
