@@ -236,6 +236,22 @@ impl Keyring for Gated {
     }
 }
 
+/// A process over `db`'s key store whose keyring (the local master key
+/// `material`) waits at the gate on every unwrap.
+fn gated_reader(db: &Db, material: KeyMaterial) -> (Arc<Gated>, Envelope) {
+    let gated = Arc::new(Gated {
+        inner: LocalKeyring::new("test/1", material).unwrap(),
+        entered: tokio::sync::Notify::new(),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let reader = Envelope::builder()
+        .keyring_arc(gated.clone())
+        .store_arc(db.key_store())
+        .build()
+        .unwrap();
+    (gated, reader)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_in_flight_cannot_outlive_a_retire() {
     for kind in ALL {
@@ -253,16 +269,7 @@ async fn a_load_in_flight_cannot_outlive_a_retire() {
         let v = writer.seal(&ctx, b"in flight").await.unwrap();
         let id = v.key_id();
 
-        let gated = Arc::new(Gated {
-            inner: LocalKeyring::new("test/1", material).unwrap(),
-            entered: tokio::sync::Notify::new(),
-            gate: tokio::sync::Semaphore::new(0),
-        });
-        let reader = Envelope::builder()
-            .keyring_arc(gated.clone())
-            .store_arc(db.key_store())
-            .build()
-            .unwrap();
+        let (gated, reader) = gated_reader(&db, material);
         // A cold open starts and waits inside the keyring (the branch key).
         let load = {
             let (r, v, t) = (reader.clone(), v.clone(), t.clone());
@@ -310,16 +317,7 @@ async fn an_index_key_load_in_flight_cannot_outlive_a_retire() {
         let t = unique("lc_inflight_index");
         let id = writer.index_key(&t, "email", None, 1).await.unwrap().id();
 
-        let gated = Arc::new(Gated {
-            inner: LocalKeyring::new("test/1", material).unwrap(),
-            entered: tokio::sync::Notify::new(),
-            gate: tokio::sync::Semaphore::new(0),
-        });
-        let reader = Envelope::builder()
-            .keyring_arc(gated.clone())
-            .store_arc(db.key_store())
-            .build()
-            .unwrap();
+        let (gated, reader) = gated_reader(&db, material);
         let load = {
             let (r, t) = (reader.clone(), t.clone());
             tokio::spawn(async move { r.index_key(&t, "email", None, 1).await.map(|_| ()) })
@@ -693,28 +691,26 @@ async fn shredding_a_tenant_destroys_its_key_tree_and_nothing_else() {
         // Its index key: in the shredding process at once, in the other one
         // once the entry's TTL (the branch TTL) has passed; the other
         // tenant's index key is unwrapped again and still serves.
-        match app.index_key(&t1, "email", Some(&gone), 1).await {
+        let destroyed = |got: sqlx_envelope::Result<Arc<sqlx_envelope::envelope::IndexKey>>,
+                         when: &str| match got {
             Err(Error::KeyNotUsable {
                 id,
                 state: KeyState::Destroyed,
                 ..
             }) => assert_eq!(id, gone_index.id(), "{kind:?}"),
-            other => panic!("{kind:?}: a shredded index key: {other:?}"),
-        }
+            other => panic!("{kind:?}: a shredded index key, {when}: {other:?}"),
+        };
+        destroyed(app.index_key(&t1, "email", Some(&gone), 1).await, "at once");
         // Past the decrypt TTL, within the branch TTL: the other process's
         // entry is the one it cached (the TTL of index keys is the branch
         // TTL, as documented).
         let cached = other.index_key(&t1, "email", Some(&gone), 1).await.unwrap();
         assert!(Arc::ptr_eq(&cached, &gone_index), "{kind:?}");
         w.clock.advance(Duration::from_secs(60));
-        match other.index_key(&t1, "email", Some(&gone), 1).await {
-            Err(Error::KeyNotUsable {
-                id,
-                state: KeyState::Destroyed,
-                ..
-            }) => assert_eq!(id, gone_index.id(), "{kind:?}"),
-            other => panic!("{kind:?}: a shredded index key, past its TTL: {other:?}"),
-        }
+        destroyed(
+            other.index_key(&t1, "email", Some(&gone), 1).await,
+            "past its TTL",
+        );
         let again = other.index_key(&t1, "email", Some(&kept), 1).await.unwrap();
         assert_eq!(again.id(), kept_index.id(), "{kind:?}");
         assert_eq!(again.expose(), kept_index.expose(), "{kind:?}");

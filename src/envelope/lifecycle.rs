@@ -132,13 +132,29 @@ impl Envelope {
     /// [`Envelope::forget_key`] for a key whose record is at hand: an index
     /// key is also dropped by its slot, which waits for a load of it in
     /// flight (one that read the record before the change and is not cached
-    /// yet).
+    /// yet). It runs as a task of its own: the change is already in the
+    /// store, so a caller that stops waiting (a timeout around
+    /// `set_key_state`) must not leave this process's copies behind.
     async fn forget_record(&self, record: &KeyRecord) {
-        self.forget_key(record.id).await;
-        if record.kind == KeyKind::Index
-            && let Some(slot) = &record.slot
+        let (envelope, id) = (self.clone(), record.id);
+        let slot = match record.kind {
+            KeyKind::Index => record.slot.clone(),
+            _ => None,
+        };
+        let forget = async move {
+            envelope.forget_key(id).await;
+            if let Some(slot) = slot {
+                envelope.forget_index_slot(&slot).await;
+            }
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            // No runtime to hand it to: here, then.
+            return forget.await;
+        }
+        if let Err(e) = tokio::spawn(forget).await
+            && let Ok(panic) = e.try_into_panic()
         {
-            self.forget_index_slot(slot).await;
+            std::panic::resume_unwind(panic);
         }
     }
 

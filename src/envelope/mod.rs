@@ -17,6 +17,7 @@ mod lifecycle;
 mod open;
 mod seal;
 
+pub use keys::IndexKey;
 pub use lifecycle::ShredReport;
 pub use open::KeySet;
 
