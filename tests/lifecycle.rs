@@ -15,7 +15,7 @@ use sqlx_envelope::store::{
     KeyFilter, KeyStore, MySqlKeyStore, NewKey, PgKeyStore, Reserved, SqliteKeyStore,
 };
 use sqlx_envelope::{
-    CacheLimits, Context, Envelope, Error, KeyContext, KeyKind, KeyMaterial, KeyOperation,
+    CacheLimits, Clock, Context, Envelope, Error, KeyContext, KeyKind, KeyMaterial, KeyOperation,
     KeyState, Keyring, LocalKeyring, ManualClock, MasterKeyId, RowId, WrappedKey,
 };
 use support::{ALL, Db, local_keyring, unique};
@@ -233,6 +233,105 @@ impl Keyring for Gated {
         self.entered.notify_one();
         let _pass = self.gate.acquire().await.expect("gate open");
         self.inner.unwrap(ctx, w).await
+    }
+}
+
+/// Two application processes, each with its own cache, compute a table's
+/// blind index while the operator's tool retires the index key, all under
+/// one `ManualClock` that the applications advance as they go. Neither ever
+/// gets another key for the slot (its index values would silently change);
+/// each keeps its cached key at most the branch TTL after the retire, and
+/// once it has been refused, it is refused from then on; the operator's own
+/// process refuses at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_and_an_operator_retire_an_index_key() {
+    for kind in ALL {
+        let w = World::new(Db::connect(kind).await).await;
+        let branch_ttl = Duration::from_secs(120);
+        let limits = CacheLimits::default().branch_ttl(branch_ttl);
+        let (app1, app2) = (w.process(limits.clone()), w.process(limits.clone()));
+        let operator = w.process(limits);
+        let t = unique("lc_index_retire");
+        let id = app1.index_key(&t, "email", None, 1).await.unwrap().id();
+        assert_eq!(app2.index_key(&t, "email", None, 1).await.unwrap().id(), id);
+
+        // Each application looks the key up, 5 s of the shared clock apart,
+        // a store round trip between lookups (as a request would make): ten
+        // times, then (the operator starting its retire meanwhile) on until
+        // it has been refused and made 40 lookups. Returns (clock at the
+        // call, served) per lookup.
+        let start = Arc::new(tokio::sync::Barrier::new(3));
+        let run = |app: Envelope| {
+            let (clock, t, store, start) =
+                (w.clock.clone(), t.clone(), w.store.clone(), start.clone());
+            tokio::spawn(async move {
+                let mut seen: Vec<(Duration, bool)> = Vec::new();
+                for i in 0..400 {
+                    if i == 10 {
+                        start.wait().await;
+                    }
+                    if i >= 40 && seen.last().is_some_and(|(_, ok)| !ok) {
+                        break;
+                    }
+                    store.now_ms().await.unwrap();
+                    let at = clock.now();
+                    match app.index_key(&t, "email", None, 1).await {
+                        Ok(k) => {
+                            assert_eq!(k.id(), id, "{kind:?}: another key for the slot");
+                            seen.push((at, true));
+                        }
+                        Err(Error::KeyNotUsable {
+                            id: got,
+                            state: KeyState::Retired,
+                            ..
+                        }) => {
+                            assert_eq!(got, id);
+                            seen.push((at, false));
+                        }
+                        Err(e) => panic!("{kind:?}: {e:?}"),
+                    }
+                    clock.advance(Duration::from_secs(5));
+                }
+                seen
+            })
+        };
+        let (a1, a2) = (run(app1.clone()), run(app2.clone()));
+        start.wait().await;
+        operator.set_key_state(id, KeyState::Retired).await.unwrap();
+        // The retire committed no later than this reading.
+        let retired_at = w.clock.now();
+        assert_eq!(w.state(id).await, KeyState::Retired);
+        match operator.index_key(&t, "email", None, 1).await {
+            Err(Error::KeyNotUsable {
+                state: KeyState::Retired,
+                ..
+            }) => {}
+            other => panic!("{kind:?}: the operator's process served a retired key: {other:?}"),
+        }
+        for seen in [a1.await.unwrap(), a2.await.unwrap()] {
+            // Refused once, refused from then on.
+            let first_refusal = seen.iter().position(|(_, ok)| !ok);
+            let first_refusal = first_refusal.expect("refused within the run");
+            assert!(
+                seen[first_refusal..].iter().all(|(_, ok)| !ok),
+                "{kind:?}: {seen:?}"
+            );
+            // Never served later than the branch TTL after the retire.
+            for (at, ok) in &seen {
+                if *ok {
+                    assert!(
+                        *at < retired_at + branch_ttl,
+                        "{kind:?}: served at {at:?}, retired at {retired_at:?}"
+                    );
+                }
+            }
+        }
+        for app in [&app1, &app2] {
+            assert!(
+                app.index_key(&t, "email", None, 1).await.is_err(),
+                "{kind:?}"
+            );
+        }
     }
 }
 

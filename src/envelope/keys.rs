@@ -456,7 +456,7 @@ impl Envelope {
                     };
                     match inner.store.reserve(&new).await? {
                         Reserved::Mine(id) => {
-                            return self.finish_index_key(id, scope, tenant).await;
+                            return self.finish_index_key(id, scope, tenant, loaded).await;
                         }
                         Reserved::Taken(r) => *r,
                     }
@@ -472,7 +472,9 @@ impl Envelope {
                             .take_over(holder.id, &inner.owner, stale_before)
                             .await?
                     {
-                        return self.finish_index_key(holder.id, scope, tenant).await;
+                        return self
+                            .finish_index_key(holder.id, scope, tenant, loaded)
+                            .await;
                     }
                     if inner.clock.now().saturating_sub(waited_since) > WAIT_FOR_PEER {
                         return Err(Error::KeyringUnavailable {
@@ -506,11 +508,14 @@ impl Envelope {
         }
     }
 
+    /// Mint index key `id` (reserved by this process, or taken over), loaded
+    /// as of `loaded` (read before its slot was).
     async fn finish_index_key(
         &self,
         id: KeyId,
         scope: &str,
         tenant: Option<&str>,
+        loaded: Duration,
     ) -> Result<Arc<IndexKey>> {
         let inner = &*self.inner;
         let ctx = KeyContext::of(KeyKind::Index, scope, tenant, id);
@@ -533,7 +538,7 @@ impl Envelope {
         Ok(Arc::new(IndexKey {
             id,
             material: Zeroizing::new(*generated.material.expose()),
-            loaded: inner.clock.coarse(),
+            loaded,
             failed_at: AtomicU64::new(0),
         }))
     }

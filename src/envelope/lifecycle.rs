@@ -44,8 +44,9 @@ impl Envelope {
     /// store, see [`KeyState::may_become`]), and drop it from this process's
     /// caches. `Destroyed` is final and deletes the wrapped key material. Other
     /// processes see the change when their cache entries expire (data keys:
-    /// max age, decrypt TTL; branch and index keys: branch TTL). Fails with [`Error::StateConflict`] when another process or
-    /// operator changed the key between the read and the write.
+    /// max age, decrypt TTL; branch and index keys: branch TTL). Fails with
+    /// [`Error::StateConflict`] when another process or operator changed the
+    /// key between the read and the write.
     pub async fn set_key_state(&self, id: KeyId, state: KeyState) -> Result<()> {
         let record = self
             .inner
@@ -82,6 +83,24 @@ impl Envelope {
     /// flight ([`Envelope::set_key_state`] and [`Envelope::shred_tenant`],
     /// which know the slot, wait for that too).
     pub async fn forget_key(&self, id: KeyId) {
+        self.forget_unwrapped(id).await;
+        // Any kind of key: its index-key entries too, found by their id.
+        let inner = &*self.inner;
+        inner.index_keys.run_pending_tasks().await;
+        let slots: Vec<Arc<String>> = inner
+            .index_keys
+            .iter()
+            .filter(|(_, k)| k.id() == id)
+            .map(|(slot, _)| slot)
+            .collect();
+        for slot in slots {
+            self.forget_index_slot(&slot).await;
+        }
+    }
+
+    /// The data- and branch-key part of [`Envelope::forget_key`]: the
+    /// unwrapped, branch and active caches and their fronts.
+    async fn forget_unwrapped(&self, id: KeyId) {
         let inner = &*self.inner;
         inner.revocations.fetch_add(1, Ordering::AcqRel);
         let front = inner.cache.open_front.clone();
@@ -117,34 +136,23 @@ impl Envelope {
         }
         inner.cache.seal_front.remove_key(id);
         inner.cache.active.run_pending_tasks().await;
-        inner.index_keys.run_pending_tasks().await;
-        let slots: Vec<Arc<String>> = inner
-            .index_keys
-            .iter()
-            .filter(|(_, k)| k.id() == id)
-            .map(|(slot, _)| slot)
-            .collect();
-        for slot in slots {
-            self.forget_index_slot(&slot).await;
-        }
     }
 
-    /// [`Envelope::forget_key`] for a key whose record is at hand: an index
-    /// key is also dropped by its slot, which waits for a load of it in
-    /// flight (one that read the record before the change and is not cached
-    /// yet). It runs as a task of its own: the change is already in the
-    /// store, so a caller that stops waiting (a timeout around
-    /// `set_key_state`) must not leave this process's copies behind.
+    /// [`Envelope::forget_key`] for a key whose record is at hand, by its
+    /// kind: an index key is dropped by its slot, which also waits for a load
+    /// of it in flight (one that read the record before the change and is not
+    /// cached yet); other keys leave the index-key cache alone. It runs as a
+    /// task of its own: the change is already in the store, so a caller that
+    /// stops waiting (a timeout around `set_key_state`) must not leave this
+    /// process's copies behind.
     async fn forget_record(&self, record: &KeyRecord) {
-        let (envelope, id) = (self.clone(), record.id);
-        let slot = match record.kind {
-            KeyKind::Index => record.slot.clone(),
-            _ => None,
-        };
+        let (envelope, id, kind) = (self.clone(), record.id, record.kind);
+        let slot = record.slot.clone();
         let forget = async move {
-            envelope.forget_key(id).await;
-            if let Some(slot) = slot {
-                envelope.forget_index_slot(&slot).await;
+            match (kind, slot) {
+                (KeyKind::Index, Some(slot)) => envelope.forget_index_slot(&slot).await,
+                (KeyKind::Index, None) => envelope.forget_key(id).await,
+                _ => envelope.forget_unwrapped(id).await,
             }
         };
         if tokio::runtime::Handle::try_current().is_err() {
