@@ -549,6 +549,15 @@ impl Job {
     async fn run_inner(&self) -> JobResult<JobReport> {
         self.precheck().await?;
         let name = self.name();
+        // Read before this run registers anything: only a job that was already
+        // finished when this run started gets a new pass. A run that starts
+        // while the pass is in progress (a second worker that joins late)
+        // belongs to that pass, even if the other workers finish it first.
+        // (A dry run registers nothing and reads no job state.)
+        let finished_at_start = !self.opts.dry_run
+            && retry(|| checkpoint::job_status(&self.pool, &name))
+                .await?
+                .is_done();
         let mut total = None;
         if self.opts.count_total {
             let n = self.remaining().await?;
@@ -572,7 +581,7 @@ impl Job {
         .await?;
         // A finished job run again makes a new pass over the table for rows
         // that appeared (or failed) since, keeping its counters.
-        if !created && checkpoint::job_status(&self.pool, &name).await?.is_done() {
+        if !created && finished_at_start {
             let todo = match total {
                 Some(n) => n,
                 None => self.remaining().await?,
