@@ -284,10 +284,15 @@ macro_rules! scenario {
             };
             let original = notes_of(south[0].id).await;
             set_notes(south[0].id, notes_of(south[1].id).await).await;
+            // Both workers join one pass: a run only starts a new pass when
+            // the job was finished before it started. Paced, so that one
+            // worker cannot finish the pass before the other has started.
             let job = |w: &str| {
+                let mut o = opts(w, 3, None);
+                o.rate = Some(40.0);
                 Job::reencrypt_model::<Patient>(envelope.clone(), jp.clone(), old.clone())
                     .expect("model job")
-                    .options(opts(w, 3, None))
+                    .options(o)
             };
             let (a, b) = (job("w1"), job("w2"));
             let (a, b) = tokio::join!(a.run(), b.run());

@@ -306,8 +306,10 @@ async fn interrupt_and_takeover(kind: Kind) {
             "100",
             "--chunk-rows",
             "2000",
+            // Slow enough that the test's polling (which kills the second
+            // worker inside its first chunk) has ~2 s of slack under load.
             "--rate",
-            "2000",
+            "500",
             "--lease-secs",
             "2",
         ]);

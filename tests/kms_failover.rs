@@ -10,7 +10,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx_envelope::keyring::kms::{KmsConfig, KmsKeyring};
+use sqlx_envelope::keyring::kms::{KmsConfig, KmsKeyring, KmsMetrics};
 use sqlx_envelope::store::KeyFilter;
 use sqlx_envelope::{
     CacheLimits, Context, Envelope, Error, KeyKind, KeyState, Keyring, ManualClock, MultiKeyring,
@@ -19,18 +19,32 @@ use sqlx_envelope::{
 use support::moto::Moto;
 use support::{Db, Kind, unique};
 
-/// Tight timeouts so the test is quick: 300 ms per attempt, 800 ms per
-/// operation, 2 attempts.
-const OPERATION_TIMEOUT: Duration = Duration::from_millis(800);
+/// Short timeouts so a dead or frozen region fails within seconds (the SDK's
+/// default would wait forever on a frozen one): 1 s per attempt, 2.5 s per
+/// operation, 2 attempts. Not tighter: on a loaded 2-core machine a healthy
+/// moto server can take a few hundred milliseconds to answer.
+const OPERATION_TIMEOUT: Duration = Duration::from_millis(2500);
+
+/// How much longer than [`OPERATION_TIMEOUT`] a failover may take (the second
+/// region's answer and the database reads), generous for a loaded machine:
+/// the assertion is that the wait is bounded, not how fast it is.
+const FAILOVER_SLACK: Duration = Duration::from_secs(3);
 
 fn config() -> KmsConfig {
     KmsConfig::default()
-        .attempt_timeout(Duration::from_millis(300))
+        .attempt_timeout(Duration::from_millis(1000))
         .operation_timeout(OPERATION_TIMEOUT)
-        .connect_timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(500))
         .max_attempts(2)
         .initial_backoff(Duration::from_millis(10))
         .max_backoff(Duration::from_millis(50))
+}
+
+/// Whether `calls` requests of one kind are one operation: the counters count
+/// every attempt, and a slow answer on a loaded machine can cause a retry
+/// (counted in `retries`).
+fn one_operation(calls: u64, m: &KmsMetrics) -> bool {
+    calls >= 1 && calls - 1 <= m.retries
 }
 
 struct Regions {
@@ -178,7 +192,8 @@ async fn every_branch_key_is_wrapped_in_both_regions() {
     }
     // KMS traffic follows branch keys, not data keys.
     let (e, w) = (r.kr_east.metrics(), r.kr_west.metrics());
-    assert_eq!((e.generate_data_key_calls, w.encrypt_calls), (1, 1));
+    assert!(one_operation(e.generate_data_key_calls, &e), "{e:?}");
+    assert!(one_operation(w.encrypt_calls, &w), "{w:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,12 +211,13 @@ async fn reads_fail_over_to_the_second_region_when_the_first_is_killed() {
         .expect("second region answers");
     let elapsed = started.elapsed();
     assert!(
-        elapsed < OPERATION_TIMEOUT + Duration::from_millis(700),
+        elapsed < OPERATION_TIMEOUT + FAILOVER_SLACK,
         "failover took {elapsed:?}"
     );
     // Four data keys, one branch key: one failover, one Decrypt in the west.
     assert_eq!(r.multi.failovers(), 1);
-    assert_eq!(r.kr_west.metrics().decrypt_calls, 1);
+    let w = r.kr_west.metrics();
+    assert!(one_operation(w.decrypt_calls, &w), "{w:?}");
     let east = r.kr_east.metrics();
     assert!(east.failures >= 1, "{east:?}");
     drop(r.west);
@@ -223,11 +239,12 @@ async fn reads_fail_over_to_the_second_region_when_the_first_is_frozen() {
         .expect("second region answers");
     let elapsed = started.elapsed();
     assert!(
-        elapsed < OPERATION_TIMEOUT + Duration::from_millis(1200),
+        elapsed < OPERATION_TIMEOUT + FAILOVER_SLACK,
         "failover took {elapsed:?}"
     );
     assert_eq!(r.multi.failovers(), 1);
-    assert_eq!(r.kr_west.metrics().decrypt_calls, 1);
+    let w = r.kr_west.metrics();
+    assert!(one_operation(w.decrypt_calls, &w), "{w:?}");
     assert!(
         r.kr_east.metrics().timeouts >= 1,
         "{:?}",
