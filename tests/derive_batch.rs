@@ -121,14 +121,21 @@ struct Probed {
     value: Probe,
 }
 
-/// A page below the threshold is opened on the calling task; a large batch
-/// leaves it (split across cores on the blocking pool), in order, with the
-/// positions of failed rows counted across chunks.
+/// A page below the threshold is opened on the calling task; a batch from it
+/// up to twice its size is split between the calling task (the first part)
+/// and the blocking pool; a large batch leaves the task (split across cores on
+/// the blocking pool); all in order, with the positions of failed rows counted
+/// across parts.
 #[tokio::test(flavor = "current_thread")]
 async fn large_batches_are_opened_off_the_calling_task() {
     use sqlx_envelope::model::batch::OFFLOAD_MIN_ROWS;
     let db = Db::connect(support::Kind::Sqlite).await;
-    let env = support::envelope(&db, CacheLimits::default());
+    let env = Envelope::builder()
+        .keyring(support::local_keyring())
+        .store_arc(db.key_store())
+        .batch_threads(2)
+        .build()
+        .expect("envelope");
     let me = std::thread::current().id();
     let models: Vec<Probed> = (0..(OFFLOAD_MIN_ROWS * 4) as i64)
         .map(|id| Probed {
@@ -148,6 +155,35 @@ async fn large_batches_are_opened_off_the_calling_task() {
         threads.iter().all(|t| *t == me),
         "a small page stays on the task"
     );
+
+    // Two parts of 300 rows: the first opened here, the second on the pool.
+    let middle = 600;
+    let opened = Probed::open_all(&env, sealed[..middle].to_vec())
+        .await
+        .expect("open middle");
+    assert_eq!(opened, models[..middle], "parts come back in order");
+    let threads = std::mem::take(&mut *DECODED_ON.lock().expect("lock"));
+    assert_eq!(threads.len(), middle);
+    assert_eq!(
+        threads.iter().filter(|t| **t == me).count(),
+        middle / 2,
+        "the first part on the task, the other on the pool"
+    );
+    // A failure in either part keeps its position.
+    for bad in [7, middle - 2] {
+        let mut rows = sealed[..middle].to_vec();
+        rows[bad].value = rows[bad + 1].value.clone();
+        match Probed::open_all(&env, rows.clone()).await {
+            Err(Error::Row { position, .. }) => assert_eq!(position, bad),
+            other => panic!("expected a row error, got {other:?}"),
+        }
+        let each = Probed::open_each(&env, rows).await;
+        assert_eq!(each.len(), middle);
+        for (i, r) in each.iter().enumerate() {
+            assert_eq!(r.is_err(), i == bad, "row {i}: {r:?}");
+        }
+    }
+    DECODED_ON.lock().expect("lock").clear();
 
     let mut large: Vec<ProbedSealed> = sealed.clone();
     let opened = Probed::open_all(&env, large.clone())

@@ -180,7 +180,8 @@ impl EnvelopeBuilder {
     /// from 4,096 values (parts of at least 2,048; a page of a few thousand
     /// values is sealed faster on one thread than handed half to another
     /// core), the model batch openers ([`crate::model::open_all`] and its kin)
-    /// a result set from 1,024 rows (parts of at least 512). Default: the
+    /// a result set from 512 rows (parts of at least 256; a first part under
+    /// 512 rows is opened on the calling task meanwhile). Default: the
     /// machine's cores, for an application that waits for the batch. With 1
     /// every batch stays on one thread, which leaves the other cores to the
     /// database when the application seals one page while the database writes

@@ -9,7 +9,8 @@
 //! decrypted ([`Envelope::keys_for`]: each distinct key once); the rest is
 //! synchronous CPU work that needs no database, so a large batch is split
 //! across cores ([`OFFLOAD_MIN_ROWS`]) while a small one stays on the calling
-//! task, where moving it would cost more than it saves. Within a part, every
+//! task, where moving it would cost more than it saves (the calling task opens
+//! the first part of a split batch itself while that part is small). Within a part, every
 //! value is moved out of its row and all are opened together, each in the
 //! buffer it was read into, as [`KeySet::open_batch_in_place`] opens a page
 //! (consecutive values under one data key share a block-cipher call and the
@@ -40,9 +41,12 @@ use crate::key::KeyId;
 use crate::sealed::Sealed;
 
 /// Below this many rows a batch is opened on the calling task; at and above
-/// it, in chunks of at least this many rows on the blocking pool, one per
-/// core. Chosen so that a chunk's decryption time clearly exceeds the cost of
-/// a hand-off to another thread (tens of microseconds).
+/// it, it is split across cores in parts of at least half this many rows, one
+/// per core ([`Envelope::batch_threads`]): a part of fewer than this many rows
+/// (the first) is opened on the calling task meanwhile, larger parts all on the
+/// blocking pool. Chosen so that a part's decryption time clearly exceeds the
+/// cost of a hand-off to another thread (tens of microseconds), and the calling
+/// task is never held longer than a batch just below this size holds it.
 pub const OFFLOAD_MIN_ROWS: usize = 512;
 
 /// The most rows a stream collects before it opens them.
@@ -367,8 +371,10 @@ fn unusable_key<S: SealedRow>(
     found
 }
 
-/// Open rows on the calling task when they are few, else split across cores
-/// on the blocking pool (in order; a panic in a chunk is resumed here).
+/// Open rows on the calling task when they are few, else split across cores:
+/// parts on the blocking pool, and the first part on the calling task when it
+/// is small ([`OFFLOAD_MIN_ROWS`]); results in order, a panic in a part
+/// resumed here.
 async fn open_spread<S: SealedRow>(
     envelope: &Envelope,
     mut rows: Vec<S>,
@@ -376,23 +382,40 @@ async fn open_spread<S: SealedRow>(
     resolved: Resolved,
     stop: bool,
 ) -> Vec<Result<S::Model>> {
-    let chunks = (rows.len() / OFFLOAD_MIN_ROWS).min(envelope.batch_threads());
-    if chunks == 0 || tokio::runtime::Handle::try_current().is_err() {
+    if rows.len() < OFFLOAD_MIN_ROWS || tokio::runtime::Handle::try_current().is_err() {
         return open_rows(rows, offset, &resolved, stop);
     }
-    let per_chunk = rows.len().div_ceil(chunks);
-    let mut tasks = Vec::with_capacity(chunks);
-    while !rows.is_empty() {
-        let start = rows.len().saturating_sub(per_chunk);
-        let chunk = rows.split_off(start);
+    let parts = (rows.len() / (OFFLOAD_MIN_ROWS / 2))
+        .min(envelope.batch_threads())
+        .max(1);
+    let per_part = rows.len().div_ceil(parts);
+    // The first part stays here when it is small enough to open inline.
+    let keep = if per_part < OFFLOAD_MIN_ROWS {
+        per_part
+    } else {
+        0
+    };
+    let mut tasks = Vec::with_capacity(parts);
+    while rows.len() > keep {
+        let start = rows.len().saturating_sub(per_part).max(keep);
+        let part = rows.split_off(start);
         let resolved = resolved.clone();
         tasks.push(tokio::task::spawn_blocking(move || {
-            open_rows(chunk, offset + start, &resolved, stop)
+            open_rows(part, offset + start, &resolved, stop)
         }));
     }
-    // Chunks were cut from the end: the last task holds the first rows.
     let mut out = Vec::new();
-    for task in join_all(tasks).await.into_iter().rev() {
+    if !rows.is_empty() {
+        out = open_rows(rows, offset, &resolved, stop);
+    }
+    // Waited for even when the first part failed, so that no part still runs
+    // (or holds opened values) once this returns.
+    let parts = join_all(tasks).await;
+    if stop && out.last().is_some_and(Result::is_err) {
+        return out;
+    }
+    // Parts were cut from the end: the last task holds the first of them.
+    for task in parts.into_iter().rev() {
         match task {
             Ok(opened) => {
                 let failed = stop && opened.last().is_some_and(Result::is_err);
