@@ -91,7 +91,10 @@ macro_rules! scenario {
             let mut marks: Vec<u64> =
                 (0..kills).map(|_| total / 10 + super::rand_u64() % (total / 2).max(1)).collect();
             marks.sort_unstable();
-            let rate = (total / 4).max(200).to_string();
+            // Paced so that at least 40% of the rows (the last mark is at
+            // most 60%) take over 3 s: a poll delayed by a loaded machine
+            // still kills the worker before it finishes.
+            let rate = (total / 8).max(200).to_string();
             for mark in marks {
                 let mut a = args.to_vec();
                 a.extend(["--worker-id", "w1", "--rate", &rate]);
