@@ -1103,3 +1103,152 @@ async fn two_processes_batch_many_columns_while_the_operator_retires() {
         }
     }
 }
+
+/// A keyring that can be taken down and brought back: while down, every call
+/// fails with the retryable [`Error::KeyringUnavailable`].
+#[derive(Debug)]
+struct Switched {
+    inner: LocalKeyring,
+    down: std::sync::atomic::AtomicBool,
+    unwraps: AtomicU64,
+}
+
+impl Switched {
+    fn check(&self) -> sqlx_envelope::Result<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Error::KeyringUnavailable {
+                master_key: "local:test/1".into(),
+                message: "down for the test".into(),
+                source: None,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Keyring for Switched {
+    fn master_keys(&self) -> Vec<MasterKeyId> {
+        self.inner.master_keys()
+    }
+    fn can_unwrap(&self, id: &MasterKeyId) -> bool {
+        self.inner.can_unwrap(id)
+    }
+    async fn generate(&self, ctx: &KeyContext) -> sqlx_envelope::Result<GeneratedKey> {
+        self.check()?;
+        self.inner.generate(ctx).await
+    }
+    async fn wrap(
+        &self,
+        ctx: &KeyContext,
+        material: &KeyMaterial,
+    ) -> sqlx_envelope::Result<Vec<WrappedKey>> {
+        self.check()?;
+        self.inner.wrap(ctx, material).await
+    }
+    async fn unwrap(
+        &self,
+        ctx: &KeyContext,
+        wrapped: &[WrappedKey],
+    ) -> sqlx_envelope::Result<KeyMaterial> {
+        self.unwraps.fetch_add(1, Ordering::SeqCst);
+        self.check()?;
+        self.inner.unwrap(ctx, wrapped).await
+    }
+}
+
+/// An index key is cached like a branch key: during a keyring outage a
+/// process keeps computing blind indexes for the branch TTL, then within the
+/// outage grace (one failed keyring call, not one per lookup), and fails
+/// closed with the retryable error past it; once the keyring is back the same
+/// key serves again. Another process that never loaded the key fails at once.
+#[tokio::test]
+async fn an_index_key_serves_through_an_outage_within_the_grace_only() {
+    for kind in ALL {
+        let w = World::new(Db::connect(kind).await).await;
+        let switched = Arc::new(Switched {
+            inner: local_keyring(),
+            down: std::sync::atomic::AtomicBool::new(false),
+            unwraps: AtomicU64::new(0),
+        });
+        let limits = CacheLimits::default()
+            .branch_ttl(Duration::from_secs(120))
+            .outage_grace(Duration::from_secs(30));
+        let process = || {
+            Envelope::builder()
+                .keyring_arc(switched.clone())
+                .store_arc(w.store.clone())
+                .limits(limits.clone())
+                .clock(w.clock.clone())
+                .build()
+                .unwrap()
+        };
+        let (app, cold) = (process(), process());
+        let t = unique("lc_index_outage");
+        let key = app.index_key(&t, "email", None, 1).await.unwrap();
+
+        switched.down.store(true, Ordering::SeqCst);
+        let unwraps = || switched.unwraps.load(Ordering::SeqCst);
+        let before = unwraps();
+        // Within the branch TTL: served from the cache, no keyring call.
+        w.clock.advance(Duration::from_secs(100));
+        assert_eq!(
+            app.index_key(&t, "email", None, 1).await.unwrap().id(),
+            key.id()
+        );
+        assert_eq!(
+            unwraps(),
+            before,
+            "{kind:?}: no keyring call within the TTL"
+        );
+        assert_eq!(app.stats().served_in_grace, 0);
+        // A process without the key cached cannot compute the index at all.
+        let e = cold.index_key(&t, "email", None, 1).await.unwrap_err();
+        assert!(
+            matches!(e, Error::KeyringUnavailable { .. }),
+            "{kind:?}: {e:?}"
+        );
+
+        // Past the TTL, within the grace: the keyring is asked once, fails,
+        // and the cached key keeps serving without asking again at once.
+        w.clock.advance(Duration::from_secs(21));
+        let before = unwraps();
+        for _ in 0..3 {
+            let k = app.index_key(&t, "email", None, 1).await.unwrap();
+            assert_eq!(k.id(), key.id(), "{kind:?}");
+            assert_eq!(k.expose(), key.expose(), "{kind:?}");
+        }
+        assert_eq!(
+            unwraps(),
+            before + 1,
+            "{kind:?}: one failed call, not one per lookup"
+        );
+        assert!(
+            app.stats().served_in_grace >= 3,
+            "{kind:?}: {:?}",
+            app.stats()
+        );
+
+        // Past TTL + grace: fails closed, retryable.
+        w.clock.advance(Duration::from_secs(30));
+        let e = app.index_key(&t, "email", None, 1).await.unwrap_err();
+        assert!(
+            matches!(e, Error::KeyringUnavailable { .. }),
+            "{kind:?}: {e:?}"
+        );
+        assert!(e.is_retryable());
+
+        // The keyring is back: the same key, unwrapped anew.
+        switched.down.store(false, Ordering::SeqCst);
+        let again = app.index_key(&t, "email", None, 1).await.unwrap();
+        assert_eq!(
+            (again.id(), again.expose()),
+            (key.id(), key.expose()),
+            "{kind:?}"
+        );
+        assert_eq!(
+            cold.index_key(&t, "email", None, 1).await.unwrap().id(),
+            key.id()
+        );
+    }
+}
