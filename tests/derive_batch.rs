@@ -90,6 +90,16 @@ async fn open_all_resolves_each_data_key_once() {
     }
 }
 
+/// An envelope over `db` whose batches use two threads, whatever the machine.
+fn two_threads(db: &Db) -> Envelope {
+    Envelope::builder()
+        .keyring(support::local_keyring())
+        .store_arc(db.key_store())
+        .batch_threads(2)
+        .build()
+        .expect("envelope")
+}
+
 /// Records the thread that decodes each value.
 #[derive(Debug, Clone, PartialEq)]
 struct Probe(String);
@@ -130,12 +140,7 @@ struct Probed {
 async fn large_batches_are_opened_off_the_calling_task() {
     use sqlx_envelope::model::batch::OFFLOAD_MIN_ROWS;
     let db = Db::connect(support::Kind::Sqlite).await;
-    let env = Envelope::builder()
-        .keyring(support::local_keyring())
-        .store_arc(db.key_store())
-        .batch_threads(2)
-        .build()
-        .expect("envelope");
+    let env = two_threads(&db);
     let me = std::thread::current().id();
     let models: Vec<Probed> = (0..(OFFLOAD_MIN_ROWS * 4) as i64)
         .map(|id| Probed {
@@ -248,12 +253,7 @@ struct Mixed {
 async fn a_batch_opens_each_row_as_it_opens_alone() {
     let db = Db::connect(support::Kind::Sqlite).await;
     // Two threads whatever the machine: the page is split in two parts.
-    let env = Envelope::builder()
-        .keyring(support::local_keyring())
-        .store_arc(db.key_store())
-        .batch_threads(2)
-        .build()
-        .expect("envelope");
+    let env = two_threads(&db);
     let orgs = ["acme", "globex", "initech"];
     let models: Vec<Mixed> = (0..1_536_i64)
         .map(|i| Mixed {

@@ -199,16 +199,46 @@ async fn blob_writes_lose_to_destroy() {
     }
 }
 
-/// A keyring whose unwraps wait at a gate, to hold a load in flight.
+/// A keyring over a local master key that a test controls: its unwraps can
+/// wait at a gate (to hold a load in flight), and it can be taken down (every
+/// call then fails with the retryable [`Error::KeyringUnavailable`]).
 #[derive(Debug)]
-struct Gated {
+struct Controlled {
     inner: LocalKeyring,
+    /// Whether unwraps wait at `gate` (announcing themselves on `entered`).
+    gated: bool,
     entered: tokio::sync::Notify,
     gate: tokio::sync::Semaphore,
+    down: std::sync::atomic::AtomicBool,
+    unwraps: AtomicU64,
+}
+
+impl Controlled {
+    fn new(inner: LocalKeyring, gated: bool) -> Controlled {
+        Controlled {
+            inner,
+            gated,
+            entered: tokio::sync::Notify::new(),
+            gate: tokio::sync::Semaphore::new(0),
+            down: std::sync::atomic::AtomicBool::new(false),
+            unwraps: AtomicU64::new(0),
+        }
+    }
+
+    fn check(&self) -> sqlx_envelope::Result<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Error::KeyringUnavailable {
+                master_key: "local:test/1".into(),
+                message: "down for the test".into(),
+                source: None,
+            });
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
-impl Keyring for Gated {
+impl Keyring for Controlled {
     fn master_keys(&self) -> Vec<MasterKeyId> {
         self.inner.master_keys()
     }
@@ -216,6 +246,7 @@ impl Keyring for Gated {
         self.inner.can_unwrap(m)
     }
     async fn generate(&self, ctx: &KeyContext) -> sqlx_envelope::Result<GeneratedKey> {
+        self.check()?;
         self.inner.generate(ctx).await
     }
     async fn wrap(
@@ -223,6 +254,7 @@ impl Keyring for Gated {
         ctx: &KeyContext,
         m: &KeyMaterial,
     ) -> sqlx_envelope::Result<Vec<WrappedKey>> {
+        self.check()?;
         self.inner.wrap(ctx, m).await
     }
     async fn unwrap(
@@ -230,8 +262,12 @@ impl Keyring for Gated {
         ctx: &KeyContext,
         w: &[WrappedKey],
     ) -> sqlx_envelope::Result<KeyMaterial> {
-        self.entered.notify_one();
-        let _pass = self.gate.acquire().await.expect("gate open");
+        self.unwraps.fetch_add(1, Ordering::SeqCst);
+        self.check()?;
+        if self.gated {
+            self.entered.notify_one();
+            let _pass = self.gate.acquire().await.expect("gate open");
+        }
         self.inner.unwrap(ctx, w).await
     }
 }
@@ -337,12 +373,11 @@ async fn two_processes_and_an_operator_retire_an_index_key() {
 
 /// A process over `db`'s key store whose keyring (the local master key
 /// `material`) waits at the gate on every unwrap.
-fn gated_reader(db: &Db, material: KeyMaterial) -> (Arc<Gated>, Envelope) {
-    let gated = Arc::new(Gated {
-        inner: LocalKeyring::new("test/1", material).unwrap(),
-        entered: tokio::sync::Notify::new(),
-        gate: tokio::sync::Semaphore::new(0),
-    });
+fn gated_reader(db: &Db, material: KeyMaterial) -> (Arc<Controlled>, Envelope) {
+    let gated = Arc::new(Controlled::new(
+        LocalKeyring::new("test/1", material).unwrap(),
+        true,
+    ));
     let reader = Envelope::builder()
         .keyring_arc(gated.clone())
         .store_arc(db.key_store())
@@ -1104,59 +1139,6 @@ async fn two_processes_batch_many_columns_while_the_operator_retires() {
     }
 }
 
-/// A keyring that can be taken down and brought back: while down, every call
-/// fails with the retryable [`Error::KeyringUnavailable`].
-#[derive(Debug)]
-struct Switched {
-    inner: LocalKeyring,
-    down: std::sync::atomic::AtomicBool,
-    unwraps: AtomicU64,
-}
-
-impl Switched {
-    fn check(&self) -> sqlx_envelope::Result<()> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(Error::KeyringUnavailable {
-                master_key: "local:test/1".into(),
-                message: "down for the test".into(),
-                source: None,
-            });
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Keyring for Switched {
-    fn master_keys(&self) -> Vec<MasterKeyId> {
-        self.inner.master_keys()
-    }
-    fn can_unwrap(&self, id: &MasterKeyId) -> bool {
-        self.inner.can_unwrap(id)
-    }
-    async fn generate(&self, ctx: &KeyContext) -> sqlx_envelope::Result<GeneratedKey> {
-        self.check()?;
-        self.inner.generate(ctx).await
-    }
-    async fn wrap(
-        &self,
-        ctx: &KeyContext,
-        material: &KeyMaterial,
-    ) -> sqlx_envelope::Result<Vec<WrappedKey>> {
-        self.check()?;
-        self.inner.wrap(ctx, material).await
-    }
-    async fn unwrap(
-        &self,
-        ctx: &KeyContext,
-        wrapped: &[WrappedKey],
-    ) -> sqlx_envelope::Result<KeyMaterial> {
-        self.unwraps.fetch_add(1, Ordering::SeqCst);
-        self.check()?;
-        self.inner.unwrap(ctx, wrapped).await
-    }
-}
-
 /// An index key is cached like a branch key: during a keyring outage a
 /// process keeps computing blind indexes for the branch TTL, then within the
 /// outage grace (one failed keyring call, not one per lookup), and fails
@@ -1166,11 +1148,7 @@ impl Keyring for Switched {
 async fn an_index_key_serves_through_an_outage_within_the_grace_only() {
     for kind in ALL {
         let w = World::new(Db::connect(kind).await).await;
-        let switched = Arc::new(Switched {
-            inner: local_keyring(),
-            down: std::sync::atomic::AtomicBool::new(false),
-            unwraps: AtomicU64::new(0),
-        });
+        let switched = Arc::new(Controlled::new(local_keyring(), false));
         let limits = CacheLimits::default()
             .branch_ttl(Duration::from_secs(120))
             .outage_grace(Duration::from_secs(30));
