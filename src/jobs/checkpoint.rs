@@ -231,14 +231,25 @@ pub(crate) async fn plan(
 }
 
 /// Start a new pass over a finished job: every chunk back to pending, its
-/// cursor cleared, its counters (the job's history) kept. Only when every
-/// chunk is done, so a pass in progress in another process is left alone.
-/// Returns whether a new pass was started.
-pub(crate) async fn new_pass(pool: &JobPool, job: &str) -> JobResult<bool> {
+/// cursor cleared, its counters (the job's history) kept. Compare-and-set on
+/// what the caller saw when it found the job finished (`seen`, read before it
+/// registered anything): only when every chunk is still done and no row was
+/// scanned since, so neither a pass in progress in another process nor one
+/// that another process started and finished meanwhile is passed over again.
+/// Calls are serialized on the job's header row (SQLite: by its single
+/// writer). Returns whether a new pass was started.
+pub(crate) async fn new_pass(pool: &JobPool, job: &str, seen: &JobStatus) -> JobResult<bool> {
     let d = pool.dialect();
     let p = |n| d.ph(n);
-    let open_chunks = format!(
-        "SELECT COUNT(*) FROM sqlx_envelope_jobs WHERE job = {} AND chunk > 0 AND state <> 'done'",
+    let lock_header = match d {
+        Dialect::Sqlite => None,
+        _ => Some(format!(
+            "SELECT chunk FROM sqlx_envelope_jobs WHERE job = {} AND chunk = 0 FOR UPDATE",
+            p(1)
+        )),
+    };
+    let progress = format!(
+        "SELECT state, scanned FROM sqlx_envelope_jobs WHERE job = {} AND chunk > 0",
         p(1)
     );
     let reopen = format!(
@@ -249,11 +260,19 @@ pub(crate) async fn new_pass(pool: &JobPool, job: &str) -> JobResult<bool> {
     );
     on_pool!(pool, p => {
         let mut tx = p.begin().await?;
-        let open: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(open_chunks))
+        if let Some(lock) = &lock_header {
+            sqlx::query(sqlx::AssertSqlSafe(lock.as_str()))
+                .bind(job)
+                .fetch_optional(&mut *tx)
+                .await?;
+        }
+        let chunks: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(progress))
             .bind(job)
-            .fetch_one(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
-        if open > 0 {
+        let open = chunks.iter().any(|(state, _)| state != "done");
+        let scanned: u64 = chunks.iter().map(|(_, n)| *n as u64).sum();
+        if open || scanned != seen.scanned {
             tx.commit().await?;
             return Ok(false);
         }
@@ -422,4 +441,57 @@ pub async fn reset_job(pool: &JobPool, job: &str) -> JobResult<u64> {
     Ok(
         on_pool!(pool, p => sqlx::query(sqlx::AssertSqlSafe(sql)).bind(job).execute(p).await?.rows_affected()),
     )
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+    use crate::store::{KeyStore, SqliteKeyStore};
+
+    /// A finished job of two chunks that scanned `scanned` rows in all.
+    async fn finished_job(scanned: i64) -> JobPool {
+        // One connection: each connection to `:memory:` is a database of its own.
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        SqliteKeyStore::new(pool.clone()).migrate().await.unwrap();
+        for (chunk, state, n) in [(0, "running", 0), (1, "done", scanned - 1), (2, "done", 1)] {
+            sqlx::query(
+                "INSERT INTO sqlx_envelope_jobs (job, chunk, kind, state, scanned) VALUES ('j', ?, 'reencrypt', ?, ?)",
+            )
+            .bind(chunk)
+            .bind(state)
+            .bind(n)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        JobPool::Sqlite(pool)
+    }
+
+    #[tokio::test]
+    async fn a_new_pass_is_a_compare_and_set_on_the_finished_job() {
+        let pool = finished_job(10).await;
+        let seen = job_status(&pool, "j").await.unwrap();
+        assert!(seen.is_done());
+        assert_eq!(seen.scanned, 10);
+
+        // Another process scanned rows since this one saw the job finished
+        // (it started a pass and finished it meanwhile): no new pass.
+        let mut earlier = seen.clone();
+        earlier.scanned = 7;
+        assert!(!new_pass(&pool, "j", &earlier).await.unwrap());
+        assert!(job_status(&pool, "j").await.unwrap().is_done());
+
+        // As seen: every chunk back to pending, the counters kept.
+        assert!(new_pass(&pool, "j", &seen).await.unwrap());
+        let st = job_status(&pool, "j").await.unwrap();
+        assert_eq!((st.chunks, st.chunks_done, st.scanned), (2, 0, 10));
+
+        // A second process that saw the same finished job joins that pass.
+        assert!(!new_pass(&pool, "j", &seen).await.unwrap());
+        assert_eq!(job_status(&pool, "j").await.unwrap().chunks_done, 0);
+    }
 }

@@ -554,10 +554,12 @@ impl Job {
         // while the pass is in progress (a second worker that joins late)
         // belongs to that pass, even if the other workers finish it first.
         // (A dry run registers nothing and reads no job state.)
-        let finished_at_start = !self.opts.dry_run
-            && retry(|| checkpoint::job_status(&self.pool, &name))
-                .await?
-                .is_done();
+        let finished_at_start = if self.opts.dry_run {
+            None
+        } else {
+            Some(retry(|| checkpoint::job_status(&self.pool, &name)).await?)
+                .filter(JobStatus::is_done)
+        };
         let mut total = None;
         if self.opts.count_total {
             let n = self.remaining().await?;
@@ -581,12 +583,12 @@ impl Job {
         .await?;
         // A finished job run again makes a new pass over the table for rows
         // that appeared (or failed) since, keeping its counters.
-        if !created && finished_at_start {
+        if let Some(seen) = finished_at_start.filter(|_| !created) {
             let todo = match total {
                 Some(n) => n,
                 None => self.remaining().await?,
             };
-            if todo > 0 && retry(|| checkpoint::new_pass(&self.pool, &name)).await? {
+            if todo > 0 && retry(|| checkpoint::new_pass(&self.pool, &name, &seen)).await? {
                 tracing::info!(target: "sqlx_envelope::jobs", job = %name, rows = todo, "job was finished; new pass for rows that appeared since");
             }
         }
