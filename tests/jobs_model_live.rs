@@ -91,9 +91,10 @@ macro_rules! scenario {
             let mut marks: Vec<u64> =
                 (0..kills).map(|_| total / 10 + super::rand_u64() % (total / 2).max(1)).collect();
             marks.sort_unstable();
-            // Paced so that at least 40% of the rows (the last mark is at
-            // most 60%) take over 3 s: a poll delayed by a loaded machine
-            // still kills the worker before it finishes.
+            // Paced so that the rows after the last mark (at least 40%) take
+            // at least 3 s (from 1,600 rows; the floor of 200 rows/s gives
+            // less for fewer): a poll delayed by a loaded machine still kills
+            // the worker before it finishes.
             let rate = (total / 8).max(200).to_string();
             for mark in marks {
                 let mut a = args.to_vec();

@@ -213,8 +213,7 @@ impl EnvelopeBuilder {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         if batch_threads == 0 {
             return Err(Error::Config(
-                "batch_threads must be at least 1 (1 keeps every batch on the calling thread)"
-                    .into(),
+                "batch_threads must be at least 1 (1 keeps every batch on one thread)".into(),
             ));
         }
         let branch_rotation = self.branch_rotation.unwrap_or(DEFAULT_BRANCH_ROTATION);

@@ -9,6 +9,9 @@
 //! a restart), processes it batch by batch, and records each batch's last
 //! primary key and counts in the same transaction as the batch's row writes,
 //! renewing its lease. A crash therefore loses nothing and repeats nothing.
+//! The header row's `scanned` column counts the job's passes after the first
+//! ([`JobStatus::passes`]; no row is ever scanned under the header), so that
+//! starting a new pass is a compare-and-set on it.
 
 use sqlx::Row as _;
 
@@ -231,25 +234,23 @@ pub(crate) async fn plan(
 }
 
 /// Start a new pass over a finished job: every chunk back to pending, its
-/// cursor cleared, its counters (the job's history) kept. Compare-and-set on
-/// what the caller saw when it found the job finished (`seen`, read before it
-/// registered anything): only when every chunk is still done and no row was
-/// scanned since, so neither a pass in progress in another process nor one
-/// that another process started and finished meanwhile is passed over again.
-/// Calls are serialized on the job's header row (SQLite: by its single
-/// writer). Returns whether a new pass was started.
+/// cursor cleared, its counters (the job's history) kept. A compare-and-set on
+/// the finished job the caller saw (`seen`, read before it registered
+/// anything): the header's pass count is raised only if it is still the one
+/// seen (which also locks the header row, serializing concurrent callers), and
+/// only if every chunk is still done; so neither a pass in progress in another
+/// process nor one that another process started and finished meanwhile is
+/// followed by another. Returns whether a new pass was started.
 pub(crate) async fn new_pass(pool: &JobPool, job: &str, seen: &JobStatus) -> JobResult<bool> {
     let d = pool.dialect();
     let p = |n| d.ph(n);
-    let lock_header = match d {
-        Dialect::Sqlite => None,
-        _ => Some(format!(
-            "SELECT chunk FROM sqlx_envelope_jobs WHERE job = {} AND chunk = 0 FOR UPDATE",
-            p(1)
-        )),
-    };
-    let progress = format!(
-        "SELECT state, scanned FROM sqlx_envelope_jobs WHERE job = {} AND chunk > 0",
+    let next_pass = format!(
+        "UPDATE sqlx_envelope_jobs SET scanned = scanned + 1 WHERE job = {} AND chunk = 0 AND scanned = {}",
+        p(1),
+        p(2)
+    );
+    let open_chunks = format!(
+        "SELECT COUNT(*) FROM sqlx_envelope_jobs WHERE job = {} AND chunk > 0 AND state <> 'done'",
         p(1)
     );
     let reopen = format!(
@@ -260,20 +261,23 @@ pub(crate) async fn new_pass(pool: &JobPool, job: &str, seen: &JobStatus) -> Job
     );
     on_pool!(pool, p => {
         let mut tx = p.begin().await?;
-        if let Some(lock) = &lock_header {
-            sqlx::query(sqlx::AssertSqlSafe(lock.as_str()))
-                .bind(job)
-                .fetch_optional(&mut *tx)
-                .await?;
-        }
-        let chunks: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(progress))
+        let claimed = sqlx::query(sqlx::AssertSqlSafe(next_pass))
             .bind(job)
-            .fetch_all(&mut *tx)
+            .bind(seen.passes as i64)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if claimed != 1 {
+            // Another process started a pass since (or the job was reset).
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let open: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(open_chunks))
+            .bind(job)
+            .fetch_one(&mut *tx)
             .await?;
-        let open = chunks.iter().any(|(state, _)| state != "done");
-        let scanned: u64 = chunks.iter().map(|(_, n)| *n as u64).sum();
-        if open || scanned != seen.scanned {
-            tx.commit().await?;
+        if open > 0 {
+            tx.rollback().await?;
             return Ok(false);
         }
         let n = sqlx::query(sqlx::AssertSqlSafe(reopen))
@@ -382,6 +386,8 @@ pub struct JobStatus {
     pub failed: u64,
     /// Distinct workers that finished at least one chunk.
     pub workers: Vec<String>,
+    /// Passes over the table after the first (a finished job run again).
+    pub passes: u64,
 }
 
 impl JobStatus {
@@ -407,6 +413,7 @@ pub async fn job_status(pool: &JobPool, job: &str) -> JobResult<JobStatus> {
     for (chunk, kind, state, owner, scanned, written, conflicts, failed) in rows {
         if chunk == 0 {
             st.kind = Some(kind);
+            st.passes = scanned as u64;
             continue;
         }
         st.chunks += 1;
@@ -471,27 +478,47 @@ mod tests {
         JobPool::Sqlite(pool)
     }
 
+    /// Mark every chunk done, as the workers of a pass do.
+    async fn finish_pass(pool: &JobPool) {
+        let JobPool::Sqlite(p) = pool else {
+            unreachable!()
+        };
+        sqlx::query("UPDATE sqlx_envelope_jobs SET state = 'done' WHERE chunk > 0")
+            .execute(p)
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn a_new_pass_is_a_compare_and_set_on_the_finished_job() {
         let pool = finished_job(10).await;
+        // Two processes start on the finished job and see the same status.
         let seen = job_status(&pool, "j").await.unwrap();
         assert!(seen.is_done());
-        assert_eq!(seen.scanned, 10);
+        assert_eq!((seen.scanned, seen.passes), (10, 0));
 
-        // Another process scanned rows since this one saw the job finished
-        // (it started a pass and finished it meanwhile): no new pass.
-        let mut earlier = seen.clone();
-        earlier.scanned = 7;
-        assert!(!new_pass(&pool, "j", &earlier).await.unwrap());
-        assert!(job_status(&pool, "j").await.unwrap().is_done());
-
-        // As seen: every chunk back to pending, the counters kept.
+        // The first starts a pass: every chunk back to pending, counters kept.
         assert!(new_pass(&pool, "j", &seen).await.unwrap());
         let st = job_status(&pool, "j").await.unwrap();
-        assert_eq!((st.chunks, st.chunks_done, st.scanned), (2, 0, 10));
-
-        // A second process that saw the same finished job joins that pass.
+        assert_eq!(
+            (st.chunks, st.chunks_done, st.scanned, st.passes),
+            (2, 0, 10, 1)
+        );
+        // The second joins it: no pass of its own, while it runs...
         assert!(!new_pass(&pool, "j", &seen).await.unwrap());
-        assert_eq!(job_status(&pool, "j").await.unwrap().chunks_done, 0);
+        // ...nor once it is over.
+        finish_pass(&pool).await;
+        assert!(!new_pass(&pool, "j", &seen).await.unwrap());
+        let st = job_status(&pool, "j").await.unwrap();
+        assert_eq!((st.chunks_done, st.passes), (2, 1));
+
+        // A run that starts now sees the finished pass: it starts the next.
+        assert!(new_pass(&pool, "j", &st).await.unwrap());
+        let running = job_status(&pool, "j").await.unwrap();
+        assert_eq!((running.chunks_done, running.passes), (0, 2));
+        // A pass in progress is never followed by another, even by a caller
+        // that saw its count.
+        assert!(!new_pass(&pool, "j", &running).await.unwrap());
+        assert_eq!(job_status(&pool, "j").await.unwrap().passes, 2);
     }
 }

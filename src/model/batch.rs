@@ -41,10 +41,10 @@ use crate::key::KeyId;
 use crate::sealed::Sealed;
 
 /// Below this many rows a batch is opened on the calling task; at and above
-/// it, it is split across cores in parts of at least half this many rows, one
-/// per core ([`Envelope::batch_threads`]): a part of fewer than this many rows
-/// (the first) is opened on the calling task meanwhile, larger parts all on the
-/// blocking pool. Chosen so that a part's decryption time clearly exceeds the
+/// it, it is split across cores in balanced parts of at least half this many
+/// rows, at most one per core ([`Envelope::batch_threads`]): a first part of
+/// fewer than this many rows is opened on the calling task meanwhile, larger
+/// parts all on the blocking pool. Chosen so that a part's decryption time clearly exceeds the
 /// cost of a hand-off to another thread (tens of microseconds), and the calling
 /// task is never held longer than a batch just below this size holds it.
 pub const OFFLOAD_MIN_ROWS: usize = 512;
@@ -371,10 +371,11 @@ fn unusable_key<S: SealedRow>(
     found
 }
 
-/// Open rows on the calling task when they are few, else split across cores:
-/// parts on the blocking pool, and the first part on the calling task when it
-/// is small ([`OFFLOAD_MIN_ROWS`]); results in order, a panic in a part
-/// resumed here.
+/// Open rows on the calling task when they are few, else split across cores
+/// in balanced parts: parts on the blocking pool, and the first part on the
+/// calling task when it is small ([`OFFLOAD_MIN_ROWS`]); every part is waited
+/// for before this returns (also when one failed or panicked); results in
+/// order, a panic in a part resumed here.
 async fn open_spread<S: SealedRow>(
     envelope: &Envelope,
     mut rows: Vec<S>,
@@ -382,40 +383,47 @@ async fn open_spread<S: SealedRow>(
     resolved: Resolved,
     stop: bool,
 ) -> Vec<Result<S::Model>> {
-    if rows.len() < OFFLOAD_MIN_ROWS || tokio::runtime::Handle::try_current().is_err() {
+    let n = rows.len();
+    if n < OFFLOAD_MIN_ROWS || tokio::runtime::Handle::try_current().is_err() {
         return open_rows(rows, offset, &resolved, stop);
     }
-    let parts = (rows.len() / (OFFLOAD_MIN_ROWS / 2))
+    let parts = (n / (OFFLOAD_MIN_ROWS / 2))
         .min(envelope.batch_threads())
         .max(1);
-    let per_part = rows.len().div_ceil(parts);
+    // Part i holds rows [bound(i), bound(i + 1)): at least n / parts each.
+    let bound = |i: usize| i * n / parts;
     // The first part stays here when it is small enough to open inline.
-    let keep = if per_part < OFFLOAD_MIN_ROWS {
-        per_part
+    let keep = if bound(1) < OFFLOAD_MIN_ROWS {
+        bound(1)
     } else {
         0
     };
     let mut tasks = Vec::with_capacity(parts);
-    while rows.len() > keep {
-        let start = rows.len().saturating_sub(per_part).max(keep);
+    for i in (0..parts).rev() {
+        let start = bound(i);
+        if start < keep {
+            break;
+        }
         let part = rows.split_off(start);
         let resolved = resolved.clone();
         tasks.push(tokio::task::spawn_blocking(move || {
             open_rows(part, offset + start, &resolved, stop)
         }));
     }
-    let mut out = Vec::new();
-    if !rows.is_empty() {
-        out = open_rows(rows, offset, &resolved, stop);
-    }
-    // Waited for even when the first part failed, so that no part still runs
-    // (or holds opened values) once this returns.
-    let parts = join_all(tasks).await;
+    let first = if rows.is_empty() {
+        Ok(Vec::new())
+    } else {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            open_rows(rows, offset, &resolved, stop)
+        }))
+    };
+    let done = join_all(tasks).await;
+    let mut out = first.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     if stop && out.last().is_some_and(Result::is_err) {
         return out;
     }
     // Parts were cut from the end: the last task holds the first of them.
-    for task in parts.into_iter().rev() {
+    for task in done.into_iter().rev() {
         match task {
             Ok(opened) => {
                 let failed = stop && opened.last().is_some_and(Result::is_err);
