@@ -294,20 +294,34 @@ async fn two_processes_and_an_operator_retire_an_index_key() {
         // Each application looks the key up, 5 s of the shared clock apart,
         // a store round trip between lookups (as a request would make): ten
         // times, then (the operator starting its retire meanwhile) on until
-        // it has been refused and made 40 lookups. Returns (clock at the
-        // call, served) per lookup.
+        // it has been refused and made 40 lookups, or made 400 more after the
+        // operator's retire returned, however long that takes on a loaded
+        // machine. Returns (clock at the call, served) per lookup.
         let start = Arc::new(tokio::sync::Barrier::new(3));
+        let retired = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let run = |app: Envelope| {
-            let (clock, t, store, start) =
-                (w.clock.clone(), t.clone(), w.store.clone(), start.clone());
+            let (clock, t, store, start, retired) = (
+                w.clock.clone(),
+                t.clone(),
+                w.store.clone(),
+                start.clone(),
+                retired.clone(),
+            );
             tokio::spawn(async move {
                 let mut seen: Vec<(Duration, bool)> = Vec::new();
-                for i in 0..400 {
+                let mut since_retired = 0;
+                for i in 0.. {
                     if i == 10 {
                         start.wait().await;
                     }
                     if i >= 40 && seen.last().is_some_and(|(_, ok)| !ok) {
                         break;
+                    }
+                    if retired.load(Ordering::SeqCst) {
+                        since_retired += 1;
+                        if since_retired > 400 {
+                            break;
+                        }
                     }
                     store.now_ms().await.unwrap();
                     let at = clock.now();
@@ -334,6 +348,7 @@ async fn two_processes_and_an_operator_retire_an_index_key() {
         let (a1, a2) = (run(app1.clone()), run(app2.clone()));
         start.wait().await;
         operator.set_key_state(id, KeyState::Retired).await.unwrap();
+        retired.store(true, Ordering::SeqCst);
         // The retire committed no later than this reading.
         let retired_at = w.clock.now();
         assert_eq!(w.state(id).await, KeyState::Retired);
