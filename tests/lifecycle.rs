@@ -46,8 +46,13 @@ impl World {
 
     /// An application process (or the operator's tool).
     fn process(&self, limits: CacheLimits) -> Envelope {
+        self.process_with(self.keyring.clone(), limits)
+    }
+
+    /// A process whose master keyring is `keyring`.
+    fn process_with(&self, keyring: Arc<dyn Keyring>, limits: CacheLimits) -> Envelope {
         Envelope::builder()
-            .keyring_arc(self.keyring.clone())
+            .keyring_arc(keyring)
             .store_arc(self.store.clone())
             .limits(limits)
             .clock(self.clock.clone())
@@ -625,51 +630,13 @@ async fn keyring_fan_out_is_bounded() {
     }
 }
 
-/// A keyring that is down.
-#[derive(Debug)]
-struct Down;
-
-#[async_trait]
-impl Keyring for Down {
-    fn master_keys(&self) -> Vec<MasterKeyId> {
-        vec![MasterKeyId::new("local:down/1")]
-    }
-    fn can_unwrap(&self, _: &MasterKeyId) -> bool {
-        true
-    }
-    async fn generate(&self, _: &KeyContext) -> sqlx_envelope::Result<GeneratedKey> {
-        Err(Error::KeyringUnavailable {
-            master_key: "local:down/1".into(),
-            message: "down for the test".into(),
-            source: None,
-        })
-    }
-    async fn wrap(
-        &self,
-        _: &KeyContext,
-        _: &KeyMaterial,
-    ) -> sqlx_envelope::Result<Vec<WrappedKey>> {
-        self.generate(&KeyContext::data("x", None, sqlx_envelope::KeyId::new(1)))
-            .await
-            .map(|g| g.wrapped)
-    }
-    async fn unwrap(&self, _: &KeyContext, _: &[WrappedKey]) -> sqlx_envelope::Result<KeyMaterial> {
-        self.generate(&KeyContext::data("x", None, sqlx_envelope::KeyId::new(1)))
-            .await
-            .map(|g| g.material)
-    }
-}
-
 #[tokio::test]
 async fn an_outage_leaves_no_rows_and_stale_reservations_are_cleaned_up() {
     for kind in ALL {
         let w = World::new(Db::connect(kind).await).await;
-        let env = Envelope::builder()
-            .keyring(Down)
-            .store_arc(w.store.clone())
-            .clock(w.clock.clone())
-            .build()
-            .unwrap();
+        let down = Arc::new(Controlled::new(local_keyring(), false));
+        down.down.store(true, Ordering::SeqCst);
+        let env = w.process_with(down, CacheLimits::default());
         let t = unique("lc_outage");
         let row = RowId::from(1_i64);
         for _ in 0..50 {
@@ -1163,25 +1130,19 @@ async fn two_processes_batch_many_columns_while_the_operator_retires() {
 async fn an_index_key_serves_through_an_outage_within_the_grace_only() {
     for kind in ALL {
         let w = World::new(Db::connect(kind).await).await;
-        let switched = Arc::new(Controlled::new(local_keyring(), false));
+        let keyring = Arc::new(Controlled::new(local_keyring(), false));
         let limits = CacheLimits::default()
             .branch_ttl(Duration::from_secs(120))
             .outage_grace(Duration::from_secs(30));
-        let process = || {
-            Envelope::builder()
-                .keyring_arc(switched.clone())
-                .store_arc(w.store.clone())
-                .limits(limits.clone())
-                .clock(w.clock.clone())
-                .build()
-                .unwrap()
-        };
-        let (app, cold) = (process(), process());
+        let (app, cold) = (
+            w.process_with(keyring.clone(), limits.clone()),
+            w.process_with(keyring.clone(), limits),
+        );
         let t = unique("lc_index_outage");
         let key = app.index_key(&t, "email", None, 1).await.unwrap();
 
-        switched.down.store(true, Ordering::SeqCst);
-        let unwraps = || switched.unwraps.load(Ordering::SeqCst);
+        keyring.down.store(true, Ordering::SeqCst);
+        let unwraps = || keyring.unwraps.load(Ordering::SeqCst);
         let before = unwraps();
         // Within the branch TTL: served from the cache, no keyring call.
         w.clock.advance(Duration::from_secs(100));
@@ -1232,7 +1193,7 @@ async fn an_index_key_serves_through_an_outage_within_the_grace_only() {
         assert!(e.is_retryable());
 
         // The keyring is back: the same key, unwrapped anew.
-        switched.down.store(false, Ordering::SeqCst);
+        keyring.down.store(false, Ordering::SeqCst);
         let again = app.index_key(&t, "email", None, 1).await.unwrap();
         assert_eq!(
             (again.id(), again.expose()),

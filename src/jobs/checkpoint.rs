@@ -9,9 +9,9 @@
 //! a restart), processes it batch by batch, and records each batch's last
 //! primary key and counts in the same transaction as the batch's row writes,
 //! renewing its lease. A crash therefore loses nothing and repeats nothing.
-//! The header row's `scanned` column counts the job's passes after the first
-//! ([`JobStatus::passes`]; no row is ever scanned under the header), so that
-//! starting a new pass is a compare-and-set on it.
+//! The header row counts the job's passes after the first (`passes`,
+//! [`JobStatus::passes`]), so that starting a new pass is a compare-and-set on
+//! it.
 
 use sqlx::Row as _;
 
@@ -245,7 +245,7 @@ pub(crate) async fn new_pass(pool: &JobPool, job: &str, seen: &JobStatus) -> Job
     let d = pool.dialect();
     let p = |n| d.ph(n);
     let next_pass = format!(
-        "UPDATE sqlx_envelope_jobs SET scanned = scanned + 1 WHERE job = {} AND chunk = 0 AND scanned = {}",
+        "UPDATE sqlx_envelope_jobs SET passes = passes + 1 WHERE job = {} AND chunk = 0 AND passes = {}",
         p(1),
         p(2)
     );
@@ -397,23 +397,23 @@ impl JobStatus {
     }
 }
 
-/// chunk, kind, state, owner, scanned, written, conflicts, failed.
-type StatusRow = (i64, String, String, Option<String>, i64, i64, i64, i64);
+/// chunk, kind, state, owner, scanned, written, conflicts, failed, passes.
+type StatusRow = (i64, String, String, Option<String>, i64, i64, i64, i64, i64);
 
 /// Read the status of job `job`.
 pub async fn job_status(pool: &JobPool, job: &str) -> JobResult<JobStatus> {
     let d = pool.dialect();
     let sql = format!(
-        "SELECT chunk, kind, state, owner, scanned, written, conflicts, failed FROM sqlx_envelope_jobs WHERE job = {} ORDER BY chunk",
+        "SELECT chunk, kind, state, owner, scanned, written, conflicts, failed, passes FROM sqlx_envelope_jobs WHERE job = {} ORDER BY chunk",
         d.ph(1)
     );
     let rows: Vec<StatusRow> =
         on_pool!(pool, p => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(job).fetch_all(p).await?);
     let mut st = JobStatus::default();
-    for (chunk, kind, state, owner, scanned, written, conflicts, failed) in rows {
+    for (chunk, kind, state, owner, scanned, written, conflicts, failed, passes) in rows {
         if chunk == 0 {
             st.kind = Some(kind);
-            st.passes = scanned as u64;
+            st.passes = passes as u64;
             continue;
         }
         st.chunks += 1;

@@ -10,8 +10,8 @@
 //! synchronous CPU work that needs no database, so a large batch is split
 //! across cores ([`OFFLOAD_MIN_ROWS`]) while a small one stays on the calling
 //! task, where moving it would cost more than it saves (the calling task opens
-//! the first part of a split batch itself while that part is small). Within a part, every
-//! value is moved out of its row and all are opened together, each in the
+//! the first part of a split batch itself while that part is small). Within a
+//! part, every value is moved out of its row and all are opened together, each in the
 //! buffer it was read into, as [`KeySet::open_batch_in_place`] opens a page
 //! (consecutive values under one data key share a block-cipher call and the
 //! hashed associated data of their columns); each row is then built from its
@@ -44,9 +44,10 @@ use crate::sealed::Sealed;
 /// it, it is split across cores in balanced parts of at least half this many
 /// rows, at most one per core ([`Envelope::batch_threads`]): a first part of
 /// fewer than this many rows is opened on the calling task meanwhile, larger
-/// parts all on the blocking pool. Chosen so that a part's decryption time clearly exceeds the
-/// cost of a hand-off to another thread (tens of microseconds), and the calling
-/// task is never held longer than a batch just below this size holds it.
+/// parts all on the blocking pool. Chosen so that a part's decryption time
+/// clearly exceeds the cost of a hand-off to another thread (tens of
+/// microseconds), and the calling task is never held longer than a batch just
+/// below this size holds it.
 pub const OFFLOAD_MIN_ROWS: usize = 512;
 
 /// The most rows a stream collects before it opens them.
@@ -375,7 +376,9 @@ fn unusable_key<S: SealedRow>(
 /// in balanced parts: parts on the blocking pool, and the first part on the
 /// calling task when it is small ([`OFFLOAD_MIN_ROWS`]); every part is waited
 /// for before this returns (also when one failed or panicked); results in
-/// order, a panic in a part resumed here.
+/// order. A panic in a part whose rows are returned is resumed here (with
+/// `stop`, the parts after a failed row are not looked at, their panics
+/// included).
 async fn open_spread<S: SealedRow>(
     envelope: &Envelope,
     mut rows: Vec<S>,
