@@ -62,6 +62,8 @@ pub use key::{
     DataKey, KeyContext, KeyId, KeyKind, KeyMaterial, KeyState, MasterKeyId, WrappedKey,
 };
 pub use keyring::{Keyring, LocalKeyring, MultiKeyring, TenantKeyrings};
+#[cfg(feature = "aws-kms")]
+pub use keyring::{KmsConfig, KmsKeyring};
 pub use model::{Encrypted, FieldCodec, Json, QueryAsExt, SealedRow};
 pub use sealed::{Plaintext, Sealed};
 

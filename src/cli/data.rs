@@ -166,12 +166,14 @@ pub struct ReencryptArgs {
     #[arg(long, required_unless_present = "model")]
     pub table: Option<String>,
     /// Its primary key: COLUMN[:KIND][,COLUMN[:KIND]...] in key order; KIND is int (default), uuid, text or bytes.
-    #[arg(long, default_value = "id")]
-    pub pk: String,
+    /// Default: id. Not with a column of a registered model, which has its own.
+    #[arg(long)]
+    pub pk: Option<String>,
     /// The tenant column, COLUMN[:KIND] (KIND text (default), int or uuid): each row's tenant is bound into its values.
     #[arg(long)]
     pub tenant_column: Option<String>,
-    /// The encrypted column.
+    /// The encrypted column. One of a model registered in this binary takes the model's key,
+    /// tenant and codec.
     #[arg(long, required_unless_present = "model")]
     pub column: Option<String>,
     /// Data keys to move away from (repeatable or comma-separated). Default: every decrypt_only key.
@@ -325,13 +327,33 @@ pub async fn drop_plaintext(g: &Global, a: DropArgs) -> CmdResult {
 pub async fn reencrypt(g: &Global, a: ReencryptArgs, models: &Models) -> CmdResult {
     let targets = match (&a.model, &a.table, &a.column) {
         (Some(m), _, _) => Target::all_from_description(model(models, m)?)?,
-        (None, Some(table), Some(column)) => vec![target(
-            table,
-            &a.pk,
-            &a.tenant_column,
-            column,
-            &a.context_column,
-        )?],
+        (None, Some(table), Some(column)) => {
+            let registered = models
+                .iter()
+                .find(|m| m.table == table.as_str() && m.encrypted_column(column).is_some());
+            match registered {
+                // The model's own description, as status and verify take it:
+                // flags that describe the column again could only disagree.
+                Some(m)
+                    if a.pk.is_some()
+                        || a.tenant_column.is_some()
+                        || a.context_column.is_some() =>
+                {
+                    return Err(Failure::Error(format!(
+                        "{table}.{column} is an encrypted column of the registered model {}: its key,                          tenant and context come from the model; leave out --pk, --tenant-column and                          --context-column (or use --model {} for every encrypted column in one pass)",
+                        m.name, m.name
+                    )));
+                }
+                Some(m) => vec![Target::from_description(m, column)?],
+                None => vec![target(
+                    table,
+                    a.pk.as_deref().unwrap_or("id"),
+                    &a.tenant_column,
+                    column,
+                    &a.context_column,
+                )?],
+            }
+        }
         _ => {
             return Err(Failure::Error(
                 "--table and --column, or --model, are required".into(),

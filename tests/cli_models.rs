@@ -1,0 +1,132 @@
+//! An application's own tool (`examples/patient_tool.rs`, the README's
+//! `Patient` registered with `cli::main_with_models`): a `--table`/`--column`
+//! of the registered model re-encrypts with the model's UUID key, tenant and
+//! codec, so the values it writes open through the model; the same column
+//! described again with `--pk` is refused before anything is written. On
+//! SQLite: which description the tool takes does not depend on the database
+//! (the model jobs themselves run on all three in `jobs_model.rs`).
+#![cfg(all(
+    feature = "cli",
+    feature = "postgres",
+    feature = "sqlite",
+    feature = "uuid",
+    feature = "chrono",
+    feature = "json"
+))]
+
+mod jobs_support;
+mod support;
+#[macro_use]
+mod derive_support;
+
+#[allow(dead_code)]
+mod sqlite {
+    #[allow(dead_code)]
+    type Db = sqlx::Sqlite;
+    include!("derive_support/flagship.rs");
+}
+
+use chrono::NaiveDate;
+use jobs_support::{
+    db_url, envelope_from_file, job_pool, patient_tool, random_key, retire_active, write_key_file,
+};
+use sqlite::{Notes, Patient};
+use sqlx_envelope::jobs::{Target, count_rows_on};
+use support::Kind;
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_column_of_a_registered_model_takes_the_models_description() {
+    let db = support::Db::connect(Kind::Sqlite).await;
+    let support::Db::Sqlite(pool, _) = &db else {
+        unreachable!()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = write_key_file(dir.path(), "keys.json", "app/1", &[("app/1", random_key())]);
+    let envelope = envelope_from_file(&db, &keys);
+    let jp = job_pool(&db);
+    let url = db_url(&db);
+    db.exec(
+        "CREATE TABLE patients (id BLOB PRIMARY KEY, clinic TEXT NOT NULL, ward TEXT NOT NULL, \
+         name BLOB NULL, date_of_birth BLOB NULL, notes BLOB NULL, phone BLOB NULL, name_bidx BLOB NULL)",
+    )
+    .await;
+    let patients: Vec<Patient> = (0..12)
+        .map(|i| Patient {
+            id: Uuid::new_v4(),
+            clinic: ["north", "south"][i % 2].into(),
+            ward: "general".into(),
+            name: format!("Patient {i}"),
+            date_of_birth: NaiveDate::from_ymd_opt(1950 + i as i32, 1, 1).unwrap(),
+            notes: Notes {
+                allergies: vec![],
+                history: format!("h{i}"),
+            },
+            phone: (i % 3 != 0).then(|| format!("+1 555 {i:04}")),
+        })
+        .collect();
+    for p in &patients {
+        p.insert(&envelope, pool).await.expect("insert");
+    }
+    let with_phone = patients.iter().filter(|p| p.phone.is_some()).count() as u64;
+    let old = retire_active(&envelope).await;
+    let old_list = old
+        .iter()
+        .map(|k| k.get().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let phone = Target::for_model::<Patient>("phone").unwrap();
+    let name = Target::for_model::<Patient>("name").unwrap();
+    assert_eq!(count_rows_on(&jp, &phone, &old).await.unwrap(), with_phone);
+
+    // The column described again beside the model: refused, nothing written.
+    let out = patient_tool(&url, &keys)
+        .args([
+            "reencrypt",
+            "--table",
+            "patients",
+            "--column",
+            "phone",
+            "--pk",
+            "id:uuid",
+        ])
+        .args(["--key", &old_list])
+        .output()
+        .expect("run patient_tool");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("registered model Patient"), "{stderr}");
+    assert!(stderr.contains("leave out --pk"), "{stderr}");
+    assert_eq!(count_rows_on(&jp, &phone, &old).await.unwrap(), with_phone);
+
+    // The table and column alone: the model's key, tenant and padded codec.
+    let out = patient_tool(&url, &keys)
+        .args([
+            "reencrypt",
+            "--table",
+            "patients",
+            "--column",
+            "phone",
+            "--key",
+            &old_list,
+        ])
+        .output()
+        .expect("run patient_tool");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(count_rows_on(&jp, &phone, &old).await.unwrap(), 0);
+    assert_eq!(
+        count_rows_on(&jp, &name, &old).await.unwrap(),
+        patients.len() as u64,
+        "only the named column moves"
+    );
+    // A fresh process (no cached keys) opens every row through the model.
+    let fresh = envelope_from_file(&db, &keys);
+    for p in &patients {
+        let got = Patient::fetch_by_key(&fresh, pool, &p.id)
+            .await
+            .expect("open")
+            .expect("row");
+        assert_eq!(&got, p);
+    }
+}
