@@ -102,10 +102,12 @@ impl KeyState {
 
     /// Whether the store lets a key move from `self` to `to` through
     /// [`crate::store::KeyStore::transition`]: `active → decrypt_only`,
-    /// `active | decrypt_only → retired`, `retired → decrypt_only`, and any state
-    /// but `pending` to `destroyed`. `pending → active` happens only through
-    /// activation, `destroyed` is absorbing, and nothing returns to `active` or
-    /// `pending`.
+    /// `active | decrypt_only → retired`, `retired → decrypt_only`, and any
+    /// other state to `destroyed` (a `pending` reservation too: its activation,
+    /// a compare-and-set from `pending`, then fails, so a key being minted while
+    /// its tenant is shredded never becomes usable). `pending → active` happens
+    /// only through activation, `destroyed` is absorbing, and nothing returns
+    /// to `active` or `pending`.
     pub const fn may_become(self, to: KeyState) -> bool {
         use KeyState::*;
         matches!(
@@ -114,7 +116,7 @@ impl KeyState {
                 | (Active, Retired)
                 | (DecryptOnly, Retired)
                 | (Retired, DecryptOnly)
-                | (Active | DecryptOnly | Retired, Destroyed)
+                | (Pending | Active | DecryptOnly | Retired, Destroyed)
         )
     }
 }

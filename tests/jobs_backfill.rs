@@ -279,6 +279,17 @@ async fn encrypt_existing(kind: Kind) {
     let non_null = expected.values().filter(|v| v.is_some()).count() as u64;
     assert_eq!(v.checked, non_null);
 
+    // An encrypted column named by mistake (the integer key) is refused,
+    // whatever the database makes of reading it, and nothing is dropped.
+    let wrong = Target::new(&table, "id", "id").unwrap();
+    match drop_plaintext(&pool, &wrong, "email").await {
+        Err(JobError::Invalid(m)) => {
+            assert!(m.to_lowercase().contains("nothing was dropped"), "{m}")
+        }
+        other => panic!("a column not in the sealed format: {other:?}"),
+    }
+    assert_eq!(text_rows(&db, &table, "email").await.len(), expected.len());
+
     // Phase 6: drop the plaintext; now allowed.
     drop_plaintext(&pool, &target, "email").await.unwrap();
     let gone = format!("SELECT email FROM {table}");

@@ -72,6 +72,34 @@ async fn life_cycle(kind: Kind) {
         code(&run(&url, &keys1, &["keys", "destroy", "not-a-number"])),
         2
     );
+    // Values that could only overflow, stall or undo: refused as usage (2)
+    // before anything runs.
+    let job = ["reencrypt", "--table", "t", "--column", "c", "--key", "1"];
+    for extra in [
+        &["--rate", "0"][..],
+        &["--rate", "1e-17"],
+        &["--rate", "NaN"],
+        &["--lease-secs", "0"],
+        &["--lease-secs", "18446744073709551615"],
+        &["--restart", "--dry-run"],
+        &["--max-connections", "0"],
+    ] {
+        let out = run(&url, &keys1, &[&job[..], extra].concat());
+        assert_eq!(
+            code(&out),
+            2,
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        code(&run(
+            &url,
+            &keys1,
+            &["keys", "destroy", "1", "--settle-secs", "10000000000000000"]
+        )),
+        2
+    );
     // No database: an error (1), not a crash.
     let mut no_db = cli("", &keys1);
     no_db.env_remove("DATABASE_URL").args(["keys", "list"]);
@@ -198,6 +226,35 @@ async fn life_cycle(kind: Kind) {
     // rows still refuse the destroy (3).
     let destroy_now = ["keys", "destroy", &id, "--unsafe-skip-seal-horizon"];
     assert_eq!(code(&run(&url, &keys1, &destroy_now)), 3);
+    // A branch key is not a data key: no row count could stop its
+    // destruction (values carry data-key ids), so destroy refuses it (1),
+    // naming shred-tenant; the key is untouched.
+    let parent = store
+        .get(old)
+        .await
+        .unwrap()
+        .unwrap()
+        .parent
+        .unwrap()
+        .parent;
+    let branch = store.get(parent).await.unwrap().unwrap();
+    assert_eq!(branch.kind, sqlx_envelope::KeyKind::Branch);
+    let branch_id = branch.id.get().to_string();
+    let refused = run(
+        &url,
+        &keys1,
+        &["keys", "destroy", &branch_id, "--unsafe-skip-seal-horizon"],
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(code(&refused), 1, "{said}");
+    assert!(
+        said.contains("is a branch key, not a data key") && said.contains("shred-tenant"),
+        "{said}"
+    );
+    assert_eq!(
+        store.get(branch.id).await.unwrap().unwrap().state,
+        branch.state
+    );
     assert_eq!(
         store.get(old).await.unwrap().unwrap().state,
         KeyState::DecryptOnly

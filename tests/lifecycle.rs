@@ -204,14 +204,18 @@ async fn blob_writes_lose_to_destroy() {
     }
 }
 
-/// A keyring over a local master key that a test controls: its unwraps can
-/// wait at a gate (to hold a load in flight), and it can be taken down (every
-/// call then fails with the retryable [`Error::KeyringUnavailable`]).
+/// A keyring over a local master key that a test controls: its unwraps (or
+/// its key generations) can wait at a gate (to hold a load or a mint in
+/// flight), and it can be taken down (every call then fails with the
+/// retryable [`Error::KeyringUnavailable`]).
 #[derive(Debug)]
 struct Controlled {
     inner: LocalKeyring,
     /// Whether unwraps wait at `gate` (announcing themselves on `entered`).
     gated: bool,
+    /// Whether key generations wait at `gate` (announcing themselves on
+    /// `entered`).
+    gated_generate: bool,
     entered: tokio::sync::Notify,
     gate: tokio::sync::Semaphore,
     down: std::sync::atomic::AtomicBool,
@@ -223,10 +227,19 @@ impl Controlled {
         Controlled {
             inner,
             gated,
+            gated_generate: false,
             entered: tokio::sync::Notify::new(),
             gate: tokio::sync::Semaphore::new(0),
             down: std::sync::atomic::AtomicBool::new(false),
             unwraps: AtomicU64::new(0),
+        }
+    }
+
+    /// One whose key generations wait at the gate (its unwraps do not).
+    fn gating_generate(inner: LocalKeyring) -> Controlled {
+        Controlled {
+            gated_generate: true,
+            ..Controlled::new(inner, false)
         }
     }
 
@@ -252,6 +265,10 @@ impl Keyring for Controlled {
     }
     async fn generate(&self, ctx: &KeyContext) -> sqlx_envelope::Result<GeneratedKey> {
         self.check()?;
+        if self.gated_generate {
+            self.entered.notify_one();
+            let _pass = self.gate.acquire().await.expect("gate open");
+        }
         self.inner.generate(ctx).await
     }
     async fn wrap(
@@ -839,6 +856,82 @@ async fn shredding_a_tenant_destroys_its_key_tree_and_nothing_else() {
         let ctx = Context::new(&t1, "v", &r).with_tenant(&kept);
         let v = app.seal(&ctx, b"after").await.unwrap();
         assert_eq!(&other.open(&ctx, &v).await.unwrap()[..], b"after");
+    }
+}
+
+/// A process mints an index key for a tenant (reserved, its keyring call in
+/// flight) while the operator's tool shreds the tenant: the reservation is
+/// destroyed with the rest, the mint fails with `KeyNotUsable` when the
+/// keyring returns, and no key of the tenant is left anything but destroyed
+/// (before, the shred skipped it and it became active afterwards, wrapped by
+/// the master key: the tenant's blind indexes computable again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_minted_while_its_tenant_is_shredded_ends_destroyed() {
+    for kind in ALL {
+        let w = World::new(Db::connect(kind).await).await;
+        let gated = Arc::new(Controlled::gating_generate(local_keyring()));
+        let app = w.process_with(gated.clone(), CacheLimits::default());
+        let operator = w.process(CacheLimits::default());
+        let (t, tenant) = (unique("lc_shred_mint"), unique("acme"));
+        // The tenant's branch and data keys, minted by the operator's process
+        // (the application's key generations wait at the gate).
+        let r = RowId::from(1_i64);
+        let ctx = Context::new(&t, "v", &r).with_tenant(&tenant);
+        let sealed = operator.seal(&ctx, b"v").await.unwrap();
+
+        let entered = gated.entered.notified();
+        let mint = tokio::spawn({
+            let (app, t, tenant) = (app.clone(), t.clone(), tenant.clone());
+            async move { app.index_key(&t, "email", Some(&tenant), 1).await }
+        });
+        entered.await;
+        let pending = w
+            .store
+            .list(&KeyFilter::all().tenant(Some(&tenant)).kind(KeyKind::Index))
+            .await
+            .unwrap();
+        assert_eq!(pending.len(), 1, "{kind:?}: {pending:?}");
+        assert_eq!(pending[0].state, KeyState::Pending, "{kind:?}");
+
+        let report = operator.shred_tenant(&tenant).await.unwrap();
+        assert_eq!(
+            (report.data_keys, report.branch_keys, report.index_keys),
+            (1, 1, 1),
+            "{kind:?}: the reservation is destroyed with the rest: {report:?}"
+        );
+        gated.gate.add_permits(1);
+        match mint.await.unwrap() {
+            Err(Error::KeyNotUsable {
+                id,
+                state: KeyState::Destroyed,
+                ..
+            }) => assert_eq!(id, pending[0].id, "{kind:?}"),
+            other => panic!("{kind:?}: a mint its tenant's shred overtook: {other:?}"),
+        }
+        for k in w
+            .store
+            .list(&KeyFilter::all().tenant(Some(&tenant)))
+            .await
+            .unwrap()
+        {
+            assert_eq!(k.state, KeyState::Destroyed, "{kind:?}: {k:?}");
+            assert!(k.wrapped.is_empty(), "{kind:?}: material left for {k:?}");
+        }
+        // The slot stays taken by the destroyed key: no process mints another.
+        match app.index_key(&t, "email", Some(&tenant), 1).await {
+            Err(Error::KeyNotUsable {
+                state: KeyState::Destroyed,
+                ..
+            }) => {}
+            other => panic!("{kind:?}: the shredded tenant's index key: {other:?}"),
+        }
+        match operator.open(&ctx, &sealed).await {
+            Err(Error::KeyNotUsable {
+                state: KeyState::Destroyed,
+                ..
+            }) => {}
+            other => panic!("{kind:?}: a shredded value: {other:?}"),
+        }
     }
 }
 

@@ -60,8 +60,8 @@ pub struct Global {
     #[arg(long, env = "SQLX_ENVELOPE_TENANT_KEYS", global = true)]
     pub tenant_keys: Option<std::path::PathBuf>,
 
-    /// Database connections to open at most.
-    #[arg(long, default_value_t = 8, global = true)]
+    /// Database connections to open at most (at least 1).
+    #[arg(long, default_value_t = 8, global = true, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
     /// Do not draw progress bars (they are hidden anyway when stderr is not a terminal).

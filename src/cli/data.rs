@@ -25,11 +25,12 @@ pub struct JobArgs {
     /// Concurrent chunk workers in this process.
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
-    /// At most this many rows per second (this process).
-    #[arg(long)]
+    /// At most this many rows per second (this process; at least 0.01).
+    #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
-    /// Seconds a chunk stays leased without progress before another worker takes it over.
-    #[arg(long, default_value_t = 60)]
+    /// Seconds a chunk stays leased without progress before another worker takes it over
+    /// (1 to 604800, a week).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub lease_secs: u64,
     /// This worker's id (unique per concurrent worker; reuse it to resume a killed worker's chunks at once).
     #[arg(long, env = "SQLX_ENVELOPE_WORKER_ID")]
@@ -40,8 +41,8 @@ pub struct JobArgs {
     /// Read and decrypt, write nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Forget the job's checkpoints and start over.
-    #[arg(long)]
+    /// Forget the job's checkpoints and start over (not with --dry-run, which changes nothing).
+    #[arg(long, conflicts_with = "dry_run")]
     pub restart: bool,
     /// Only rows of this tenant (needs --tenant-column).
     #[arg(long)]
@@ -186,6 +187,17 @@ pub struct ReencryptArgs {
     pub job: JobArgs,
 }
 
+/// `--rate`: a finite number of rows per second, at least 0.01.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.01 => Ok(r),
+        Ok(_) => Err(format!(
+            "{s}: give a rate of at least 0.01 rows per second (or leave out --rate for no limit)"
+        )),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
+}
+
 fn target(
     table: &str,
     pk: &str,
@@ -299,10 +311,15 @@ pub async fn backfill(g: &Global, a: BackfillArgs, reverse: bool, models: &Model
             "{t}: {} encrypted, {} plaintext only, {} empty, {} rows",
             c.encrypted, c.plaintext_only, c.null, c.total
         );
-        if c.plaintext_only > 0 && !r.dry_run {
+        // With --tenant, the job's own count (that tenant's rows): other
+        // tenants' plaintext is another job's.
+        let (left, whose) = match &a.job.tenant {
+            Some(tenant) => (r.remaining, format!(" (tenant {tenant})")),
+            None => (c.plaintext_only, String::new()),
+        };
+        if left > 0 && !r.dry_run {
             return Err(Failure::RowsRemain(format!(
-                "{} row(s) of {t} are still plaintext only (failed or written meanwhile): run the same command again (a finished job makes a new pass)",
-                c.plaintext_only
+                "{left} row(s) of {t}{whose} are still plaintext only (failed or written meanwhile): run the same command again (a finished job makes a new pass)"
             )));
         }
     } else if r.remaining > 0 && !r.dry_run {
@@ -340,7 +357,9 @@ pub async fn reencrypt(g: &Global, a: ReencryptArgs, models: &Models) -> CmdResu
                         || a.context_column.is_some() =>
                 {
                     return Err(Failure::Error(format!(
-                        "{table}.{column} is an encrypted column of the registered model {}: its key,                          tenant and context come from the model; leave out --pk, --tenant-column and                          --context-column (or use --model {} for every encrypted column in one pass)",
+                        "{table}.{column} is an encrypted column of the registered model {}: its key, \
+                         tenant and context come from the model; leave out --pk, --tenant-column and \
+                         --context-column (or use --model {} for every encrypted column in one pass)",
                         m.name, m.name
                     )));
                 }

@@ -102,8 +102,8 @@ pub struct DestroyArgs {
     #[arg(long = "column", value_parser = parse_column)]
     pub columns: Vec<Target>,
     /// Seconds to wait past the key's seal horizon for values sealed just
-    /// before it to be written.
-    #[arg(long, default_value_t = 60)]
+    /// before it to be written (at most 31536000, a year).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
     pub settle_secs: u64,
     /// Do not wait for the key's seal horizon. Only when every process that
     /// could still seal under the key is known to be stopped: values such a

@@ -2,7 +2,7 @@
 
 use crate::jobs::transition::{transition_counts, verify_encrypted};
 use crate::jobs::{ColumnStatus, JobPool, PlainKind, Target, registered_columns, verify_keys_open};
-use crate::{Envelope, KeyId};
+use crate::KeyId;
 use clap::Args;
 
 use super::config::{Global, parse_column};
@@ -217,11 +217,8 @@ pub async fn verify(g: &Global, mut a: VerifyArgs, models: &Models) -> CmdResult
                 "--plaintext-column needs exactly one --column".into(),
             ));
         };
-        let keyring = g.keyring().await?;
-        let envelope = Envelope::builder()
-            .keyring_arc(keyring)
-            .store_arc(pool.key_store())
-            .build()?;
+        // With the tenants' own master keys (--tenant-keys), as every job has.
+        let (_, envelope) = g.envelope().await?;
         let kind = if a.bytes {
             PlainKind::Bytes
         } else {

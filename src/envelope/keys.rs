@@ -264,7 +264,7 @@ impl Envelope {
         };
         if let Err(e) = inner.store.activate(id, &inner.owner, &activation).await {
             self.abandon(id).await;
-            return Err(e);
+            return Err(activation_failed(id, e));
         }
         bump(&inner.counters.branch_keys_minted);
         if let Some(p) = predecessor {
@@ -323,7 +323,7 @@ impl Envelope {
         };
         if let Err(e) = inner.store.activate(id, &inner.owner, &activation).await {
             self.abandon(id).await;
-            return Err(e);
+            return Err(activation_failed(id, e));
         }
         bump(&inner.counters.data_keys_minted);
         let key = Arc::new(DataKey::new(id, &material));
@@ -533,7 +533,7 @@ impl Envelope {
         };
         if let Err(e) = inner.store.activate(id, &inner.owner, &activation).await {
             self.abandon(id).await;
-            return Err(e);
+            return Err(activation_failed(id, e));
         }
         Ok(Arc::new(IndexKey {
             id,
@@ -541,6 +541,23 @@ impl Envelope {
             loaded,
             failed_at: AtomicU64::new(0),
         }))
+    }
+}
+
+/// The error of a failed activation. A reservation an operator destroyed
+/// meanwhile (its tenant was shredded) is a key that cannot be used, not a
+/// lost race to retry.
+fn activation_failed(id: KeyId, e: Error) -> Error {
+    match e {
+        Error::StateConflict {
+            current: KeyState::Destroyed,
+            ..
+        } => Error::KeyNotUsable {
+            id,
+            state: KeyState::Destroyed,
+            operation: KeyOperation::Encrypt,
+        },
+        e => e,
     }
 }
 

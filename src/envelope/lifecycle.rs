@@ -1,6 +1,7 @@
 //! Key states from the application's side: operator transitions, revocation
 //! of this process's cached copies, and crypto-shredding a tenant.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -10,6 +11,11 @@ use super::Envelope;
 use crate::error::{Error, KeyOperation, Result};
 use crate::key::{KeyId, KeyKind, KeyState};
 use crate::store::{KeyFilter, KeyRecord};
+
+/// How many times [`Envelope::shred_tenant`] lists a tenant's keys at most:
+/// again after each pass that destroyed something, for keys reserved while it
+/// ran.
+const SHRED_PASSES: usize = 4;
 
 /// What [`Envelope::shred_tenant`] destroyed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -185,9 +191,14 @@ impl Envelope {
     /// its blind indexes can no longer be computed under its existing index
     /// keys (in other processes once their index keys' entries expire: branch
     /// TTL; a running index job keeps the key it started with); other tenants
-    /// are not touched. Stop the tenant's writes first: a process that
-    /// still holds one of its data keys as active seals under it until its max
-    /// age, and such values are lost with the key.
+    /// are not touched. Keys another process is minting meanwhile (`pending`)
+    /// are destroyed too, and that process's mint fails with
+    /// [`Error::KeyNotUsable`]; the tenant's keys are listed again until a
+    /// pass finds none left to destroy (at most four passes). Stop the
+    /// tenant's writes first: a process that still holds one of its data keys
+    /// as active seals under it until its max age, and such values are lost
+    /// with the key; a write that starts after this returns mints new keys
+    /// for the tenant.
     ///
     /// This removes the keys from the live database and, through replication,
     /// from replicas. Backups taken before still hold the wrapped keys: only
@@ -195,40 +206,50 @@ impl Envelope {
     /// ([`super::EnvelopeBuilder::tenant_keyring`]) does scheduling that master
     /// key's deletion in KMS make those backups unreadable too.
     pub async fn shred_tenant(&self, tenant: &str) -> Result<ShredReport> {
-        let mut keys = self
-            .inner
-            .store
-            .list(&KeyFilter::all().tenant(Some(tenant)))
-            .await?;
-        // Data and index keys first, branch keys last.
-        keys.sort_by_key(|r| (r.kind == KeyKind::Branch, r.id));
         let mut report = ShredReport {
             tenant: tenant.to_owned(),
             ..ShredReport::default()
         };
-        for r in &keys {
-            for w in &r.wrapped {
-                let m = w.master_key.to_string();
-                if !report.master_keys.contains(&m) {
-                    report.master_keys.push(m);
+        // A key another process is minting (`pending`) is destroyed too: its
+        // activation, a compare-and-set from `pending`, then fails. One it
+        // activated first is destroyed from `active`. The tenant's keys are
+        // listed again until a pass finds none left to destroy, so a key
+        // reserved while an earlier pass ran is not missed (bounded: a
+        // tenant whose writes go on keeps minting; stop them first).
+        let mut handled: HashSet<KeyId> = HashSet::new();
+        for pass in 0..SHRED_PASSES {
+            let mut keys = self
+                .inner
+                .store
+                .list(&KeyFilter::all().tenant(Some(tenant)))
+                .await?;
+            // Data and index keys first, branch keys last.
+            keys.sort_by_key(|r| (r.kind == KeyKind::Branch, r.id));
+            for r in &keys {
+                for w in &r.wrapped {
+                    let m = w.master_key.to_string();
+                    if !report.master_keys.contains(&m) {
+                        report.master_keys.push(m);
+                    }
                 }
             }
-        }
-        for r in keys {
-            let mut state = r.state;
-            loop {
-                match state {
-                    KeyState::Destroyed => {
+            let mut destroyed_now = 0;
+            for r in keys {
+                if r.state == KeyState::Destroyed {
+                    if pass == 0 {
                         report.already_destroyed += 1;
-                        break;
                     }
-                    // Never activated, no material; an in-flight activation of
-                    // a data key would be wrapped by a destroyed branch key.
-                    KeyState::Pending => break,
-                    from => match self
+                    if handled.insert(r.id) {
+                        self.forget_record(&r).await;
+                    }
+                    continue;
+                }
+                let mut state = r.state;
+                loop {
+                    match self
                         .inner
                         .store
-                        .transition(r.id, from, KeyState::Destroyed)
+                        .transition(r.id, state, KeyState::Destroyed)
                         .await
                     {
                         Ok(()) => {
@@ -237,14 +258,26 @@ impl Envelope {
                                 KeyKind::Branch => report.branch_keys += 1,
                                 KeyKind::Index => report.index_keys += 1,
                             }
+                            destroyed_now += 1;
                             break;
                         }
+                        // Destroyed by another shred or an operator meanwhile.
+                        Err(Error::StateConflict {
+                            current: KeyState::Destroyed,
+                            ..
+                        }) => break,
                         Err(Error::StateConflict { current, .. }) => state = current,
+                        // A reservation whose mint failed, deleted by its owner.
+                        Err(Error::UnknownKey(_)) => break,
                         Err(e) => return Err(e),
-                    },
+                    }
                 }
+                handled.insert(r.id);
+                self.forget_record(&r).await;
             }
-            self.forget_record(&r).await;
+            if destroyed_now == 0 {
+                break;
+            }
         }
         report.master_keys.sort();
         tracing::warn!(target: "sqlx_envelope::keys", tenant, data_keys = report.data_keys, branch_keys = report.branch_keys, index_keys = report.index_keys, "tenant crypto-shredded");

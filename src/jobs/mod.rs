@@ -348,6 +348,14 @@ impl CancelToken {
     }
 }
 
+/// A chunk lease in milliseconds, at most a year (a longer one would only
+/// overflow the timestamps it is added to; a dead worker's chunk then waits
+/// that long for another worker anyway).
+pub(crate) fn lease_ms(lease: Duration) -> i64 {
+    const YEAR_MS: i64 = 365 * 24 * 3600 * 1000;
+    i64::try_from(lease.as_millis()).map_or(YEAR_MS, |ms| ms.min(YEAR_MS))
+}
+
 /// A rate limit in rows per second, shared by the tasks of one job.
 #[derive(Debug)]
 pub(crate) struct Throttle {
@@ -359,7 +367,7 @@ pub(crate) struct Throttle {
 impl Throttle {
     pub(crate) fn new(rate: Option<f64>) -> Self {
         Throttle {
-            rate: rate.filter(|r| *r > 0.0),
+            rate: rate.filter(|r| r.is_finite() && *r > 0.0),
             start: Instant::now(),
             rows: Default::default(),
         }
@@ -369,7 +377,15 @@ impl Throttle {
     pub(crate) async fn pace(&self, n: u64, cancel: &CancelToken) {
         let Some(rate) = self.rate else { return };
         let done = self.rows.fetch_add(n, Ordering::Relaxed) + n;
-        let due = self.start + Duration::from_secs_f64(done as f64 / rate);
+        let due = Duration::try_from_secs_f64(done as f64 / rate)
+            .ok()
+            .and_then(|d| self.start.checked_add(d));
+        let Some(due) = due else {
+            // A rate so low that the next row is due past what a clock can
+            // say: wait a minute at a time (the job stays cancellable).
+            cancel.sleep(Duration::from_secs(60)).await;
+            return;
+        };
         let now = Instant::now();
         if due > now {
             cancel.sleep(due - now).await;

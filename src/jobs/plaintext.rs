@@ -346,9 +346,12 @@ fn parse_datetime(t: &str) -> Option<(i64, u32, Option<i32>)> {
                 let off = &off[1..];
                 let (h, m) = match off.split_once(':') {
                     Some((h, m)) => (num(h)?, num(m)?),
-                    None if off.len() == 4 => (num(&off[..2])?, num(&off[2..])?),
+                    None if off.len() == 4 => (num(off.get(..2)?)?, num(off.get(2..)?)?),
                     None => (num(off)?, 0),
                 };
+                if h > 23 || m > 59 {
+                    return None;
+                }
                 sign * i32::try_from(h * 3600 + m * 60).ok()?
             };
             (time.trim(), Some(offset))
@@ -501,6 +504,14 @@ mod tests {
         );
         assert_eq!(parse_time("23:59:60.5"), Some((86_400, 500_000_000)));
         assert_eq!(parse_time("24:00:00"), None);
+        // Malformed offsets are not timestamps (a failed row), never a panic:
+        // a multi-byte character where two digits belong, an absurd hour.
+        assert_eq!(parse_datetime("2024-01-01 10:00:00+\u{20ac}1"), None);
+        assert_eq!(
+            parse_datetime("2024-01-01 10:00:00+99999999999999999"),
+            None
+        );
+        assert_eq!(parse_datetime("2024-01-01 10:00:00+0160"), None);
     }
 
     #[test]

@@ -625,7 +625,7 @@ impl Job {
         counts: &Mutex<Progress>,
     ) -> JobResult<()> {
         let owner = format!("{}/{index}", self.opts.worker_id);
-        let lease_ms = self.opts.lease.as_millis() as i64;
+        let lease_ms = super::lease_ms(self.opts.lease);
         loop {
             if self.cancel.is_cancelled() {
                 return Err(JobError::Cancelled);

@@ -226,7 +226,9 @@ fn same_value(target: &Target, kind: PlainKind, plain: &[u8], pt: Plaintext) -> 
 }
 
 /// Drop the plaintext column `plain` of `target.table`, only if no row has a
-/// plaintext value without an encrypted one. The count and the `DROP COLUMN`
+/// plaintext value without an encrypted one, and every value of the
+/// encrypted column is in the sealed format (a column named by mistake, text
+/// or numbers, is refused before anything is dropped). The count and the `DROP COLUMN`
 /// run under one exclusive table lock (PostgreSQL: one transaction with
 /// `LOCK TABLE ... ACCESS EXCLUSIVE`; MySQL/MariaDB: `LOCK TABLES ... WRITE`;
 /// SQLite: one `BEGIN IMMEDIATE` transaction), so no write can slip in between.
@@ -236,6 +238,21 @@ pub async fn drop_plaintext(pool: &JobPool, target: &Target, plain: &str) -> Job
         return Err(JobError::Invalid(
             "the plaintext column is the encrypted column".into(),
         ));
+    }
+    let sealed = super::verify::count_by_key(pool, target)
+        .await
+        .map_err(|e| {
+            JobError::Invalid(format!(
+                "{target} cannot be read as an encrypted column ({e}); check --encrypted-column: \
+                 nothing was dropped"
+            ))
+        })?;
+    if sealed.unrecognized > 0 {
+        return Err(JobError::Invalid(format!(
+            "{} row(s) of {target} hold values not in the sealed format: is it the encrypted \
+             column? Nothing was dropped",
+            sealed.unrecognized
+        )));
     }
     let d = pool.dialect();
     let (t, col, pl) = (

@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::db::key_id_bytes;
 use super::{JobError, JobPool, JobResult, Target, on_pool};
 use crate::envelope::Envelope;
-use crate::key::{KeyId, KeyState, MasterKeyId};
+use crate::key::{KeyId, KeyKind, KeyState, MasterKeyId};
 use crate::store::KeyRecord;
 
 /// How the values of one column are distributed over data keys.
@@ -382,6 +382,12 @@ impl DestroyOptions {
 
 /// Destroy data key `id` (crypto-shredding: its wrapped material is deleted).
 ///
+/// Only data keys: a branch or index key is refused ([`JobError::Invalid`]).
+/// Values carry data-key ids, so no row count could stop the destruction of
+/// a branch key (every value under every data key it wraps) or of an index
+/// key (every lookup of its blind index); a tenant's whole key tree goes
+/// with [`Envelope::shred_tenant`].
+///
 /// Refused with [`JobError::SealHorizon`] until the key's seal horizon (recorded
 /// in the store when the key was activated: after it no process seals under
 /// the key, whatever its caches hold) plus the settle time has passed by the
@@ -402,6 +408,18 @@ pub async fn destroy_key(
         .get(id)
         .await?
         .ok_or(crate::Error::UnknownKey(id))?;
+    if record.kind != KeyKind::Data {
+        let what = if record.kind == KeyKind::Index {
+            "an index key"
+        } else {
+            "a branch key"
+        };
+        return Err(JobError::Invalid(format!(
+            "key {id} is {what}, not a data key: destroying it would make unreadable every value \
+             it stands behind (no row count can check that); destroy data keys after their rows \
+             are re-encrypted, or crypto-shred a whole tenant with `keys shred-tenant`"
+        )));
+    }
     if record.state == KeyState::Destroyed {
         return Ok(());
     }
@@ -414,7 +432,8 @@ pub async fn destroy_key(
         let horizon = record
             .horizon_ms
             .unwrap_or(record.created_ms + LEGACY_SEAL_HORIZON.as_millis() as i64);
-        let ready = horizon + opts.settle.as_millis() as i64;
+        let settle = i64::try_from(opts.settle.as_millis()).unwrap_or(i64::MAX);
+        let ready = horizon.saturating_add(settle);
         let now = envelope.store().now_ms().await?;
         if now < ready {
             return Err(JobError::SealHorizon {

@@ -339,7 +339,7 @@ impl Job {
     ) -> JobResult<Option<(u64, u64)>> {
         let d = self.pool.dialect();
         let now = now_ms();
-        let lease_until = now + self.opts.lease.as_millis() as i64;
+        let lease_until = now.saturating_add(super::lease_ms(self.opts.lease));
         // $p: the pool; $bind: how one part's rows are bound onto query $q.
         macro_rules! batch_tx {
             ($p:expr, |$q:ident, $part:ident| $bind:expr) => {{

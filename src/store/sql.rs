@@ -666,7 +666,7 @@ macro_rules! sql_key_store {
                 if !from.may_become(to) {
                     return Err(Error::Config(format!(
                         "a key cannot go from {from} to {to} (allowed: active -> decrypt_only, \
-                         active|decrypt_only -> retired, retired -> decrypt_only, anything but pending -> destroyed)"
+                         active|decrypt_only -> retired, retired -> decrypt_only, anything -> destroyed)"
                     )));
                 }
                 let mut tx = self.pool.begin().await?;
