@@ -378,6 +378,51 @@ async fn cli_life_cycle_sqlite() {
 /// a `--tenant-keys` file. `verify --open` opens that tenant's values only with
 /// the mapping; `keys shred-tenant` refuses without `--yes`, then destroys the
 /// tenant's keys, prints the backup advice, and leaves the other tenant intact.
+/// Values bound to another column name than their SQL column
+/// (`--context-column`, for a column to be renamed later): the backfill
+/// writes them so, and verify opens them only told the same name. SQLite
+/// only: the flag is the CLI's plumbing, the same on every database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_context_column_backfill_and_verify() {
+    let db = Db::connect(Kind::Sqlite).await;
+    let url = db_url(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = write_key_file(dir.path(), "k.json", "app/1", &[("app/1", random_key())]);
+    let table = unique("jobs_ctx");
+    db.exec(&format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, email TEXT NULL, email_enc BLOB NULL)"
+    ))
+    .await;
+    db.exec(&format!(
+        "INSERT INTO {table} (id, email) VALUES (1, 'a@example.com'), (2, 'b@example.com'), (3, NULL)"
+    ))
+    .await;
+    assert_eq!(code(&run(&url, &keys, &["migrate"])), 0);
+    let backfill = [
+        "backfill",
+        "--table",
+        &table,
+        "--plaintext-column",
+        "email",
+        "--encrypted-column",
+        "email_enc",
+        "--context-column",
+        "email",
+    ];
+    assert_eq!(code(&run(&url, &keys, &backfill)), 0);
+    let col = format!("{table}.email_enc");
+    let verify = ["verify", "--column", &col, "--plaintext-column", "email"];
+    let named = [&verify[..], &["--context-column", "email"]].concat();
+    let out = run(&url, &keys, &named);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    // Without the name the values were bound to, none opens.
+    assert_eq!(code(&run(&url, &keys, &verify)), 3);
+    // The name belongs to one column.
+    let other = format!("{table}.email");
+    let two = [&named[..], &["--column", &other]].concat();
+    assert_eq!(code(&run(&url, &keys, &two)), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_tenant_keys_and_shredding() {
     for kind in ALL {

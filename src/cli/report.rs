@@ -1,8 +1,8 @@
 //! `status` and `verify`.
 
+use crate::KeyId;
 use crate::jobs::transition::{transition_counts, verify_encrypted};
 use crate::jobs::{ColumnStatus, JobPool, PlainKind, Target, registered_columns, verify_keys_open};
-use crate::KeyId;
 use clap::Args;
 
 use super::config::{Global, parse_column};
@@ -87,6 +87,10 @@ pub struct VerifyArgs {
     /// for values bound to their row's tenant.
     #[arg(long, requires = "columns")]
     pub tenant_column: Option<String>,
+    /// Column name bound into each value's context, if not the SQL column name (as given to
+    /// `backfill --context-column`; with exactly one --column).
+    #[arg(long, requires = "columns")]
+    pub context_column: Option<String>,
     /// Also prove the configured keyring opens what is stored: unwrap every data
     /// key referenced by a value (one unwrap per key, not per row); exit 3
     /// naming the keys that do not open.
@@ -204,6 +208,14 @@ pub async fn status(g: &Global, mut a: StatusArgs, models: &Models) -> CmdResult
 pub async fn verify(g: &Global, mut a: VerifyArgs, models: &Models) -> CmdResult {
     let pool = g.pool().await?;
     with_tenant(&mut a.columns, &a.tenant_column)?;
+    if let Some(name) = &a.context_column {
+        let [t] = a.columns.as_mut_slice() else {
+            return Err(Failure::Error(
+                "--context-column needs exactly one --column".into(),
+            ));
+        };
+        *t = t.clone().context_column(name);
+    }
     if let Some(ty) = &a.plaintext_type {
         let codec = crate::jobs::ValueCodec::builtin(ty, a.pad)?;
         for t in &mut a.columns {
