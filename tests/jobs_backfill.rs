@@ -309,6 +309,33 @@ async fn encrypt_existing(kind: Kind) {
     };
     assert!(!still_there, "the plaintext column is gone");
 
+    // Decrypting out into a column that cannot take the values: the
+    // database's refusal quotes the value it refused, so the error keeps only
+    // its code and says what to check (SQLite takes any value in any column).
+    if kind != Kind::Sqlite {
+        db.exec(&format!(
+            "ALTER TABLE {table} ADD COLUMN n_plain BIGINT NULL"
+        ))
+        .await;
+        let err = Job::decrypt_column(
+            env.clone(),
+            pool.clone(),
+            target.clone(),
+            "n_plain",
+            PlainKind::Text,
+        )
+        .unwrap()
+        .run()
+        .await
+        .expect_err("text into an integer column");
+        let said = err.to_string();
+        assert!(matches!(err, JobError::Invalid(_)), "{kind:?}: {err:?}");
+        assert!(
+            said.contains("is not shown") && !said.contains("example.com"),
+            "{kind:?}: {said}"
+        );
+    }
+
     // Leaving the library: decrypt back into a new plaintext column.
     db.exec(&format!(
         "ALTER TABLE {table} ADD COLUMN email_plain {text} NULL"

@@ -200,6 +200,23 @@ async fn life_cycle(kind: Kind) {
         store.get(old).await.unwrap().unwrap().state,
         KeyState::DecryptOnly
     );
+    // Reactivate undoes a suspend only: on a key that is not retired it
+    // refuses (1) and changes nothing; after a suspend it reopens the key.
+    assert_eq!(code(&run(&url, &keys1, &["keys", "reactivate", &id])), 1);
+    assert_eq!(
+        store.get(old).await.unwrap().unwrap().state,
+        KeyState::DecryptOnly
+    );
+    assert_eq!(code(&run(&url, &keys1, &["keys", "suspend", &id])), 0);
+    assert_eq!(
+        store.get(old).await.unwrap().unwrap().state,
+        KeyState::Retired
+    );
+    assert_eq!(code(&run(&url, &keys1, &["keys", "reactivate", &id])), 0);
+    assert_eq!(
+        store.get(old).await.unwrap().unwrap().state,
+        KeyState::DecryptOnly
+    );
     assert_eq!(
         code(&run(
             &url,
@@ -421,6 +438,22 @@ async fn cli_context_column_backfill_and_verify() {
     let other = format!("{table}.email");
     let two = [&named[..], &["--column", &other]].concat();
     assert_eq!(code(&run(&url, &keys, &two)), 1);
+
+    // A tenant keys file with a key pasted where a description belongs: an
+    // error that says where, never what.
+    let pasted = "c2VjcmV0IGtleSBtYXRlcmlhbCwgbm90IHRvIGJlIHByaW50ZWQ=";
+    let tenant_keys = dir.path().join("tenants.json");
+    std::fs::write(&tenant_keys, format!("{{\"acme\": \"{pasted}\"}}")).unwrap();
+    let with_tenants = [
+        &named[..],
+        &["--tenant-keys", tenant_keys.to_str().unwrap()],
+    ]
+    .concat();
+    let out = run(&url, &keys, &with_tenants);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 1, "{said}");
+    assert!(said.contains("line 1, column"), "{said}");
+    assert!(!said.contains(pasted), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -222,9 +222,17 @@ async fn tenant_keyrings(
     })?;
     let map: std::collections::BTreeMap<String, TenantKeys> = serde_json::from_str(&text)
         .map_err(|e| {
+            // Where, never what: a value in the wrong place may be a key.
             Failure::Error(format!(
-                "tenant keys file {} is not a JSON object of tenant -> {{kms_key_ids, kms_unwrap_only_key_ids, kms_region, kms_endpoint, local_keys_file}}: {e}",
-                path.display()
+                "tenant keys file {} is not a JSON object of tenant -> {{kms_key_ids, kms_unwrap_only_key_ids, kms_region, kms_endpoint, local_keys_file}} \
+                 ({} at line {}, column {}; values are not shown)",
+                path.display(),
+                match e.classify() {
+                    serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "invalid JSON",
+                    _ => "unexpected value",
+                },
+                e.line(),
+                e.column()
             ))
         })?;
     let base = path.parent().unwrap_or(std::path::Path::new("."));

@@ -228,7 +228,26 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
         }
         KeysCommand::Reactivate(a) => {
             let (_pool, envelope) = g.envelope().await?;
+            // Only a suspended (retired) key: reactivating an active key would
+            // demote it for good, and nothing else returns to decrypt_only.
+            // Every id is checked before any is changed.
+            for id in &a.ids {
+                let rec = envelope
+                    .store()
+                    .get(*id)
+                    .await?
+                    .ok_or_else(|| Failure::Error(format!("unknown data key {id}")))?;
+                if rec.state != KeyState::Retired {
+                    return Err(Failure::Error(format!(
+                        "data key {id} is {}, not retired: reactivate only undoes `keys suspend` \
+                         (nothing was changed)",
+                        rec.state
+                    )));
+                }
+            }
             for id in a.ids {
+                // From retired a key can only become decrypt_only or
+                // destroyed, so the compare-and-set cannot demote an active one.
                 envelope.set_key_state(id, KeyState::DecryptOnly).await?;
                 println!("data key {id}: retired -> decrypt_only (opens again, never seals)");
             }

@@ -519,6 +519,27 @@ impl Job {
         }
     }
 
+    /// A decrypt-out batch the database refused: its message may quote a
+    /// decrypted value (a date or number the column would not take), so only
+    /// its code is kept, with what to check.
+    fn redacted(&self, e: JobError) -> JobError {
+        match (&self.kind, e) {
+            (JobKind::Decrypt { plain, .. }, JobError::Db(db)) => {
+                let code = db
+                    .as_database_error()
+                    .and_then(|d| d.code().map(|c| c.into_owned()))
+                    .unwrap_or_else(|| "no code".into());
+                JobError::Invalid(format!(
+                    "the database refused a batch of decrypted values for {}.{plain} (error code \
+                     {code}; its message is not shown, as it may quote a value): check that the \
+                     column's type takes the values' plaintext type (--plaintext-type)",
+                    self.target.table
+                ))
+            }
+            (_, e) => e,
+        }
+    }
+
     /// Count the rows still to do (for a re-encryption: rows referencing the
     /// old keys). One scan of the table.
     pub async fn remaining(&self) -> JobResult<u64> {
@@ -690,7 +711,8 @@ impl Job {
                     failed,
                 )
             })
-            .await?;
+            .await
+            .map_err(|e| self.redacted(e))?;
             let Some((written, conflicts)) = outcome else {
                 tracing::warn!(target: "sqlx_envelope::jobs", job, chunk = chunk.chunk, owner, "lease lost (another worker took the chunk over); batch rolled back");
                 return Ok(());
