@@ -79,20 +79,18 @@ async fn a_column_of_a_registered_model_takes_the_models_description() {
     let name = Target::for_model::<Patient>("name").unwrap();
     assert_eq!(count_rows_on(&jp, &phone, &old).await.unwrap(), with_phone);
 
+    // `patient_tool reencrypt --table patients --column phone --key OLD ...`.
+    let reencrypt_phone = |extra: &[&str]| {
+        patient_tool(&url, &keys)
+            .args(["reencrypt", "--table", "patients", "--column", "phone"])
+            .args(["--key", &old_list])
+            .args(extra)
+            .output()
+            .expect("run patient_tool")
+    };
+
     // The column described again beside the model: refused, nothing written.
-    let out = patient_tool(&url, &keys)
-        .args([
-            "reencrypt",
-            "--table",
-            "patients",
-            "--column",
-            "phone",
-            "--pk",
-            "id:uuid",
-        ])
-        .args(["--key", &old_list])
-        .output()
-        .expect("run patient_tool");
+    let out = reencrypt_phone(&["--pk", "id:uuid"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("registered model Patient"), "{stderr}");
@@ -100,18 +98,7 @@ async fn a_column_of_a_registered_model_takes_the_models_description() {
     assert_eq!(count_rows_on(&jp, &phone, &old).await.unwrap(), with_phone);
 
     // The table and column alone: the model's key, tenant and padded codec.
-    let out = patient_tool(&url, &keys)
-        .args([
-            "reencrypt",
-            "--table",
-            "patients",
-            "--column",
-            "phone",
-            "--key",
-            &old_list,
-        ])
-        .output()
-        .expect("run patient_tool");
+    let out = reencrypt_phone(&[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(count_rows_on(&jp, &phone, &old).await.unwrap(), 0);

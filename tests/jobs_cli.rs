@@ -202,21 +202,18 @@ async fn life_cycle(kind: Kind) {
     );
     // Reactivate undoes a suspend only: on a key that is not retired it
     // refuses (1) and changes nothing; after a suspend it reopens the key.
-    assert_eq!(code(&run(&url, &keys1, &["keys", "reactivate", &id])), 1);
-    assert_eq!(
-        store.get(old).await.unwrap().unwrap().state,
-        KeyState::DecryptOnly
-    );
-    assert_eq!(code(&run(&url, &keys1, &["keys", "suspend", &id])), 0);
-    assert_eq!(
-        store.get(old).await.unwrap().unwrap().state,
-        KeyState::Retired
-    );
-    assert_eq!(code(&run(&url, &keys1, &["keys", "reactivate", &id])), 0);
-    assert_eq!(
-        store.get(old).await.unwrap().unwrap().state,
-        KeyState::DecryptOnly
-    );
+    for (command, exit, state) in [
+        ("reactivate", 1, KeyState::DecryptOnly),
+        ("suspend", 0, KeyState::Retired),
+        ("reactivate", 0, KeyState::DecryptOnly),
+    ] {
+        assert_eq!(code(&run(&url, &keys1, &["keys", command, &id])), exit);
+        assert_eq!(
+            store.get(old).await.unwrap().unwrap().state,
+            state,
+            "{command}"
+        );
+    }
     assert_eq!(
         code(&run(
             &url,
