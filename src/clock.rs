@@ -21,6 +21,13 @@ use std::time::{Duration, Instant};
 /// behind: one kernel tick (1/HZ) is at most 10 ms for every HZ Linux offers.
 pub const COARSE_RESOLUTION: Duration = Duration::from_millis(10);
 
+/// `d` in whole milliseconds, saturating at `i64::MAX`: the unit of the key
+/// store's and the job tables' timestamps, which a duration is added to (with
+/// `saturating_add`) or subtracted from.
+pub(crate) fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// A monotonic clock: time elapsed since some fixed origin.
 pub trait Clock: Send + Sync + fmt::Debug {
     /// The current time as a duration since the clock's origin.

@@ -859,25 +859,32 @@ async fn shredding_a_tenant_destroys_its_key_tree_and_nothing_else() {
     }
 }
 
-/// A process mints an index key for a tenant (reserved, its keyring call in
-/// flight) while the operator's tool shreds the tenant: the reservation is
-/// destroyed with the rest, the mint fails with `KeyNotUsable` when the
-/// keyring returns, and no key of the tenant is left anything but destroyed
-/// (before, the shred skipped it and it became active afterwards, wrapped by
-/// the master key: the tenant's blind indexes computable again).
+/// Two application processes and the operator's tool over one store, under
+/// one `ManualClock`: one process mints an index key for a tenant (reserved,
+/// its keyring call in flight) and the other has the tenant's data key
+/// cached, while the operator shreds the tenant. The reservation is destroyed
+/// with the rest, the mint fails with `KeyNotUsable` when the keyring
+/// returns, and no key of the tenant is left anything but destroyed (before,
+/// the shred skipped it and it became active afterwards, wrapped by the master
+/// key: the tenant's blind indexes computable again); the other process opens
+/// the tenant's value until its decrypt TTL runs out, then no more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_minted_while_its_tenant_is_shredded_ends_destroyed() {
     for kind in ALL {
         let w = World::new(Db::connect(kind).await).await;
         let gated = Arc::new(Controlled::gating_generate(local_keyring()));
-        let app = w.process_with(gated.clone(), CacheLimits::default());
+        let limits = CacheLimits::default().decrypt_ttl(Duration::from_secs(60));
+        let app = w.process_with(gated.clone(), limits.clone());
+        let reader = w.process(limits);
         let operator = w.process(CacheLimits::default());
         let (t, tenant) = (unique("lc_shred_mint"), unique("acme"));
         // The tenant's branch and data keys, minted by the operator's process
-        // (the application's key generations wait at the gate).
+        // (the application's key generations wait at the gate); the second
+        // application has them cached.
         let r = RowId::from(1_i64);
         let ctx = Context::new(&t, "v", &r).with_tenant(&tenant);
         let sealed = operator.seal(&ctx, b"v").await.unwrap();
+        assert_eq!(&reader.open(&ctx, &sealed).await.unwrap()[..], b"v");
 
         let entered = gated.entered.notified();
         let mint = tokio::spawn({
@@ -931,6 +938,17 @@ async fn a_key_minted_while_its_tenant_is_shredded_ends_destroyed() {
                 ..
             }) => {}
             other => panic!("{kind:?}: a shredded value: {other:?}"),
+        }
+        // The other application: its cached copy within the decrypt TTL (as
+        // documented), refused once the TTL has run out.
+        assert_eq!(&reader.open(&ctx, &sealed).await.unwrap()[..], b"v");
+        w.clock.advance(Duration::from_secs(61));
+        match reader.open(&ctx, &sealed).await {
+            Err(Error::KeyNotUsable {
+                state: KeyState::Destroyed,
+                ..
+            }) => {}
+            other => panic!("{kind:?}: a shredded value past the TTL: {other:?}"),
         }
     }
 }

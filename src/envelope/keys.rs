@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 
 use super::Envelope;
 use crate::cache::{ActiveKey, CachedBranch, CachedKey, Loaded, bump, load_through};
+use crate::clock::ms;
 use crate::error::{Error, KeyOperation, Result};
 use crate::hierarchy::{BranchKey, BranchScope, slot};
 use crate::key::{DataKey, KeyContext, KeyId, KeyKind, KeyMaterial, KeyState};
@@ -566,8 +567,4 @@ fn describe(bs: &BranchScope) -> String {
         Some(t) => format!("tenant {t:?}"),
         None => format!("scope {:?}", bs.scope()),
     }
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

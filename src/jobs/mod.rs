@@ -352,8 +352,8 @@ impl CancelToken {
 /// overflow the timestamps it is added to; a dead worker's chunk then waits
 /// that long for another worker anyway).
 pub(crate) fn lease_ms(lease: Duration) -> i64 {
-    const YEAR_MS: i64 = 365 * 24 * 3600 * 1000;
-    i64::try_from(lease.as_millis()).map_or(YEAR_MS, |ms| ms.min(YEAR_MS))
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    crate::clock::ms(lease.min(YEAR))
 }
 
 /// A rate limit in rows per second, shared by the tasks of one job.

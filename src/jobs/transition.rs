@@ -239,14 +239,17 @@ pub async fn drop_plaintext(pool: &JobPool, target: &Target, plain: &str) -> Job
             "the plaintext column is the encrypted column".into(),
         ));
     }
-    let sealed = super::verify::count_by_key(pool, target)
-        .await
-        .map_err(|e| {
-            JobError::Invalid(format!(
+    // A column that is not binary fails the read itself (PostgreSQL: no
+    // `substring` of a number, no bytes from text); an outage stays an outage.
+    let sealed = match super::verify::count_by_key(pool, target).await {
+        Err(JobError::Db(e @ (sqlx::Error::Database(_) | sqlx::Error::ColumnDecode { .. }))) => {
+            return Err(JobError::Invalid(format!(
                 "{target} cannot be read as an encrypted column ({e}); check --encrypted-column: \
                  nothing was dropped"
-            ))
-        })?;
+            )));
+        }
+        other => other?,
+    };
     if sealed.unrecognized > 0 {
         return Err(JobError::Invalid(format!(
             "{} row(s) of {target} hold values not in the sealed format: is it the encrypted \

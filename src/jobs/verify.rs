@@ -432,8 +432,7 @@ pub async fn destroy_key(
         let horizon = record
             .horizon_ms
             .unwrap_or(record.created_ms + LEGACY_SEAL_HORIZON.as_millis() as i64);
-        let settle = i64::try_from(opts.settle.as_millis()).unwrap_or(i64::MAX);
-        let ready = horizon.saturating_add(settle);
+        let ready = horizon.saturating_add(crate::clock::ms(opts.settle));
         let now = envelope.store().now_ms().await?;
         if now < ready {
             return Err(JobError::SealHorizon {

@@ -16,7 +16,7 @@ use super::{
     Activation, ColumnRecord, ColumnSource, KeyFilter, KeyRecord, KeyStore, MIGRATIONS_TABLE,
     NewKey, ParentWrap, Reserved,
 };
-use crate::clock::Clock;
+use crate::clock::{Clock, ms};
 use crate::error::{Error, KeyOperation, Result};
 use crate::key::{KeyId, KeyState, MasterKeyId, WrappedKey};
 
@@ -440,10 +440,6 @@ fn column_of(r: ColumnRow) -> ColumnRecord {
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 macro_rules! sql_key_store {
