@@ -33,14 +33,14 @@ pub enum Error {
     )]
     Authentication,
 
-    /// The value references a data key the key store does not know.
-    #[error("unknown data key {0}")]
+    /// The value (or an operation) references a key the key store does not know.
+    #[error("unknown key {0}: the key store has no such key (`keys list` shows them)")]
     UnknownKey(KeyId),
 
-    /// The data key exists but its state forbids the operation.
-    #[error("data key {id} is {state} and cannot be used to {operation}")]
+    /// The key (data, branch or index) exists but its state forbids the operation.
+    #[error("key {id} is {state} and cannot be used to {operation}")]
     KeyNotUsable {
-        /// The data key.
+        /// The key.
         id: KeyId,
         /// Its current state.
         state: KeyState,
@@ -52,7 +52,7 @@ pub enum Error {
     /// expected (another process or an operator changed it first). Nothing was
     /// changed; read the key again and decide.
     #[error(
-        "data key {id} is {current}, not {expected}: another process or an operator changed it first; it was not moved to {wanted}"
+        "key {id} is {current}, not {expected}: another process or an operator changed it first; it was not moved to {wanted} (read its state again and decide)"
     )]
     StateConflict {
         /// The key.
@@ -233,7 +233,7 @@ impl fmt::Display for MalformedReason {
     }
 }
 
-/// What a refused data key was going to be used for.
+/// What a refused key was going to be used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeyOperation {
@@ -243,6 +243,8 @@ pub enum KeyOperation {
     Decrypt,
     /// Re-wrapping the data key under another master key.
     Rewrap,
+    /// Computing a blind index (an index key, to write or to look up).
+    Index,
     /// Moving the key to another state.
     ChangeState(KeyState),
 }
@@ -253,6 +255,7 @@ impl fmt::Display for KeyOperation {
             KeyOperation::Encrypt => "encrypt",
             KeyOperation::Decrypt => "decrypt",
             KeyOperation::Rewrap => "re-wrap",
+            KeyOperation::Index => "compute a blind index",
             KeyOperation::ChangeState(KeyState::Active) => "become active",
             KeyOperation::ChangeState(KeyState::DecryptOnly) => "become decrypt_only",
             KeyOperation::ChangeState(KeyState::Retired) => "become retired",

@@ -107,6 +107,99 @@ async fn a_column_of_a_registered_model_takes_the_models_description() {
         patients.len() as u64,
         "only the named column moves"
     );
+    // `status`/`verify --column patients.phone` take the model's description
+    // too: flags that say the same are accepted, flags that disagree refused.
+    let tool = |args: &[&str]| {
+        let out = patient_tool(&url, &keys)
+            .args(args)
+            .output()
+            .expect("run patient_tool");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    for agreeing in [
+        &["verify", "--column", "patients.phone"][..],
+        &[
+            "verify",
+            "--column",
+            "patients.phone:id:uuid",
+            "--tenant-column",
+            "clinic",
+        ],
+        &[
+            "status",
+            "--column",
+            "patients.phone",
+            "--tenant-column",
+            "clinic:text",
+        ],
+    ] {
+        let (code, text) = tool(agreeing);
+        assert_eq!(code, Some(0), "{agreeing:?}: {text}");
+        assert!(
+            text.contains("tenant north"),
+            "{agreeing:?}: per tenant: {text}"
+        );
+    }
+    // A plaintext copy of the phones, verified with the field's own codec said
+    // again on the command line (text, pad 16): accepted; another pad refused.
+    db.exec("ALTER TABLE patients ADD COLUMN phone_plain TEXT NULL")
+        .await;
+    for p in &patients {
+        sqlx::query("UPDATE patients SET phone_plain = ? WHERE id = ?")
+            .bind(p.phone.clone())
+            .bind(p.id)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let against_plain = [
+        "verify",
+        "--column",
+        "patients.phone",
+        "--plaintext-column",
+        "phone_plain",
+    ];
+    let (code, text) = tool(
+        &[
+            &against_plain[..],
+            &["--plaintext-type", "text", "--pad", "16"],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("opened 8, mismatched 0"), "{text}");
+    let (code, text) = tool(&[&against_plain[..], &["--plaintext-type", "text"]].concat());
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("--plaintext-type/--pad"), "{text}");
+    for (disagreeing, flag) in [
+        (
+            &["verify", "--column", "patients.phone:id:text"][..],
+            ":PK in --column",
+        ),
+        (
+            &[
+                "status",
+                "--column",
+                "patients.phone",
+                "--tenant-column",
+                "ward",
+            ],
+            "--tenant-column",
+        ),
+    ] {
+        let (code, text) = tool(disagreeing);
+        assert_eq!(code, Some(1), "{disagreeing:?}: {text}");
+        assert!(
+            text.contains("registered model Patient") && text.contains(flag),
+            "{disagreeing:?}: {text}"
+        );
+    }
+
     // A fresh process (no cached keys) opens every row through the model.
     let fresh = envelope_from_file(&db, &keys);
     for p in &patients {

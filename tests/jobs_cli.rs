@@ -186,6 +186,22 @@ async fn life_cycle(kind: Kind) {
         list.lines()
             .any(|l| l.contains(&table) && l.contains("active") && l.contains("local:app/1"))
     );
+    // A reader that goes away (`keys list | head -1`) stops the command with
+    // 141, as SIGPIPE would, not a panic.
+    let mut closed = cli(&url, &keys1)
+        .args(["keys", "list"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sqlx-envelope");
+    drop(closed.stdout.take());
+    let out = closed.wait_with_output().unwrap();
+    assert_eq!(code(&out), 141, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status = stdout(&run(&url, &keys1, &["status", "--column", &col]));
     assert!(status.contains(&format!("{ROWS} encrypted")), "{status}");
     assert!(
@@ -214,6 +230,19 @@ async fn life_cycle(kind: Kind) {
             "{command}"
         );
     }
+    // Every id is checked before any is changed: an unknown one among them
+    // leaves the others as they were.
+    let out = run(&url, &keys1, &["keys", "suspend", &id, "987654321"]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing was changed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        store.get(old).await.unwrap().unwrap().state,
+        KeyState::DecryptOnly
+    );
     assert_eq!(
         code(&run(
             &url,

@@ -424,6 +424,34 @@ macro_rules! scenario {
             assert!(err.to_string().contains("check the table"), "{err}");
             let registered = sqlx_envelope::jobs::registered_columns(&jp).await.unwrap();
             assert!(registered.iter().all(|t| t.column.as_str() != "nmae"), "{registered:?}");
+
+            // A key or tenant column declared as another kind than it is (the
+            // UUID `id` as an integer, the text tenant as an integer) is
+            // refused the same way: read so, every value would be bound to
+            // another row or tenant.
+            let as_int = Target::new("patients", "id", "phone").unwrap();
+            let int_tenant = Target::for_model::<Patient>("phone")
+                .unwrap()
+                .tenant(sqlx_envelope::jobs::parse_tenant_spec("clinic:int").unwrap());
+            for (target, column, declared) in [(as_int, "id", "int"), (int_tenant, "clinic", "int")] {
+                let mut o = opts("kinds", 5, None);
+                o.job_name = Some("kinds".into());
+                let err = Job::reencrypt(envelope.clone(), jp.clone(), target, old.clone())
+                    .options(o)
+                    .run()
+                    .await
+                    .expect_err("wrong kind");
+                assert!(matches!(err, sqlx_envelope::jobs::JobError::Invalid(_)), "{err:?}");
+                let m = err.to_string();
+                assert!(
+                    m.contains(&format!("patients.{column} is "))
+                        && m.contains(&format!("reads it as {declared}"))
+                        && m.contains("nothing was registered"),
+                    "{kind:?}: {m}"
+                );
+                let st = sqlx_envelope::jobs::job_status(&jp, "kinds").await.unwrap();
+                assert!(st.kind.is_none(), "{kind:?}: no job registered: {st:?}");
+            }
         }
     };
 }

@@ -184,6 +184,20 @@ async fn local_to_local(kind: Kind) {
     );
     all_open_with(&db, &table, old.clone()).await;
 
+    // A keyring that holds only the new master key cannot unwrap the old
+    // blobs: refused with what to configure, and nothing changes.
+    let only_new = LocalKeyring::new("app/2", KeyMaterial::new(k2)).unwrap();
+    let err = rewrap_keys(store.as_ref(), &only_new, &opts, None)
+        .await
+        .expect_err("the old master key is not configured");
+    let m = err.to_string();
+    assert!(
+        m.contains("is wrapped under local:app/1, which this keyring cannot unwrap")
+            && m.contains("configure the old master key"),
+        "{kind:?}: {m}"
+    );
+    all_open_with(&db, &table, old.clone()).await;
+
     let counting = Counting::new(Arc::new(both()));
     let report = rewrap_keys(store.as_ref(), &counting, &opts, None)
         .await

@@ -911,7 +911,7 @@ async fn a_key_minted_while_its_tenant_is_shredded_ends_destroyed() {
             Err(Error::KeyNotUsable {
                 id,
                 state: KeyState::Destroyed,
-                ..
+                operation: KeyOperation::Index,
             }) => assert_eq!(id, pending[0].id, "{kind:?}"),
             other => panic!("{kind:?}: a mint its tenant's shred overtook: {other:?}"),
         }
@@ -928,6 +928,7 @@ async fn a_key_minted_while_its_tenant_is_shredded_ends_destroyed() {
         match app.index_key(&t, "email", Some(&tenant), 1).await {
             Err(Error::KeyNotUsable {
                 state: KeyState::Destroyed,
+                operation: KeyOperation::Index,
                 ..
             }) => {}
             other => panic!("{kind:?}: the shredded tenant's index key: {other:?}"),
@@ -1023,6 +1024,288 @@ async fn destroy_waits_for_the_seal_horizon_of_every_process() {
         destroy_key(&operator, &jobs, &DestroyOptions::new(), k)
             .await
             .unwrap();
+        assert_eq!(w.state(k).await, KeyState::Destroyed, "{kind:?}");
+    }
+}
+
+/// Where [`HeldStore`] holds the destroying process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// After its read of the store's clock (destroy's first count follows).
+    Clock,
+    /// After a key moved to `retired` (destroy's second count follows).
+    Suspended,
+}
+
+type Armed = (
+    Hold,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::sync::oneshot::Receiver<()>,
+);
+
+/// The destroying process's view of the shared key store: its first call at
+/// the armed point returns only when the test releases it, so another process
+/// acts while destroy counts rows.
+#[derive(Debug)]
+struct HeldStore {
+    inner: Arc<dyn KeyStore>,
+    armed: std::sync::Mutex<Option<Armed>>,
+}
+
+impl HeldStore {
+    /// Hold the next call at `at`: the first receiver fires when it is held,
+    /// sending on the second releases it.
+    fn arm(
+        &self,
+        at: Hold,
+    ) -> (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (reached_tx, reached_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel();
+        *self.armed.lock().unwrap() = Some((at, reached_tx, release_rx));
+        (reached_rx, release_tx)
+    }
+
+    async fn hold(&self, at: Hold) {
+        let taken = {
+            let mut armed = self.armed.lock().unwrap();
+            match armed.as_ref() {
+                Some((point, ..)) if *point == at => armed.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, reached, release)) = taken {
+            reached.send(()).unwrap();
+            release.await.unwrap();
+        }
+    }
+}
+
+#[async_trait]
+impl KeyStore for HeldStore {
+    async fn migrate(&self) -> sqlx_envelope::Result<()> {
+        self.inner.migrate().await
+    }
+    async fn now_ms(&self) -> sqlx_envelope::Result<i64> {
+        let now = self.inner.now_ms().await;
+        self.hold(Hold::Clock).await;
+        now
+    }
+    async fn reserve(&self, new: &NewKey<'_>) -> sqlx_envelope::Result<Reserved> {
+        self.inner.reserve(new).await
+    }
+    async fn activate(
+        &self,
+        id: sqlx_envelope::KeyId,
+        owner: &str,
+        activation: &sqlx_envelope::store::Activation<'_>,
+    ) -> sqlx_envelope::Result<()> {
+        self.inner.activate(id, owner, activation).await
+    }
+    async fn abandon(&self, id: sqlx_envelope::KeyId, owner: &str) -> sqlx_envelope::Result<bool> {
+        self.inner.abandon(id, owner).await
+    }
+    async fn take_over(
+        &self,
+        id: sqlx_envelope::KeyId,
+        owner: &str,
+        stale_before_ms: i64,
+    ) -> sqlx_envelope::Result<bool> {
+        self.inner.take_over(id, owner, stale_before_ms).await
+    }
+    async fn get(
+        &self,
+        id: sqlx_envelope::KeyId,
+    ) -> sqlx_envelope::Result<Option<sqlx_envelope::store::KeyRecord>> {
+        self.inner.get(id).await
+    }
+    async fn get_many(
+        &self,
+        ids: &[sqlx_envelope::KeyId],
+    ) -> sqlx_envelope::Result<Vec<sqlx_envelope::store::KeyRecord>> {
+        self.inner.get_many(ids).await
+    }
+    async fn list(
+        &self,
+        filter: &KeyFilter,
+    ) -> sqlx_envelope::Result<Vec<sqlx_envelope::store::KeyRecord>> {
+        self.inner.list(filter).await
+    }
+    async fn find_slot(
+        &self,
+        slot: &str,
+    ) -> sqlx_envelope::Result<Option<sqlx_envelope::store::KeyRecord>> {
+        self.inner.find_slot(slot).await
+    }
+    async fn transition(
+        &self,
+        id: sqlx_envelope::KeyId,
+        from: KeyState,
+        to: KeyState,
+    ) -> sqlx_envelope::Result<()> {
+        self.inner.transition(id, from, to).await?;
+        if to == KeyState::Retired {
+            self.hold(Hold::Suspended).await;
+        }
+        Ok(())
+    }
+    async fn put_wrapped(
+        &self,
+        id: sqlx_envelope::KeyId,
+        wrapped: &WrappedKey,
+    ) -> sqlx_envelope::Result<()> {
+        self.inner.put_wrapped(id, wrapped).await
+    }
+    async fn delete_wrapped(
+        &self,
+        id: sqlx_envelope::KeyId,
+        master_key: &MasterKeyId,
+    ) -> sqlx_envelope::Result<()> {
+        self.inner.delete_wrapped(id, master_key).await
+    }
+    async fn register_columns(
+        &self,
+        columns: &[sqlx_envelope::store::ColumnRecord],
+    ) -> sqlx_envelope::Result<()> {
+        self.inner.register_columns(columns).await
+    }
+    async fn columns(&self) -> sqlx_envelope::Result<Vec<sqlx_envelope::store::ColumnRecord>> {
+        self.inner.columns().await
+    }
+    async fn cleanup_pending(&self, older_than: Duration) -> sqlx_envelope::Result<u64> {
+        self.inner.cleanup_pending(older_than).await
+    }
+}
+
+/// Destroy decides on the key state it read, and every change it makes is a
+/// compare-and-set from that state: an operator's suspend or reactivate issued
+/// while it counts rows (its process held at the store by [`HeldStore`]) is
+/// neither undone nor overtaken, and a row restored between its two counts
+/// keeps its key. An application process seals, and a fresh one opens, under
+/// one `ManualClock`.
+#[tokio::test]
+async fn destroy_leaves_a_change_made_while_it_counts_as_it_was_made() {
+    use sqlx_envelope::jobs::{DestroyOptions, JobError, JobPool, destroy_key};
+    for kind in ALL {
+        let w = World::new(Db::connect(kind).await).await;
+        let held = Arc::new(HeldStore {
+            inner: w.store.clone(),
+            armed: std::sync::Mutex::new(None),
+        });
+        let app = w.process(CacheLimits::default());
+        let operator = w.process(CacheLimits::default());
+        let destroyer = Envelope::builder()
+            .keyring_arc(w.keyring.clone())
+            .store_arc(held.clone())
+            .clock(w.clock.clone())
+            .build()
+            .unwrap();
+        let jobs = match &w.db {
+            Db::Postgres(p) => JobPool::from(p.clone()),
+            Db::MySql(p) => JobPool::from(p.clone()),
+            Db::Sqlite(p, _) => JobPool::from(p.clone()),
+        };
+        let t = unique("lc_held");
+        w.db.create_blob_table(&t, &["v"]).await;
+        let row = RowId::from(1_i64);
+        let ctx = Context::new(&t, "v", &row);
+        let v = app.seal(&ctx, b"one").await.unwrap();
+        let k = v.key_id();
+        w.db.put_sealed(&t, "v", 1, &v).await;
+        operator
+            .set_key_state(k, KeyState::DecryptOnly)
+            .await
+            .unwrap();
+        let opts = DestroyOptions::new().settle(Duration::ZERO);
+        match destroy_key(&destroyer, &jobs, &opts, k).await {
+            Err(JobError::SealHorizon { wait, .. }) => {
+                w.clock.advance(wait + Duration::from_millis(1))
+            }
+            other => panic!("{kind:?}: destroy before the horizon must wait, got {other:?}"),
+        }
+
+        // 1. The row remains; the operator suspends the key while destroy
+        //    counts. The refusal leaves the suspension in place.
+        let (reached, release) = held.arm(Hold::Clock);
+        let (r, ()) = tokio::join!(destroy_key(&destroyer, &jobs, &opts, k), async {
+            reached.await.unwrap();
+            operator.set_key_state(k, KeyState::Retired).await.unwrap();
+            release.send(()).unwrap();
+        });
+        match r {
+            Err(JobError::RowsRemain { rows, .. }) => assert_eq!(rows, 1, "{kind:?}"),
+            other => panic!("{kind:?}: the row remains, got {other:?}"),
+        }
+        assert_eq!(
+            w.state(k).await,
+            KeyState::Retired,
+            "{kind:?}: the operator's suspend stands"
+        );
+        operator
+            .change_key_state(k, KeyState::Retired, KeyState::DecryptOnly)
+            .await
+            .unwrap();
+
+        // 2. No row is left; destroy suspends the key and, while it counts
+        //    again, the operator reactivates it: destroy fails, the key stays.
+        w.db.exec(&format!("UPDATE {t} SET v = NULL WHERE id = 1"))
+            .await;
+        let (reached, release) = held.arm(Hold::Suspended);
+        let (r, ()) = tokio::join!(destroy_key(&destroyer, &jobs, &opts, k), async {
+            reached.await.unwrap();
+            operator
+                .change_key_state(k, KeyState::Retired, KeyState::DecryptOnly)
+                .await
+                .unwrap();
+            release.send(()).unwrap();
+        });
+        match r {
+            Err(JobError::Envelope(Error::StateConflict {
+                id,
+                expected,
+                current,
+                wanted,
+            })) => assert_eq!(
+                (id, expected, current, wanted),
+                (
+                    k,
+                    KeyState::Retired,
+                    KeyState::DecryptOnly,
+                    KeyState::Destroyed
+                ),
+                "{kind:?}"
+            ),
+            other => panic!("{kind:?}: the reactivated key must not be destroyed, got {other:?}"),
+        }
+        assert_eq!(w.state(k).await, KeyState::DecryptOnly, "{kind:?}");
+
+        // 3. A row restored between the two counts: destroy refuses and puts
+        //    the key back as it found it; a process that never cached the key
+        //    opens the row.
+        let (reached, release) = held.arm(Hold::Suspended);
+        let (r, ()) = tokio::join!(destroy_key(&destroyer, &jobs, &opts, k), async {
+            reached.await.unwrap();
+            w.db.put_sealed(&t, "v", 1, &v).await;
+            release.send(()).unwrap();
+        });
+        match r {
+            Err(JobError::RowsRemain { rows, .. }) => assert_eq!(rows, 1, "{kind:?}"),
+            other => panic!("{kind:?}: the restored row remains, got {other:?}"),
+        }
+        assert_eq!(w.state(k).await, KeyState::DecryptOnly, "{kind:?}");
+        let fresh = w.process(CacheLimits::default());
+        assert_eq!(
+            fresh.open(&ctx, &v).await.unwrap().as_bytes(),
+            b"one",
+            "{kind:?}"
+        );
+
+        // Without interference, destroy goes through.
+        w.db.exec(&format!("UPDATE {t} SET v = NULL WHERE id = 1"))
+            .await;
+        destroy_key(&destroyer, &jobs, &opts, k).await.unwrap();
         assert_eq!(w.state(k).await, KeyState::Destroyed, "{kind:?}");
     }
 }

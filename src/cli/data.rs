@@ -231,7 +231,7 @@ async fn run_job(g: &Global, job: Job, restart: bool, label: &str) -> Result<Job
     let report = job.run().await;
     let _ = bar.await;
     let r = report?;
-    println!(
+    say!(
         "{}{}: scanned={} written={} conflicts={} failed={} chunks_done={} remaining={}",
         r.job,
         if r.dry_run { " (dry run)" } else { "" },
@@ -243,9 +243,13 @@ async fn run_job(g: &Global, job: Job, restart: bool, label: &str) -> Result<Job
         r.remaining
     );
     if let Some(s) = &r.status {
-        println!(
+        say!(
             "job total: chunks {}/{} done, written={} conflicts={} failed={}",
-            s.chunks_done, s.chunks, s.written, s.conflicts, s.failed
+            s.chunks_done,
+            s.chunks,
+            s.written,
+            s.conflicts,
+            s.failed
         );
     }
     if r.failed > 0 {
@@ -307,9 +311,12 @@ pub async fn backfill(g: &Global, a: BackfillArgs, reverse: bool, models: &Model
     .await?;
     if !reverse {
         let c = transition_counts(&pool, &t, &a.plaintext_column).await?;
-        println!(
+        say!(
             "{t}: {} encrypted, {} plaintext only, {} empty, {} rows",
-            c.encrypted, c.plaintext_only, c.null, c.total
+            c.encrypted,
+            c.plaintext_only,
+            c.null,
+            c.total
         );
         // With --tenant, the job's own count (that tenant's rows): other
         // tenants' plaintext is another job's.
@@ -336,7 +343,7 @@ pub async fn drop_plaintext(g: &Global, a: DropArgs) -> CmdResult {
     let pool = g.pool().await?;
     let t = target(&a.table, &a.pk, &None, &a.encrypted_column, &None)?;
     drop_column(&pool, &t, &a.plaintext_column).await?;
-    println!("{}.{} dropped", a.table, a.plaintext_column);
+    say!("{}.{} dropped", a.table, a.plaintext_column);
     Ok(())
 }
 
@@ -392,7 +399,7 @@ pub async fn reencrypt(g: &Global, a: ReencryptArgs, models: &Models) -> CmdResu
         a.keys.iter().map(|k| KeyId::new(*k)).collect()
     };
     if keys.is_empty() {
-        println!("no decrypt_only data key: nothing to re-encrypt (retire a key first)");
+        say!("no decrypt_only data key: nothing to re-encrypt (retire a key first)");
         return Ok(());
     }
     let job = Job::reencrypt_columns(envelope, pool, targets, keys)?.options(a.job.options());

@@ -112,6 +112,40 @@ pub struct DestroyArgs {
     pub unsafe_skip_seal_horizon: bool,
 }
 
+/// The store's record of every id, in the order given; an unknown id fails
+/// before anything is changed.
+async fn records(
+    envelope: &crate::Envelope,
+    ids: &[KeyId],
+) -> Result<Vec<crate::store::KeyRecord>, Failure> {
+    let mut out: Vec<crate::store::KeyRecord> = Vec::with_capacity(ids.len());
+    for id in ids {
+        if out.iter().any(|r| r.id == *id) {
+            continue;
+        }
+        out.push(envelope.store().get(*id).await?.ok_or_else(|| {
+            Failure::Error(format!(
+                "unknown key {id}: `keys list` shows the ids (nothing was changed)"
+            ))
+        })?);
+    }
+    Ok(out)
+}
+
+/// Move `rec` to `to` by a compare-and-set from the state it was read in.
+/// `false` when another process moved it there first (nothing left to do).
+async fn move_from_read(
+    envelope: &crate::Envelope,
+    rec: &crate::store::KeyRecord,
+    to: KeyState,
+) -> Result<bool, Failure> {
+    match envelope.change_key_state(rec.id, rec.state, to).await {
+        Ok(()) => Ok(true),
+        Err(crate::Error::StateConflict { current, .. }) if current == to => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn parse_id(s: &str) -> Result<KeyId, String> {
     s.trim_start_matches('#')
         .parse::<u64>()
@@ -130,9 +164,13 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
                 .key_store()
                 .list(&crate::store::KeyFilter::all())
                 .await?;
-            println!(
+            say!(
                 "{:>8}  {:<6}  {:<12}  {:<24}  {:<12}  wrapped by",
-                "id", "kind", "state", "scope", "tenant"
+                "id",
+                "kind",
+                "state",
+                "scope",
+                "tenant"
             );
             for k in keys {
                 let by = match &k.parent {
@@ -144,7 +182,7 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
                         .collect::<Vec<_>>()
                         .join(","),
                 };
-                println!(
+                say!(
                     "{:>8}  {:<6}  {:<12}  {:<24}  {:<12}  {}",
                     k.id.get(),
                     k.kind.as_str(),
@@ -176,7 +214,7 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
             tx.send_modify(|p| p.finished = true);
             let _ = bar.await;
             let r = report?;
-            println!(
+            say!(
                 "rewrap{}: keys={} rewrapped={} already={} deleted_old={} rewrap_calls={} verify_calls={} skipped_no_blob={} skipped_destroyed={}",
                 if a.dry_run { " (dry run)" } else { "" },
                 r.keys,
@@ -189,7 +227,7 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
                 r.skipped_destroyed
             );
             if !a.dry_run {
-                println!(
+                say!(
                     "next: run `sqlx-envelope verify --open` with the configuration your applications will use (new master key only) before retiring the old master key"
                 );
             }
@@ -197,31 +235,51 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
         }
         KeysCommand::Retire(a) => {
             let (_pool, envelope) = g.envelope().await?;
-            for id in a.ids {
-                let rec = envelope
-                    .store()
-                    .get(id)
-                    .await?
-                    .ok_or_else(|| Failure::Error(format!("unknown data key {id}")))?;
-                if rec.state == KeyState::Active {
-                    envelope.set_key_state(id, KeyState::DecryptOnly).await?;
-                    println!("data key {id}: active -> decrypt_only");
+            // Every id is checked before any is changed.
+            let records = records(&envelope, &a.ids).await?;
+            for rec in records {
+                let (id, kind) = (rec.id, rec.kind.as_str());
+                if rec.state == KeyState::Active
+                    && move_from_read(&envelope, &rec, KeyState::DecryptOnly).await?
+                {
+                    say!("{kind} key {id}: active -> decrypt_only");
+                } else if rec.state == KeyState::Active {
+                    say!("{kind} key {id}: already decrypt_only");
                 } else {
-                    println!("data key {id}: already {}", rec.state);
+                    say!("{kind} key {id}: already {}", rec.state);
                 }
             }
-            println!(
+            say!(
                 "note: running applications stop sealing with a retired key when their cached copy expires (max age)"
             );
             Ok(())
         }
         KeysCommand::Suspend(a) => {
             let (_pool, envelope) = g.envelope().await?;
-            for id in a.ids {
-                envelope.set_key_state(id, KeyState::Retired).await?;
-                println!("data key {id}: suspended (retired: refuses to seal and to open)");
+            // Every id is checked before any is changed.
+            let records = records(&envelope, &a.ids).await?;
+            for rec in &records {
+                if rec.state != KeyState::Retired && !rec.state.may_become(KeyState::Retired) {
+                    return Err(Failure::Error(format!(
+                        "{} key {} is {}: only an active or decrypt_only key can be suspended \
+                         (nothing was changed)",
+                        rec.kind.as_str(),
+                        rec.id,
+                        rec.state
+                    )));
+                }
             }
-            println!(
+            for rec in records {
+                let (id, kind) = (rec.id, rec.kind.as_str());
+                if rec.state == KeyState::Retired
+                    || !move_from_read(&envelope, &rec, KeyState::Retired).await?
+                {
+                    say!("{kind} key {id}: already suspended (retired)");
+                    continue;
+                }
+                say!("{kind} key {id}: suspended (retired: refuses to seal and to open)");
+            }
+            say!(
                 "note: running applications refuse the key when their cached copy expires (decrypt TTL)"
             );
             Ok(())
@@ -231,25 +289,27 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
             // Only a suspended (retired) key: reactivating an active key would
             // demote it for good, and nothing else returns to decrypt_only.
             // Every id is checked before any is changed.
-            for id in &a.ids {
-                let rec = envelope
-                    .store()
-                    .get(*id)
-                    .await?
-                    .ok_or_else(|| Failure::Error(format!("unknown data key {id}")))?;
+            let records = records(&envelope, &a.ids).await?;
+            for rec in &records {
                 if rec.state != KeyState::Retired {
                     return Err(Failure::Error(format!(
-                        "data key {id} is {}, not retired: reactivate only undoes `keys suspend` \
+                        "{} key {} is {}, not retired: reactivate only undoes `keys suspend` \
                          (nothing was changed)",
+                        rec.kind.as_str(),
+                        rec.id,
                         rec.state
                     )));
                 }
             }
-            for id in a.ids {
-                // From retired a key can only become decrypt_only or
-                // destroyed, so the compare-and-set cannot demote an active one.
-                envelope.set_key_state(id, KeyState::DecryptOnly).await?;
-                println!("data key {id}: retired -> decrypt_only (opens again, never seals)");
+            for rec in records {
+                // A compare-and-set from retired: a key another process moved
+                // meanwhile is left as it is (a state conflict).
+                let (id, kind) = (rec.id, rec.kind.as_str());
+                if move_from_read(&envelope, &rec, KeyState::DecryptOnly).await? {
+                    say!("{kind} key {id}: retired -> decrypt_only (opens again, never seals)");
+                } else {
+                    say!("{kind} key {id}: already decrypt_only");
+                }
             }
             Ok(())
         }
@@ -262,14 +322,18 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
             }
             let (_pool, envelope) = g.envelope().await?;
             let r = envelope.shred_tenant(&a.tenant).await?;
-            println!(
+            say!(
                 "tenant {}: destroyed data_keys={} branch_keys={} index_keys={} already_destroyed={}",
-                r.tenant, r.data_keys, r.branch_keys, r.index_keys, r.already_destroyed
+                r.tenant,
+                r.data_keys,
+                r.branch_keys,
+                r.index_keys,
+                r.already_destroyed
             );
-            println!(
+            say!(
                 "live database and replicas: every value of this tenant now fails as destroyed (other processes: once their cached keys expire)."
             );
-            println!(
+            say!(
                 "backups taken earlier still hold its wrapped keys: they stay readable by whoever can restore them and use the master key(s) {}.",
                 if r.master_keys.is_empty() {
                     "that wrapped them".to_owned()
@@ -277,7 +341,7 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
                     r.master_keys.join(", ")
                 }
             );
-            println!(
+            say!(
                 "if those master keys serve this tenant alone (its own KMS key), schedule their deletion in KMS to make the backups unreadable too; a shared master key cannot be deleted for one tenant."
             );
             Ok(())
@@ -288,7 +352,7 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
                 .key_store()
                 .cleanup_pending(std::time::Duration::from_secs(a.older_than_secs))
                 .await?;
-            println!(
+            say!(
                 "deleted {n} pending reservation(s) older than {}s",
                 a.older_than_secs
             );
@@ -296,7 +360,7 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
         }
         KeysCommand::CreateLocalFile(a) => {
             let k = crate::LocalKeyring::create_file(&a.path, &a.name)?;
-            println!(
+            say!(
                 "created {} with master key {} (keep it secret and backed up: without it nothing opens)",
                 a.path.display(),
                 crate::Keyring::master_keys(&k)[0]
@@ -321,7 +385,7 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
                 let done = destroy_key(&envelope, &pool, &opts, id).await;
                 bar.finish_and_clear();
                 done?;
-                println!("data key {id}: destroyed");
+                say!("data key {id}: destroyed");
             }
             Ok(())
         }

@@ -27,7 +27,20 @@
 //! - 3: a verification found rows remaining, a job left rows unprocessed, or
 //!   a destructive step was refused because rows still depend on it;
 //! - 4: not yet: `keys destroy` before the key's seal horizon;
-//! - 130: interrupted (Ctrl-C); the job's progress is checkpointed.
+//! - 130: interrupted (Ctrl-C); the job's progress is checkpointed;
+//! - 141: standard output was closed (`keys list | head -3`): the command
+//!   stopped at its next line of output, as a tool killed by `SIGPIPE` would.
+
+/// `println!` that stops the command with [`Failure::OutputClosed`] when
+/// standard output is gone (a closed pipe) instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            return Err($crate::cli::Failure::output(e));
+        }
+    }};
+}
 
 mod config;
 mod data;
@@ -75,6 +88,9 @@ pub const EXIT_ROWS_REMAIN: u8 = 3;
 pub const EXIT_NOT_YET: u8 = 4;
 /// Exit code: interrupted.
 pub const EXIT_INTERRUPTED: u8 = 130;
+/// Exit code: standard output was closed (a reader such as `head` went away);
+/// 128 + `SIGPIPE`, what a shell reports for a tool that signal stopped.
+pub const EXIT_OUTPUT_CLOSED: u8 = 141;
 
 const AFTER_HELP: &str = "\
 Configuration comes from flags or the environment:
@@ -91,7 +107,7 @@ A typical rotation of a data key:
   sqlx-envelope verify --key 3             # exit 3 while rows still use #3
   sqlx-envelope keys destroy 3             # refused while any row uses #3
 
-Exit codes: 0 ok, 1 error, 2 usage, 3 rows remain (verify found rows, a job left rows unprocessed, or a destructive step was refused), 4 not yet (keys destroy before the key's seal horizon), 130 interrupted (progress is saved; run the same command again to resume).";
+Exit codes: 0 ok, 1 error, 2 usage, 3 rows remain (verify found rows, a job left rows unprocessed, or a destructive step was refused), 4 not yet (keys destroy before the key's seal horizon), 130 interrupted (progress is saved; run the same command again to resume), 141 standard output closed (e.g. piped into head).";
 
 /// Manage data keys, master keys and encrypted columns of sqlx-envelope.
 #[derive(Debug, Parser)]
@@ -138,6 +154,19 @@ enum Failure {
     NotYet(String),
     /// Exit 130.
     Interrupted,
+    /// Exit 141: standard output is gone; nothing more is printed.
+    OutputClosed,
+}
+
+impl Failure {
+    /// A failed write to standard output (the only I/O [`say!`] does).
+    fn output(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Failure::OutputClosed
+        } else {
+            Failure::Error(format!("cannot write to standard output: {e}"))
+        }
+    }
 }
 
 impl From<JobError> for Failure {
@@ -218,6 +247,7 @@ pub fn main_with_models(models: &[&'static ModelDescription]) -> ExitCode {
             );
             ExitCode::from(EXIT_INTERRUPTED)
         }
+        Err(Failure::OutputClosed) => ExitCode::from(EXIT_OUTPUT_CLOSED),
     }
 }
 
@@ -227,7 +257,7 @@ async fn run(cli: Cli, models: &Models) -> CmdResult {
         Command::Migrate => {
             let pool = g.pool().await?;
             pool.key_store().migrate().await?;
-            println!("migrations applied");
+            say!("migrations applied");
             Ok(())
         }
         Command::Keys(k) => keys::run(g, k).await,

@@ -37,7 +37,45 @@ fn with_models(
             m.table == t.table.as_str() && m.encrypted_column(t.column.as_str()).is_some()
         });
         if let Some(m) = found {
-            *t = Target::from_description(m, t.column.as_str())?;
+            let described = Target::from_description(m, t.column.as_str())?;
+            // What a bare `--column TABLE.COLUMN` gives: anything else was
+            // said with a flag, and must agree with the model.
+            let bare = Target::new(t.table.as_str(), "id", t.column.as_str())?;
+            let disagree: Vec<&str> = [
+                (
+                    t.key != bare.key && t.key != described.key,
+                    ":PK in --column",
+                ),
+                (
+                    t.tenant != bare.tenant && t.tenant != described.tenant,
+                    "--tenant-column",
+                ),
+                (
+                    t.context_column != bare.context_column
+                        && t.context_column != described.context_column,
+                    "--context-column",
+                ),
+                (
+                    t.codec != bare.codec && !t.codec.same_encoding(&described.codec),
+                    "--plaintext-type/--pad",
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(differs, flag)| differs.then_some(flag))
+            .collect();
+            if !disagree.is_empty() {
+                return Err(Failure::Error(format!(
+                    "{}.{} is an encrypted column of the registered model {} (key {}): its key, tenant, \
+                     context and codec come from the model, and {} says otherwise; leave {} out",
+                    t.table,
+                    t.column,
+                    m.name,
+                    described.key_spec(),
+                    disagree.join(", "),
+                    if disagree.len() == 1 { "it" } else { "them" }
+                )));
+            }
+            *t = described;
         }
     }
     for name in names {
@@ -111,8 +149,8 @@ async fn columns(pool: &JobPool, given: Vec<Target>) -> Result<Vec<Target>, Fail
     Ok(cols)
 }
 
-fn print_status(s: &ColumnStatus, states: &[(KeyId, String)]) {
-    println!(
+fn print_status(s: &ColumnStatus, states: &[(KeyId, String)]) -> CmdResult {
+    say!(
         "{} (key {}): {} encrypted, {} null, {} unrecognized, {} undecryptable",
         s.target,
         s.target.key_spec(),
@@ -126,10 +164,10 @@ fn print_status(s: &ColumnStatus, states: &[(KeyId, String)]) {
             .iter()
             .find(|(k, _)| k == id)
             .map_or("unknown", |(_, s)| s.as_str());
-        println!("  data key {:>6} {:<12} {n} rows", id.get(), state);
+        say!("  data key {:>6} {:<12} {n} rows", id.get(), state);
     }
     for (m, n) in &s.by_master_key {
-        println!("  master key {m}: {n} rows");
+        say!("  master key {m}: {n} rows");
     }
     for (tenant, ts) in &s.by_tenant {
         let keys: Vec<String> = ts
@@ -138,7 +176,7 @@ fn print_status(s: &ColumnStatus, states: &[(KeyId, String)]) {
             .iter()
             .map(|(id, n)| format!("{}={n}", id.get()))
             .collect();
-        println!(
+        say!(
             "  tenant {}: {} encrypted, {} null, {} undecryptable; rows per data key: {}",
             tenant.as_deref().unwrap_or("(none)"),
             ts.counts.encrypted(),
@@ -147,6 +185,7 @@ fn print_status(s: &ColumnStatus, states: &[(KeyId, String)]) {
             keys.join(" ")
         );
     }
+    Ok(())
 }
 
 /// Where rows are on watched keys or do not open: per tenant when known.
@@ -199,7 +238,7 @@ pub async fn status(g: &Global, mut a: StatusArgs, models: &Models) -> CmdResult
         let bar = super::progress::spinner(&format!("scanning {t}"), g.no_progress);
         let s = ColumnStatus::compute(&pool, &t, &keys).await;
         bar.finish_and_clear();
-        print_status(&s?, &states);
+        print_status(&s?, &states)?;
     }
     Ok(())
 }
@@ -241,9 +280,14 @@ pub async fn verify(g: &Global, mut a: VerifyArgs, models: &Models) -> CmdResult
         let v = verify_encrypted(&envelope, &pool, t, plain, kind, 1000).await;
         bar.finish_and_clear();
         let (c, v) = (c?, v?);
-        println!(
+        say!(
             "{t}: {} rows, {} encrypted, {} plaintext only; opened {}, mismatched {}, failed {}",
-            c.total, c.encrypted, c.plaintext_only, v.checked, v.mismatched, v.failed
+            c.total,
+            c.encrypted,
+            c.plaintext_only,
+            v.checked,
+            v.mismatched,
+            v.failed
         );
         if !v.is_clean() {
             return Err(Failure::RowsRemain(format!(
@@ -265,7 +309,7 @@ pub async fn verify(g: &Global, mut a: VerifyArgs, models: &Models) -> CmdResult
         let s = ColumnStatus::compute(&pool, &t, &keys).await;
         bar.finish_and_clear();
         let s = s?;
-        print_status(&s, &states);
+        print_status(&s, &states)?;
         problems.extend(tenant_problems(&s, &watch));
         if s.counts.unrecognized > 0 {
             problems.push(format!(
@@ -286,14 +330,14 @@ pub async fn verify(g: &Global, mut a: VerifyArgs, models: &Models) -> CmdResult
         let r = verify_keys_open(&envelope, &pool, &targets).await;
         bar.finish_and_clear();
         let r = r?;
-        println!(
+        say!(
             "keys: {} referenced, {} open, {} do not open",
             r.keys,
             r.opened,
             r.failed.len()
         );
         for (id, why) in &r.failed {
-            println!("  data key {id} does not open: {why}");
+            say!("  data key {id} does not open: {why}");
         }
         if !r.is_clean() {
             let ids: Vec<String> = r.failed.iter().map(|(id, _)| id.to_string()).collect();
@@ -304,7 +348,7 @@ pub async fn verify(g: &Global, mut a: VerifyArgs, models: &Models) -> CmdResult
         }
     }
     if problems.is_empty() {
-        println!("verify: ok");
+        say!("verify: ok");
         Ok(())
     } else {
         Err(Failure::RowsRemain(problems.join("; ")))

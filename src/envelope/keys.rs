@@ -265,7 +265,7 @@ impl Envelope {
         };
         if let Err(e) = inner.store.activate(id, &inner.owner, &activation).await {
             self.abandon(id).await;
-            return Err(activation_failed(id, e));
+            return Err(activation_failed(id, e, KeyOperation::Encrypt));
         }
         bump(&inner.counters.branch_keys_minted);
         if let Some(p) = predecessor {
@@ -324,7 +324,7 @@ impl Envelope {
         };
         if let Err(e) = inner.store.activate(id, &inner.owner, &activation).await {
             self.abandon(id).await;
-            return Err(activation_failed(id, e));
+            return Err(activation_failed(id, e, KeyOperation::Encrypt));
         }
         bump(&inner.counters.data_keys_minted);
         let key = Arc::new(DataKey::new(id, &material));
@@ -502,7 +502,7 @@ impl Envelope {
                     return Err(Error::KeyNotUsable {
                         id: holder.id,
                         state,
-                        operation: KeyOperation::Decrypt,
+                        operation: KeyOperation::Index,
                     });
                 }
             }
@@ -534,7 +534,7 @@ impl Envelope {
         };
         if let Err(e) = inner.store.activate(id, &inner.owner, &activation).await {
             self.abandon(id).await;
-            return Err(activation_failed(id, e));
+            return Err(activation_failed(id, e, KeyOperation::Index));
         }
         Ok(Arc::new(IndexKey {
             id,
@@ -548,7 +548,7 @@ impl Envelope {
 /// The error of a failed activation. A reservation an operator destroyed
 /// meanwhile (its tenant was shredded) is a key that cannot be used, not a
 /// lost race to retry.
-fn activation_failed(id: KeyId, e: Error) -> Error {
+fn activation_failed(id: KeyId, e: Error, operation: KeyOperation) -> Error {
     match e {
         Error::StateConflict {
             current: KeyState::Destroyed,
@@ -556,7 +556,7 @@ fn activation_failed(id: KeyId, e: Error) -> Error {
         } => Error::KeyNotUsable {
             id,
             state: KeyState::Destroyed,
-            operation: KeyOperation::Encrypt,
+            operation,
         },
         e => e,
     }

@@ -68,6 +68,38 @@ impl Envelope {
             }
             return Ok(());
         }
+        self.move_key(&record, state).await
+    }
+
+    /// Move key `id` from `from` to `to` only if it is in `from` now
+    /// (compare-and-set in the store, see [`KeyState::may_become`]), and drop
+    /// it from this process's caches. Unlike [`Envelope::set_key_state`], which
+    /// moves the key from whatever state it is in, this fails with
+    /// [`Error::StateConflict`] when the key is no longer in the state the
+    /// caller decided on (another process or an operator changed it since),
+    /// so a decision taken on a state read earlier never overwrites a newer one.
+    pub async fn change_key_state(&self, id: KeyId, from: KeyState, to: KeyState) -> Result<()> {
+        let record = self
+            .inner
+            .store
+            .get(id)
+            .await?
+            .ok_or(Error::UnknownKey(id))?;
+        if record.state != from {
+            return Err(Error::StateConflict {
+                id,
+                expected: from,
+                current: record.state,
+                wanted: to,
+            });
+        }
+        self.move_key(&record, to).await
+    }
+
+    /// The compare-and-set from `record.state` to `state`, then this process's
+    /// copies go.
+    async fn move_key(&self, record: &KeyRecord, state: KeyState) -> Result<()> {
+        let id = record.id;
         if !record.state.may_become(state) {
             return Err(Error::KeyNotUsable {
                 id,
@@ -76,7 +108,7 @@ impl Envelope {
             });
         }
         self.inner.store.transition(id, record.state, state).await?;
-        self.forget_record(&record).await;
+        self.forget_record(record).await;
         Ok(())
     }
 

@@ -1,12 +1,15 @@
 //! What a job checks before it registers, plans or writes anything: its
-//! options, that every column it reads or writes exists, that a typed codec
-//! fits the plaintext column, and that the keys it re-encrypts away from are
-//! retired but still decrypt.
+//! options, that every column it reads or writes exists, that the key and
+//! tenant columns are of the kinds the job was told (a UUID column read as an
+//! integer would bind every value to the wrong row) and the encrypted columns
+//! binary (PostgreSQL, MySQL/MariaDB), that a typed codec fits the plaintext column, and that the keys it
+//! re-encrypts away from are retired but still decrypt.
 
 use super::db::{Dialect, Ident};
 use super::run::{Job, JobKind, PlainKind};
 use super::{JobError, JobResult, on_pool};
 use crate::key::KeyState;
+use crate::model::{PkKind, TenantKind};
 
 impl Job {
     pub(super) fn tenant_binding(&self) -> JobResult<&super::TenantBinding> {
@@ -28,6 +31,7 @@ impl Job {
             self.tenant_binding()?;
         }
         self.check_target().await?;
+        self.check_kinds().await?;
         if let JobKind::Encrypt { plain, kind } | JobKind::Decrypt { plain, kind } = &self.kind {
             self.check_codec(plain, *kind).await?;
         }
@@ -95,6 +99,104 @@ impl Job {
         }
     }
 
+    /// The key and tenant columns hold the kinds the target declares, and
+    /// every encrypted column is binary, by the table's declared column types
+    /// (so an empty table is checked too). A type this does not know (a
+    /// PostgreSQL domain, say) is let through.
+    async fn check_kinds(&self) -> JobResult<()> {
+        let d = self.pool.dialect();
+        let t = &self.target;
+        let types = self.column_types().await?;
+        // The name each database resolves: PostgreSQL folds the unquoted
+        // (mixed-case) names `Dialect::quote` leaves to lower case; MySQL and
+        // SQLite column names are case-insensitive.
+        let class = |c: &Ident| {
+            types
+                .iter()
+                .find(|(n, _)| match d {
+                    Dialect::Postgres => *n == c.as_str().to_ascii_lowercase(),
+                    _ => n.eq_ignore_ascii_case(c.as_str()),
+                })
+                .map(|(_, ty)| (ty.as_str(), SqlClass::of(d, ty)))
+        };
+        let refuse = |column: &Ident, ty: &str, what: String, fix: &str| {
+            JobError::Invalid(format!(
+                "{}.{column} is {ty}, but {what}: {fix} (nothing was registered or written)",
+                t.table
+            ))
+        };
+        for k in &t.key {
+            if let Some((ty, Some(c))) = class(&k.name)
+                && !c.holds_key(d, k.kind)
+            {
+                return Err(refuse(
+                    &k.name,
+                    ty,
+                    format!("the job reads it as {} (a key column, --pk)", k.kind.name()),
+                    "declare its real kind (--pk COLUMN:int|uuid|text|bytes, Target::key)",
+                ));
+            }
+        }
+        if let Some(tb) = &t.tenant
+            && let Some((ty, Some(c))) = class(&tb.column)
+            && !c.holds_tenant(d, tb.kind)
+        {
+            return Err(refuse(
+                &tb.column,
+                ty,
+                format!(
+                    "the job reads it as {} (the tenant column, --tenant-column)",
+                    tb.kind.name()
+                ),
+                "declare its real kind (--tenant-column COLUMN:text|int|uuid, Target::tenant)",
+            ));
+        }
+        // SQLite stores a bound blob as a blob whatever the column's declared
+        // type, so only PostgreSQL and MySQL/MariaDB columns must be binary.
+        for c in self.columns.iter().filter(|_| d != Dialect::Sqlite) {
+            if let Some((ty, Some(class))) = class(&c.column)
+                && class != SqlClass::Binary
+            {
+                return Err(refuse(
+                    &c.column,
+                    ty,
+                    "sealed values are bytes".into(),
+                    "encrypt into a binary column (BYTEA on PostgreSQL, a BLOB or VARBINARY on \
+                     MySQL/MariaDB)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every column of the target's table with its declared type, as the
+    /// database's catalogue spells it.
+    async fn column_types(&self) -> JobResult<Vec<(String, String)>> {
+        let sql = match self.pool.dialect() {
+            Dialect::Postgres => {
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped"
+            }
+            Dialect::MySql => {
+                "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR) \
+                 FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = DATABASE() AND BINARY TABLE_NAME = ?"
+            }
+            Dialect::Sqlite => "SELECT name, type FROM pragma_table_info(?)",
+        };
+        let table = self.pool.dialect().quote(&self.target.table);
+        let table = match self.pool.dialect() {
+            Dialect::Postgres => table,
+            _ => self.target.table.as_str().to_owned(),
+        };
+        Ok(on_pool!(&self.pool, p => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(table)
+                .fetch_all(p)
+                .await?
+        }))
+    }
+
     /// A typed codec reads text forms; PostgreSQL's decrypt-out needs the
     /// column's type to cast into.
     async fn check_codec(&self, plain: &Ident, kind: PlainKind) -> JobResult<()> {
@@ -135,5 +237,142 @@ impl Job {
             let _ = self.plain_sql_type.set(ty);
         }
         Ok(())
+    }
+}
+
+/// What a declared column type can hold, as far as a job's key, tenant and
+/// sealed columns are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SqlClass {
+    Integer,
+    Text,
+    Binary,
+    Uuid,
+    /// SQLite's REAL affinity, or PostgreSQL/MySQL types that are none of the above
+    /// but known (floats, dates, JSON ...).
+    Other,
+}
+
+impl SqlClass {
+    /// The class of declared type `ty`; `None` when unknown (let through).
+    fn of(d: Dialect, ty: &str) -> Option<SqlClass> {
+        let ty = ty.to_ascii_lowercase();
+        let base = ty.split('(').next().unwrap_or("").trim();
+        match d {
+            Dialect::Postgres => Some(match base {
+                "smallint" | "integer" | "bigint" | "numeric" => SqlClass::Integer,
+                "text" | "character varying" | "character" | "citext" | "name" => SqlClass::Text,
+                "bytea" => SqlClass::Binary,
+                "uuid" => SqlClass::Uuid,
+                "real"
+                | "double precision"
+                | "boolean"
+                | "date"
+                | "json"
+                | "jsonb"
+                | "timestamp without time zone"
+                | "timestamp with time zone" => SqlClass::Other,
+                _ => return None,
+            }),
+            Dialect::MySql => Some(match base {
+                "tinyint" | "smallint" | "mediumint" | "int" | "bigint" | "decimal" => {
+                    SqlClass::Integer
+                }
+                "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum"
+                | "set" => SqlClass::Text,
+                "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => {
+                    SqlClass::Binary
+                }
+                "uuid" => SqlClass::Uuid,
+                "float" | "double" | "date" | "datetime" | "timestamp" | "time" | "json" => {
+                    SqlClass::Other
+                }
+                _ => return None,
+            }),
+            // SQLite's type affinity rules (in their order). A column
+            // declared without a type takes any value: let through.
+            Dialect::Sqlite => {
+                if ty.is_empty() {
+                    None
+                } else if ty.contains("int") {
+                    Some(SqlClass::Integer)
+                } else if ty.contains("char") || ty.contains("clob") || ty.contains("text") {
+                    Some(SqlClass::Text)
+                } else if ty.contains("blob") {
+                    Some(SqlClass::Binary)
+                } else if ty.contains("real") || ty.contains("floa") || ty.contains("doub") {
+                    Some(SqlClass::Other)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// Whether a key part of `kind` can be read from and compared in a column
+    /// of this class.
+    fn holds_key(self, d: Dialect, kind: PkKind) -> bool {
+        match kind {
+            PkKind::Int => self == SqlClass::Integer,
+            PkKind::Text => self == SqlClass::Text,
+            PkKind::Bytes => self == SqlClass::Binary,
+            PkKind::Uuid => self.holds_uuid(d),
+        }
+    }
+
+    /// Whether a tenant of `kind` can be read from a column of this class.
+    fn holds_tenant(self, d: Dialect, kind: TenantKind) -> bool {
+        match kind {
+            TenantKind::Int => self == SqlClass::Integer,
+            TenantKind::Text => self == SqlClass::Text,
+            TenantKind::Uuid => self.holds_uuid(d),
+        }
+    }
+
+    /// A UUID is PostgreSQL's `UUID`, or the 16 bytes MySQL/MariaDB and SQLite
+    /// store (MariaDB's own `UUID` type too).
+    fn holds_uuid(self, d: Dialect) -> bool {
+        match d {
+            Dialect::Postgres => self == SqlClass::Uuid,
+            Dialect::MySql | Dialect::Sqlite => {
+                matches!(self, SqlClass::Binary | SqlClass::Uuid)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_types_hold_the_kinds_a_job_reads() {
+        use Dialect::*;
+        let holds = |d, ty: &str, kind| SqlClass::of(d, ty).map(|c| c.holds_key(d, kind));
+        assert_eq!(holds(Postgres, "uuid", PkKind::Uuid), Some(true));
+        assert_eq!(holds(Postgres, "uuid", PkKind::Int), Some(false));
+        assert_eq!(holds(Postgres, "text", PkKind::Uuid), Some(false));
+        assert_eq!(
+            holds(Postgres, "character varying(36)", PkKind::Text),
+            Some(true)
+        );
+        assert_eq!(holds(Postgres, "bigint", PkKind::Int), Some(true));
+        assert_eq!(holds(Postgres, "my_domain", PkKind::Int), None);
+        assert_eq!(holds(MySql, "binary", PkKind::Uuid), Some(true));
+        assert_eq!(holds(MySql, "binary", PkKind::Int), Some(false));
+        assert_eq!(holds(MySql, "char", PkKind::Uuid), Some(false));
+        assert_eq!(holds(MySql, "int", PkKind::Int), Some(true));
+        assert_eq!(holds(Sqlite, "INTEGER", PkKind::Int), Some(true));
+        assert_eq!(holds(Sqlite, "BLOB", PkKind::Uuid), Some(true));
+        assert_eq!(holds(Sqlite, "", PkKind::Int), None);
+        assert_eq!(holds(Sqlite, "", PkKind::Text), None);
+        assert_eq!(holds(Sqlite, "TEXT", PkKind::Int), Some(false));
+        assert_eq!(holds(Sqlite, "UUID", PkKind::Uuid), None);
+        let tenant = |d, ty: &str, kind| SqlClass::of(d, ty).map(|c| c.holds_tenant(d, kind));
+        assert_eq!(tenant(Postgres, "text", TenantKind::Int), Some(false));
+        assert_eq!(tenant(MySql, "bigint", TenantKind::Int), Some(true));
+        assert_eq!(tenant(MySql, "varchar", TenantKind::Text), Some(true));
+        assert_eq!(SqlClass::of(Postgres, "text"), Some(SqlClass::Text));
+        assert_eq!(SqlClass::of(MySql, "longblob"), Some(SqlClass::Binary));
     }
 }

@@ -185,7 +185,9 @@ pub(crate) async fn plan(
             tx.commit().await?;
             if k != kind || s.as_deref() != Some(spec) {
                 return Err(JobError::Invalid(format!(
-                    "job {job:?} already exists with another description ({k}); pick another job name or reset it"
+                    "job {job:?} already exists with another description (a {k} job with other columns, key or \
+                     options): give this one its own name (--job-name, JobOptions::job_name), or start \
+                     that job over (--restart, jobs::reset_job; its progress is discarded)"
                 )));
             }
             return Ok(false);

@@ -73,6 +73,20 @@ impl ValueCodec {
         })
     }
 
+    /// Whether both seal every value into the same bytes: the same codec in
+    /// the same frame (a model column's own codec and `--plaintext-type` with
+    /// its `--pad` agree when they say the same). A custom `FieldCodec` agrees
+    /// only with its own column.
+    pub fn same_encoding(&self, other: &Self) -> bool {
+        let parts = |c: &Self| match c {
+            ValueCodec::Raw => None,
+            ValueCodec::Model(c) if c.codec == CodecId::Custom => None,
+            ValueCodec::Model(c) => Some((c.codec, c.framing())),
+            ValueCodec::Builtin { codec, framing } => Some((*codec, *framing)),
+        };
+        self == other || parts(self).is_some_and(|p| Some(p) == parts(other))
+    }
+
     /// The codec, unless raw.
     pub fn codec(&self) -> Option<CodecId> {
         match self {

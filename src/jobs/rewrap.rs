@@ -115,7 +115,8 @@ pub async fn rewrap_keys(
 ) -> JobResult<RewrapReport> {
     if !keyring.master_keys().contains(&opts.target) && !keyring.can_unwrap(&opts.target) {
         return Err(JobError::Invalid(format!(
-            "master key {} is not in the keyring",
+            "master key {} is not in the keyring this runs with: configure it (SQLX_ENVELOPE_KMS_KEY_IDS, \
+             or a key of the local keys file) before re-wrapping under it",
             opts.target
         )));
     }
@@ -209,11 +210,30 @@ async fn rewrap_one(
                 None => keyring.can_unwrap(&w.master_key),
             })
             .ok_or_else(|| {
-                JobError::Envelope(crate::Error::Keyring {
-                    kind: crate::KeyringErrorKind::NoUsableWrappedKey,
-                    master_key: opts.target.to_string(),
-                    source: None,
-                })
+                let held: Vec<&str> = record
+                    .wrapped
+                    .iter()
+                    .filter(|w| w.master_key != opts.target)
+                    .map(|w| w.master_key.as_str())
+                    .collect();
+                JobError::Invalid(format!(
+                    "{} key {} is wrapped under {}, which this keyring cannot unwrap{}: configure \
+                     the old master key too (SQLX_ENVELOPE_KMS_UNWRAP_ONLY_KEY_IDS, or keep it in \
+                     the local keys file) so the key can be re-wrapped under {}",
+                    record.kind.as_str(),
+                    record.id,
+                    if held.is_empty() {
+                        "no other master key".to_owned()
+                    } else {
+                        held.join(", ")
+                    },
+                    if existing.is_some() {
+                        format!(" (and its blob under {} does not unwrap)", opts.target)
+                    } else {
+                        String::new()
+                    },
+                    opts.target
+                ))
             })?;
         out.rewrap_calls += 1;
         let new = keyring.rewrap(&ctx, source, &opts.target).await?;

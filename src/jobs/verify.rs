@@ -394,9 +394,13 @@ impl DestroyOptions {
 /// store's clock; then refused with [`JobError::RowsRemain`] unless zero rows
 /// reference it in every registered column and in the columns of `opts`.
 ///
-/// The key is first set to `retired` (refused for any use, reversible), so no
-/// process that reloads it can seal or open under it while the rows are counted;
-/// if rows remain it is put back to its previous state.
+/// Rows are counted with the key as it is; when none remain, the key is set
+/// to `retired` (refused for any use), the rows are counted again (for values
+/// written meanwhile: then it is put back as it was) and the key is destroyed.
+/// Every change is a compare-and-set from the state this call read or set: if
+/// an operator or another process changes the key in between, destroy fails
+/// with [`crate::Error::StateConflict`] and leaves their change as it is (run
+/// it again to decide on the new state).
 pub async fn destroy_key(
     envelope: &Envelope,
     pool: &JobPool,
@@ -458,38 +462,57 @@ pub async fn destroy_key(
                 .into(),
         ));
     }
+    // Count first, with the key as it is: the usual refusal (rows remain)
+    // changes nothing, so it cannot undo what an operator does meanwhile.
+    count_refs(pool, &targets, id).await?;
+    // No row left: suspend the key (no process that reloads it seals or opens
+    // under it), count again for rows written meanwhile, then destroy. Each
+    // step is a compare-and-set from the state this call set or read: a key an
+    // operator or another process moved in between is left as they left it.
+    // (A key that was retired all along was counted so: no second count.)
     if record.state != KeyState::Retired {
-        envelope.set_key_state(id, KeyState::Retired).await?;
+        envelope
+            .change_key_state(id, record.state, KeyState::Retired)
+            .await?;
+        if let Err(e) = count_refs(pool, &targets, id).await {
+            match envelope
+                .change_key_state(id, KeyState::Retired, record.state)
+                .await
+            {
+                Ok(()) | Err(crate::Error::StateConflict { .. }) => {}
+                Err(undo) => return Err(undo.into()),
+            }
+            return Err(e);
+        }
     }
+    envelope
+        .change_key_state(id, KeyState::Retired, KeyState::Destroyed)
+        .await?;
+    Ok(())
+}
+
+/// Refuse ([`JobError::RowsRemain`]) while any row of `targets` references
+/// data key `id`, or ([`JobError::Invalid`]) while a column cannot be counted.
+async fn count_refs(pool: &JobPool, targets: &[Target], id: KeyId) -> JobResult<()> {
     let mut rows = 0;
     let mut where_ = Vec::new();
-    for t in &targets {
-        let n = match count_rows_on(pool, t, &[id]).await {
-            Ok(n) => n,
-            Err(e) => {
-                if record.state != KeyState::Retired {
-                    envelope.set_key_state(id, record.state).await?;
-                }
-                return Err(JobError::Invalid(format!(
-                    "cannot count the rows of column {t} ({e}): destroy refuses while it cannot check every column values under data key {id} may be in; restore the column, or run destroy where it exists"
-                )));
-            }
-        };
+    for t in targets {
+        let n = count_rows_on(pool, t, &[id]).await.map_err(|e| {
+            JobError::Invalid(format!(
+                "cannot count the rows of column {t} ({e}): destroy refuses while it cannot check every column values under data key {id} may be in; restore the column, or run destroy where it exists"
+            ))
+        })?;
         if n > 0 {
             where_.push(format!("{t}: {n}"));
         }
         rows += n;
     }
     if rows > 0 {
-        if record.state != KeyState::Retired {
-            envelope.set_key_state(id, record.state).await?;
-        }
         return Err(JobError::RowsRemain {
             rows,
             what: format!("reference data key {id} ({})", where_.join(", ")),
         });
     }
-    envelope.set_key_state(id, KeyState::Destroyed).await?;
     Ok(())
 }
 
