@@ -132,6 +132,24 @@ async fn records(
     Ok(out)
 }
 
+/// Refuse, naming the first key whose state `ok` rejects and `why`, before
+/// any key is changed.
+fn all_in(
+    records: &[crate::store::KeyRecord],
+    ok: impl Fn(KeyState) -> bool,
+    why: &str,
+) -> Result<(), Failure> {
+    match records.iter().find(|r| !ok(r.state)) {
+        Some(r) => Err(Failure::Error(format!(
+            "{} key {} is {}: {why} (nothing was changed)",
+            r.kind.as_str(),
+            r.id,
+            r.state
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Move `rec` to `to` by a compare-and-set from the state it was read in.
 /// `false` when another process moved it there first (nothing left to do).
 async fn move_from_read(
@@ -258,17 +276,11 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
             let (_pool, envelope) = g.envelope().await?;
             // Every id is checked before any is changed.
             let records = records(&envelope, &a.ids).await?;
-            for rec in &records {
-                if rec.state != KeyState::Retired && !rec.state.may_become(KeyState::Retired) {
-                    return Err(Failure::Error(format!(
-                        "{} key {} is {}: only an active or decrypt_only key can be suspended \
-                         (nothing was changed)",
-                        rec.kind.as_str(),
-                        rec.id,
-                        rec.state
-                    )));
-                }
-            }
+            all_in(
+                &records,
+                |s| s == KeyState::Retired || s.may_become(KeyState::Retired),
+                "only an active or decrypt_only key can be suspended",
+            )?;
             for rec in records {
                 let (id, kind) = (rec.id, rec.kind.as_str());
                 if rec.state == KeyState::Retired
@@ -290,17 +302,11 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
             // demote it for good, and nothing else returns to decrypt_only.
             // Every id is checked before any is changed.
             let records = records(&envelope, &a.ids).await?;
-            for rec in &records {
-                if rec.state != KeyState::Retired {
-                    return Err(Failure::Error(format!(
-                        "{} key {} is {}, not retired: reactivate only undoes `keys suspend` \
-                         (nothing was changed)",
-                        rec.kind.as_str(),
-                        rec.id,
-                        rec.state
-                    )));
-                }
-            }
+            all_in(
+                &records,
+                |s| s == KeyState::Retired,
+                "not retired: reactivate only undoes `keys suspend`",
+            )?;
             for rec in records {
                 // A compare-and-set from retired: a key another process moved
                 // meanwhile is left as it is (a state conflict).

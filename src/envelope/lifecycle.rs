@@ -54,12 +54,7 @@ impl Envelope {
     /// [`Error::StateConflict`] when another process or operator changed the
     /// key between the read and the write.
     pub async fn set_key_state(&self, id: KeyId, state: KeyState) -> Result<()> {
-        let record = self
-            .inner
-            .store
-            .get(id)
-            .await?
-            .ok_or(Error::UnknownKey(id))?;
+        let record = self.record(id).await?;
         if record.state == state {
             // Another process or an earlier call made the change: this
             // process's copies go all the same (an active key stays).
@@ -79,12 +74,7 @@ impl Envelope {
     /// caller decided on (another process or an operator changed it since),
     /// so a decision taken on a state read earlier never overwrites a newer one.
     pub async fn change_key_state(&self, id: KeyId, from: KeyState, to: KeyState) -> Result<()> {
-        let record = self
-            .inner
-            .store
-            .get(id)
-            .await?
-            .ok_or(Error::UnknownKey(id))?;
+        let record = self.record(id).await?;
         if record.state != from {
             return Err(Error::StateConflict {
                 id,
@@ -94,6 +84,11 @@ impl Envelope {
             });
         }
         self.move_key(&record, to).await
+    }
+
+    /// The store's record of key `id`.
+    async fn record(&self, id: KeyId) -> Result<KeyRecord> {
+        self.inner.store.get(id).await?.ok_or(Error::UnknownKey(id))
     }
 
     /// The compare-and-set from `record.state` to `state`, then this process's
