@@ -373,3 +373,81 @@ async fn backfill_mariadb() {
 async fn backfill_sqlite() {
     encrypt_existing(ALL[2]).await;
 }
+
+/// SQLite's declared types are hints: a `TEXT` key column holds the 16-byte
+/// blobs sqlx binds for a `Uuid`, a column declared without a type holds the
+/// tenants. A job checks what the rows store, not what the table declares:
+/// it backfills such a table with `id:uuid` and refuses `id` read as an
+/// integer before it registers anything.
+#[tokio::test]
+async fn sqlite_keys_are_checked_by_what_the_rows_store() {
+    let db = Db::connect(Kind::Sqlite).await;
+    let Db::Sqlite(sqlite, _) = &db else {
+        unreachable!()
+    };
+    let pool = job_pool(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = write_key_file(dir.path(), "keys.json", "app/1", &[("app/1", random_key())]);
+    let env = envelope_from_file(&db, &keys);
+    let table = unique("jobs_hint");
+    db.exec(&format!(
+        "CREATE TABLE {table} (id TEXT PRIMARY KEY, org, note TEXT NULL, note_enc BLOB NULL)"
+    ))
+    .await;
+    for i in 0..20 {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {table} (id, org, note) VALUES (?, ?, ?)"
+        )))
+        .bind(uuid::Uuid::new_v4())
+        .bind(["north", "south"][i % 2])
+        .bind(format!("note {i}"))
+        .execute(sqlite)
+        .await
+        .unwrap();
+    }
+    let tenant = sqlx_envelope::jobs::parse_tenant_spec("org").unwrap();
+    let as_int = Target::new(&table, "id", "note_enc")
+        .unwrap()
+        .tenant(tenant.clone());
+    let mut opts = JobOptions::default();
+    opts.job_name = Some(format!("{table}-int"));
+    let err = Job::encrypt_column(env.clone(), pool.clone(), as_int, "note", PlainKind::Text)
+        .unwrap()
+        .options(opts.clone())
+        .run()
+        .await
+        .expect_err("a UUID key read as an integer");
+    let m = err.to_string();
+    assert!(
+        m.contains(&format!(
+            "{table}.id holds blob values, but the job reads it as int"
+        )),
+        "{m}"
+    );
+    assert!(
+        job_status(&pool, &format!("{table}-int"))
+            .await
+            .unwrap()
+            .kind
+            .is_none()
+    );
+
+    let uuid_key = sqlx_envelope::jobs::parse_pk_spec("id:uuid").unwrap();
+    let target = Target::keyed(&table, uuid_key, "note_enc")
+        .unwrap()
+        .tenant(tenant);
+    let r = Job::encrypt_column(
+        env.clone(),
+        pool.clone(),
+        target.clone(),
+        "note",
+        PlainKind::Text,
+    )
+    .unwrap()
+    .run()
+    .await
+    .unwrap();
+    assert_eq!((r.written, r.remaining), (20, 0));
+    let c = transition_counts(&pool, &target, "note").await.unwrap();
+    assert_eq!((c.encrypted, c.plaintext_only), (20, 0), "{c:?}");
+}

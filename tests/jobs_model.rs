@@ -444,7 +444,7 @@ macro_rules! scenario {
                 assert!(matches!(err, sqlx_envelope::jobs::JobError::Invalid(_)), "{err:?}");
                 let m = err.to_string();
                 assert!(
-                    m.contains(&format!("patients.{column} is "))
+                    m.contains(&format!("patients.{column} "))
                         && m.contains(&format!("reads it as {declared}"))
                         && m.contains("nothing was registered"),
                     "{kind:?}: {m}"

@@ -100,50 +100,72 @@ impl Job {
     }
 
     /// The key and tenant columns hold the kinds the target declares, and
-    /// every encrypted column is binary, by the table's declared column types
-    /// (so an empty table is checked too). A type this does not know (a
-    /// PostgreSQL domain, say) is let through.
+    /// every encrypted column is binary: by the table's declared column types
+    /// on PostgreSQL and MySQL/MariaDB (so an empty table is checked too), by
+    /// the values stored on SQLite, whose declared types are only hints (a
+    /// `TEXT` column holds the 16-byte blobs sqlx binds for a `Uuid`). A type
+    /// this does not know (a PostgreSQL domain, say) is let through.
     async fn check_kinds(&self) -> JobResult<()> {
         let d = self.pool.dialect();
         let t = &self.target;
-        let types = self.column_types().await?;
-        // The name each database resolves: PostgreSQL folds the unquoted
-        // (mixed-case) names `Dialect::quote` leaves to lower case; MySQL and
-        // SQLite column names are case-insensitive.
-        let class = |c: &Ident| {
-            types
+        let types = if d == Dialect::Sqlite {
+            Vec::new()
+        } else {
+            self.column_types().await?
+        };
+        // What column `c` is or holds (said for a message) and its classes.
+        // PostgreSQL folds the unquoted (mixed-case) names `Dialect::quote`
+        // leaves to lower case; MySQL column names are case-insensitive.
+        let classes = async |c: &Ident| -> JobResult<Vec<(String, SqlClass)>> {
+            if d == Dialect::Sqlite {
+                return Ok(self
+                    .sqlite_stored(c)
+                    .await?
+                    .into_iter()
+                    .filter_map(|class| {
+                        SqlClass::stored(&class).map(|k| (format!("holds {class} values"), k))
+                    })
+                    .collect());
+            }
+            Ok(types
                 .iter()
                 .find(|(n, _)| match d {
                     Dialect::Postgres => *n == c.as_str().to_ascii_lowercase(),
                     _ => n.eq_ignore_ascii_case(c.as_str()),
                 })
-                .map(|(_, ty)| (ty.as_str(), SqlClass::of(d, ty)))
+                .and_then(|(_, ty)| SqlClass::of(d, ty).map(|k| (format!("is {ty}"), k)))
+                .into_iter()
+                .collect())
         };
         let refuse = |column: &Ident, ty: &str, what: String, fix: &str| {
             JobError::Invalid(format!(
-                "{}.{column} is {ty}, but {what}: {fix} (nothing was registered or written)",
+                "{}.{column} {ty}, but {what}: {fix} (nothing was registered or written)",
                 t.table
             ))
         };
         for k in &t.key {
-            if let Some((ty, Some(c))) = class(&k.name)
-                && !c.holds_key(d, k.kind)
+            if let Some((ty, _)) = classes(&k.name)
+                .await?
+                .into_iter()
+                .find(|(_, c)| !c.holds_key(d, k.kind))
             {
                 return Err(refuse(
                     &k.name,
-                    ty,
+                    &ty,
                     format!("the job reads it as {} (a key column, --pk)", k.kind.name()),
                     "declare its real kind (--pk COLUMN:int|uuid|text|bytes, Target::key)",
                 ));
             }
         }
         if let Some(tb) = &t.tenant
-            && let Some((ty, Some(c))) = class(&tb.column)
-            && !c.holds_tenant(d, tb.kind)
+            && let Some((ty, _)) = classes(&tb.column)
+                .await?
+                .into_iter()
+                .find(|(_, c)| !c.holds_tenant(d, tb.kind))
         {
             return Err(refuse(
                 &tb.column,
-                ty,
+                &ty,
                 format!(
                     "the job reads it as {} (the tenant column, --tenant-column)",
                     tb.kind.name()
@@ -154,12 +176,14 @@ impl Job {
         // SQLite stores a bound blob as a blob whatever the column's declared
         // type, so only PostgreSQL and MySQL/MariaDB columns must be binary.
         for c in self.columns.iter().filter(|_| d != Dialect::Sqlite) {
-            if let Some((ty, Some(class))) = class(&c.column)
-                && class != SqlClass::Binary
+            if let Some((ty, _)) = classes(&c.column)
+                .await?
+                .into_iter()
+                .find(|(_, class)| *class != SqlClass::Binary)
             {
                 return Err(refuse(
                     &c.column,
-                    ty,
+                    &ty,
                     "sealed values are bytes".into(),
                     "encrypt into a binary column (BYTEA on PostgreSQL, a BLOB or VARBINARY on \
                      MySQL/MariaDB)",
@@ -170,28 +194,43 @@ impl Job {
     }
 
     /// Every column of the target's table with its declared type, as the
-    /// database's catalogue spells it.
+    /// database's catalogue spells it (PostgreSQL, MySQL/MariaDB).
     async fn column_types(&self) -> JobResult<Vec<(String, String)>> {
-        let sql = match self.pool.dialect() {
-            Dialect::Postgres => {
+        let d = self.pool.dialect();
+        let (sql, table) = match d {
+            Dialect::Postgres => (
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
-                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped"
-            }
-            Dialect::MySql => {
+                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+                d.quote(&self.target.table),
+            ),
+            _ => (
                 "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR) \
                  FROM information_schema.COLUMNS \
-                 WHERE TABLE_SCHEMA = DATABASE() AND BINARY TABLE_NAME = ?"
-            }
-            Dialect::Sqlite => "SELECT name, type FROM pragma_table_info(?)",
-        };
-        let table = self.pool.dialect().quote(&self.target.table);
-        let table = match self.pool.dialect() {
-            Dialect::Postgres => table,
-            _ => self.target.table.as_str().to_owned(),
+                 WHERE TABLE_SCHEMA = DATABASE() AND BINARY TABLE_NAME = ?",
+                self.target.table.as_str().to_owned(),
+            ),
         };
         Ok(on_pool!(&self.pool, p => {
             sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(table)
+                .fetch_all(p)
+                .await?
+        }))
+    }
+
+    /// The storage classes (`integer`, `text`, `blob`, `real`) of the values
+    /// of SQLite column `column` in the first rows of the table (NULLs left
+    /// out).
+    async fn sqlite_stored(&self, column: &Ident) -> JobResult<Vec<String>> {
+        let d = self.pool.dialect();
+        let sql = format!(
+            "SELECT DISTINCT typeof(c) FROM (SELECT {} AS c FROM {} LIMIT {SAMPLED_ROWS}) \
+             WHERE c IS NOT NULL",
+            d.quote(column),
+            d.quote(&self.target.table)
+        );
+        Ok(on_pool!(&self.pool, p => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
                 .fetch_all(p)
                 .await?
         }))
@@ -240,16 +279,19 @@ impl Job {
     }
 }
 
-/// What a declared column type can hold, as far as a job's key, tenant and
-/// sealed columns are concerned.
+/// How many rows of a SQLite table the check reads the stored values of.
+const SAMPLED_ROWS: usize = 1_000;
+
+/// What a declared column type (or a SQLite value's storage class) can hold,
+/// as far as a job's key, tenant and sealed columns are concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SqlClass {
     Integer,
     Text,
     Binary,
     Uuid,
-    /// SQLite's REAL affinity, or PostgreSQL/MySQL types that are none of the above
-    /// but known (floats, dates, JSON ...).
+    /// Known types that are none of the above (floats, dates, JSON ...; a
+    /// SQLite `real` value).
     Other,
 }
 
@@ -289,23 +331,19 @@ impl SqlClass {
                 }
                 _ => return None,
             }),
-            // SQLite's type affinity rules (in their order). A column
-            // declared without a type takes any value: let through.
-            Dialect::Sqlite => {
-                if ty.is_empty() {
-                    None
-                } else if ty.contains("int") {
-                    Some(SqlClass::Integer)
-                } else if ty.contains("char") || ty.contains("clob") || ty.contains("text") {
-                    Some(SqlClass::Text)
-                } else if ty.contains("blob") {
-                    Some(SqlClass::Binary)
-                } else if ty.contains("real") || ty.contains("floa") || ty.contains("doub") {
-                    Some(SqlClass::Other)
-                } else {
-                    None
-                }
-            }
+            // SQLite: by the values stored (`SqlClass::stored`).
+            Dialect::Sqlite => None,
+        }
+    }
+
+    /// The class of a SQLite storage class (`typeof`): `None` for NULL.
+    fn stored(class: &str) -> Option<SqlClass> {
+        match class {
+            "integer" => Some(SqlClass::Integer),
+            "text" => Some(SqlClass::Text),
+            "blob" => Some(SqlClass::Binary),
+            "real" => Some(SqlClass::Other),
+            _ => None,
         }
     }
 
@@ -362,12 +400,18 @@ mod tests {
         assert_eq!(holds(MySql, "binary", PkKind::Int), Some(false));
         assert_eq!(holds(MySql, "char", PkKind::Uuid), Some(false));
         assert_eq!(holds(MySql, "int", PkKind::Int), Some(true));
-        assert_eq!(holds(Sqlite, "INTEGER", PkKind::Int), Some(true));
-        assert_eq!(holds(Sqlite, "BLOB", PkKind::Uuid), Some(true));
-        assert_eq!(holds(Sqlite, "", PkKind::Int), None);
-        assert_eq!(holds(Sqlite, "", PkKind::Text), None);
-        assert_eq!(holds(Sqlite, "TEXT", PkKind::Int), Some(false));
-        assert_eq!(holds(Sqlite, "UUID", PkKind::Uuid), None);
+        assert_eq!(
+            holds(Sqlite, "TEXT", PkKind::Uuid),
+            None,
+            "declared types are hints"
+        );
+        let stored = |class: &str, kind| SqlClass::stored(class).map(|c| c.holds_key(Sqlite, kind));
+        assert_eq!(stored("integer", PkKind::Int), Some(true));
+        assert_eq!(stored("blob", PkKind::Uuid), Some(true));
+        assert_eq!(stored("text", PkKind::Int), Some(false));
+        assert_eq!(stored("text", PkKind::Uuid), Some(false));
+        assert_eq!(stored("blob", PkKind::Int), Some(false));
+        assert_eq!(stored("null", PkKind::Int), None);
         let tenant = |d, ty: &str, kind| SqlClass::of(d, ty).map(|c| c.holds_tenant(d, kind));
         assert_eq!(tenant(Postgres, "text", TenantKind::Int), Some(false));
         assert_eq!(tenant(MySql, "bigint", TenantKind::Int), Some(true));
