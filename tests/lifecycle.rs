@@ -1035,6 +1035,9 @@ enum Hold {
     Clock,
     /// After a key moved to `retired` (destroy's second count follows).
     Suspended,
+    /// After a data key was reserved (its activation under the branch key the
+    /// process chose follows).
+    Reserved,
 }
 
 type Armed = (
@@ -1094,7 +1097,11 @@ impl KeyStore for HeldStore {
         now
     }
     async fn reserve(&self, new: &NewKey<'_>) -> sqlx_envelope::Result<Reserved> {
-        self.inner.reserve(new).await
+        let reserved = self.inner.reserve(new).await;
+        if new.kind == KeyKind::Data {
+            self.hold(Hold::Reserved).await;
+        }
+        reserved
     }
     async fn activate(
         &self,
@@ -1307,6 +1314,96 @@ async fn destroy_leaves_a_change_made_while_it_counts_as_it_was_made() {
             .await;
         destroy_key(&destroyer, &jobs, &opts, k).await.unwrap();
         assert_eq!(w.state(k).await, KeyState::Destroyed, "{kind:?}");
+    }
+}
+
+/// A data key becomes active only under a branch key that still is: an
+/// operator suspends a tenant's branch key after an application chose it for
+/// a new data key and before that key's activation (the application held at
+/// the store by [`HeldStore`]); the activation is refused in the store's
+/// transaction, the application chooses again (a new branch key), and no data
+/// key is ever activated under the suspended one. Another process opens the
+/// new value and, as the suspension means, not the old one. One `ManualClock`.
+#[tokio::test]
+async fn a_data_key_is_never_activated_under_a_suspended_branch_key() {
+    for kind in ALL {
+        let w = World::new(Db::connect(kind).await).await;
+        let held = Arc::new(HeldStore {
+            inner: w.store.clone(),
+            armed: std::sync::Mutex::new(None),
+        });
+        let app = Envelope::builder()
+            .keyring_arc(w.keyring.clone())
+            .store_arc(held.clone())
+            .clock(w.clock.clone())
+            .build()
+            .unwrap();
+        let operator = w.process(CacheLimits::default());
+        let reader = w.process(CacheLimits::default());
+        let (t, tenant) = (unique("lc_branch"), unique("acme"));
+        let (row1, row2) = (RowId::from(1_i64), RowId::from(2_i64));
+        let ctx1 = Context::new(&t, "v", &row1).with_tenant(&tenant);
+        let ctx2 = Context::new(&t, "v", &row2).with_tenant(&tenant);
+        let v1 = app.seal(&ctx1, b"one").await.unwrap();
+        let parent_of = async |id| {
+            w.store
+                .get(id)
+                .await
+                .unwrap()
+                .unwrap()
+                .parent
+                .unwrap()
+                .parent
+        };
+        let branch = parent_of(v1.key_id()).await;
+
+        // The application's next seal mints a data key; the operator suspends
+        // the branch key it chose while the mint is between reserve and
+        // activation.
+        app.rotate_active_keys().await;
+        let (reached, release) = held.arm(Hold::Reserved);
+        let (v2, ()) = tokio::join!(app.seal(&ctx2, b"two"), async {
+            reached.await.unwrap();
+            operator
+                .set_key_state(branch, KeyState::Retired)
+                .await
+                .unwrap();
+            release.send(()).unwrap();
+        });
+        let v2 = v2.unwrap();
+        assert_ne!(v2.key_id(), v1.key_id(), "{kind:?}");
+        let new_branch = parent_of(v2.key_id()).await;
+        assert_ne!(new_branch, branch, "{kind:?}: chosen again");
+        assert_eq!(w.state(branch).await, KeyState::Retired, "{kind:?}");
+        // The tenant's data keys: the one minted before the suspension, the
+        // new one; the refused reservation is gone, nothing else is under the
+        // suspended branch key.
+        let data: Vec<_> = w
+            .store
+            .list(&KeyFilter::all().kind(KeyKind::Data).tenant(Some(&tenant)))
+            .await
+            .unwrap();
+        assert_eq!(
+            data.iter().map(|k| (k.id, k.state)).collect::<Vec<_>>(),
+            vec![
+                (v1.key_id(), KeyState::Active),
+                (v2.key_id(), KeyState::Active)
+            ],
+            "{kind:?}"
+        );
+        assert_eq!(
+            reader.open(&ctx2, &v2).await.unwrap().as_bytes(),
+            b"two",
+            "{kind:?}"
+        );
+        match reader.open(&ctx1, &v1).await {
+            Err(Error::KeyNotUsable {
+                id,
+                state: KeyState::Retired,
+                ..
+            }) => assert_eq!(id, branch, "{kind:?}"),
+            other => panic!("{kind:?}: a value under the suspended branch key: {other:?}"),
+        }
     }
 }
 

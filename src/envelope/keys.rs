@@ -24,6 +24,10 @@ const STALE_PENDING: Duration = Duration::from_secs(60);
 const WAIT_FOR_PEER: Duration = Duration::from_secs(15);
 const PEER_POLL: Duration = Duration::from_millis(50);
 
+/// How many times a data key's mint chooses its branch key when the one it
+/// chose stops being active before the data key is activated under it.
+const MINT_ATTEMPTS: u32 = 3;
+
 /// An unwrapped blind-index key: 32 bytes that key the HMAC of one index of
 /// one table and tenant (zeroized on drop, never printed).
 pub struct IndexKey {
@@ -301,31 +305,46 @@ impl Envelope {
         seal_window: Duration,
     ) -> Result<Arc<ActiveKey>> {
         let inner = &*self.inner;
-        let branch = self.sealing_branch(&BranchScope::of(scope, tenant)).await?;
-        let new = NewKey {
-            kind: KeyKind::Data,
-            scope,
-            tenant,
-            slot: None,
-            owner: &inner.owner,
+        let mut attempt = 1;
+        let (id, material, branch, born) = loop {
+            let branch = self.sealing_branch(&BranchScope::of(scope, tenant)).await?;
+            let new = NewKey {
+                kind: KeyKind::Data,
+                scope,
+                tenant,
+                slot: None,
+                owner: &inner.owner,
+            };
+            let Reserved::Mine(id) = inner.store.reserve(&new).await? else {
+                return Err(Error::Config("a data key has no slot".into()));
+            };
+            let material = KeyMaterial::generate();
+            let blob = branch.wrap(&KeyContext::data(scope, tenant, id), &material);
+            // Born before activation: this process stops sealing under the key
+            // no later than the horizon the store records.
+            let born = inner.clock.coarse();
+            let activation = Activation {
+                wrapped: &[],
+                parent: Some((branch.id(), &blob)),
+                seal_window,
+            };
+            match inner.store.activate(id, &inner.owner, &activation).await {
+                Ok(()) => break (id, material, branch, born),
+                // The branch key stopped being active after it was chosen (an
+                // operator suspended it, another process rotated it out): choose
+                // again, from the store.
+                Err(Error::KeyNotUsable { id: parent, .. })
+                    if parent == branch.id() && attempt < MINT_ATTEMPTS =>
+                {
+                    self.abandon(id).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    self.abandon(id).await;
+                    return Err(activation_failed(id, e, KeyOperation::Encrypt));
+                }
+            }
         };
-        let Reserved::Mine(id) = inner.store.reserve(&new).await? else {
-            return Err(Error::Config("a data key has no slot".into()));
-        };
-        let material = KeyMaterial::generate();
-        let blob = branch.wrap(&KeyContext::data(scope, tenant, id), &material);
-        // Born before activation: this process stops sealing under the key no
-        // later than the horizon the store records.
-        let born = inner.clock.coarse();
-        let activation = Activation {
-            wrapped: &[],
-            parent: Some((branch.id(), &blob)),
-            seal_window,
-        };
-        if let Err(e) = inner.store.activate(id, &inner.owner, &activation).await {
-            self.abandon(id).await;
-            return Err(activation_failed(id, e, KeyOperation::Encrypt));
-        }
         bump(&inner.counters.data_keys_minted);
         let key = Arc::new(DataKey::new(id, &material));
         let cached = Arc::new(CachedKey::new(key.clone(), born));

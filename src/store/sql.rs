@@ -167,6 +167,9 @@ struct Statements {
     delete_all_wrapped: String,
     /// (id): matches (and locks) a key that may hold blobs
     lock_blob_owner: String,
+    /// (id): the branch key a data key is being activated under, locked while
+    /// it is active
+    lock_sealing_parent: String,
     /// (key_id, master_key, wrapped_key)
     upsert_wrapped: String,
     /// (key_id, master_key)
@@ -277,6 +280,9 @@ impl Statements {
             delete_all_wrapped: p(&format!("DELETE FROM {BLOBS} WHERE key_id = ?")),
             lock_blob_owner: p(&format!(
                 "UPDATE {KEYS} SET state = state WHERE id = ? AND state IN ('active', 'decrypt_only', 'retired')"
+            )),
+            lock_sealing_parent: p(&format!(
+                "UPDATE {KEYS} SET state = state WHERE id = ? AND state = 'active'"
             )),
             upsert_wrapped: p(&upsert_wrapped),
             delete_wrapped: p(&format!(
@@ -573,6 +579,32 @@ macro_rules! sql_key_store {
                     Some((p, b)) => (Some(p.as_i64()), Some(b)),
                     None => (None, None),
                 };
+                // A data key becomes active only under a branch key that still
+                // is: one an operator suspended or a process rotated out since
+                // the minting process chose it is refused, in the same
+                // transaction (its row locked until the commit, so a change of
+                // the branch key waits for this activation or wins before it).
+                if let Some((parent, _)) = activation.parent {
+                    let live = sqlx::query(sqlx::AssertSqlSafe(
+                        Self::sql().lock_sealing_parent.as_str(),
+                    ))
+                    .bind(parent.as_i64())
+                    .execute(&mut *tx)
+                    .await?;
+                    if live.rows_affected() != 1 {
+                        tx.rollback().await?;
+                        return Err(
+                            match self.conflict(parent, KeyState::Active, KeyState::Active).await {
+                                Error::StateConflict { current, .. } => Error::KeyNotUsable {
+                                    id: parent,
+                                    state: current,
+                                    operation: KeyOperation::Encrypt,
+                                },
+                                e => e,
+                            },
+                        );
+                    }
+                }
                 let done = sqlx::query(sqlx::AssertSqlSafe(Self::sql().activate.as_str()))
                     .bind(now)
                     .bind(parent_id)
