@@ -450,4 +450,24 @@ async fn sqlite_keys_are_checked_by_what_the_rows_store() {
     assert_eq!((r.written, r.remaining), (20, 0));
     let c = transition_counts(&pool, &target, "note").await.unwrap();
     assert_eq!((c.encrypted, c.plaintext_only), (20, 0), "{c:?}");
+
+    // A text id among the UUIDs: the column holds two storage classes, no
+    // kind reads it, and the refusal names both.
+    db.exec(&format!(
+        "INSERT INTO {table} (id, org, note) VALUES ('legacy-7', 'north', 'x')"
+    ))
+    .await;
+    let mut opts = JobOptions::default();
+    opts.job_name = Some(format!("{table}-mixed"));
+    let err = Job::encrypt_column(env, pool.clone(), target, "note", PlainKind::Text)
+        .unwrap()
+        .options(opts)
+        .run()
+        .await
+        .expect_err("a text id among blob ids");
+    let m = err.to_string();
+    assert!(
+        m.contains(&format!("{table}.id holds ")) && m.contains("text") && m.contains("blob"),
+        "{m}"
+    );
 }

@@ -1046,9 +1046,9 @@ type Armed = (
     tokio::sync::oneshot::Receiver<()>,
 );
 
-/// The destroying process's view of the shared key store: its first call at
-/// the armed point returns only when the test releases it, so another process
-/// acts while destroy counts rows.
+/// One process's view of the shared key store: its first call at the armed
+/// point returns only when the test releases it, so another process acts
+/// while this one counts rows (destroy) or mints a data key.
 #[derive(Debug)]
 struct HeldStore {
     inner: Arc<dyn KeyStore>,
@@ -1403,6 +1403,63 @@ async fn a_data_key_is_never_activated_under_a_suspended_branch_key() {
                 ..
             }) => assert_eq!(id, branch, "{kind:?}"),
             other => panic!("{kind:?}: a value under the suspended branch key: {other:?}"),
+        }
+    }
+}
+
+/// A tenant shredded while one of its data keys is being minted (the
+/// application held at the store between the key's reservation and its
+/// activation): the mint fails as destroyed instead of choosing a branch key
+/// again, and every key of the tenant ends destroyed; nothing is minted for
+/// it behind the shred's back. One `ManualClock`.
+#[tokio::test]
+async fn a_data_key_minted_while_its_tenant_is_shredded_is_never_activated() {
+    for kind in ALL {
+        let w = World::new(Db::connect(kind).await).await;
+        let held = Arc::new(HeldStore {
+            inner: w.store.clone(),
+            armed: std::sync::Mutex::new(None),
+        });
+        let app = Envelope::builder()
+            .keyring_arc(w.keyring.clone())
+            .store_arc(held.clone())
+            .clock(w.clock.clone())
+            .build()
+            .unwrap();
+        let operator = w.process(CacheLimits::default());
+        let (t, tenant) = (unique("lc_shred_mint"), unique("acme"));
+        let (row1, row2) = (RowId::from(1_i64), RowId::from(2_i64));
+        app.seal(&Context::new(&t, "v", &row1).with_tenant(&tenant), b"one")
+            .await
+            .unwrap();
+        app.rotate_active_keys().await;
+        let (reached, release) = held.arm(Hold::Reserved);
+        let ctx2 = Context::new(&t, "v", &row2).with_tenant(&tenant);
+        let (sealed, ()) = tokio::join!(app.seal(&ctx2, b"two"), async {
+            reached.await.unwrap();
+            operator.shred_tenant(&tenant).await.unwrap();
+            release.send(()).unwrap();
+        });
+        match sealed {
+            Err(Error::KeyNotUsable {
+                state: KeyState::Destroyed,
+                operation: KeyOperation::Encrypt,
+                ..
+            }) => {}
+            other => panic!("{kind:?}: a seal its tenant's shred overtook: {other:?}"),
+        }
+        let keys = w
+            .store
+            .list(&KeyFilter::all().tenant(Some(&tenant)))
+            .await
+            .unwrap();
+        assert_eq!(
+            keys.len(),
+            3,
+            "{kind:?}: branch, data key, the reservation: {keys:?}"
+        );
+        for k in &keys {
+            assert_eq!(k.state, KeyState::Destroyed, "{kind:?}: {k:?}");
         }
     }
 }

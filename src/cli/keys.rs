@@ -84,10 +84,10 @@ pub struct RewrapArgs {
     pub scope: Option<String>,
 }
 
-/// Data key ids.
+/// Key ids (`keys retire`, `suspend`, `reactivate`).
 #[derive(Debug, Args)]
 pub struct IdsArgs {
-    /// Data key ids (as shown by `keys list`).
+    /// Key ids, as shown by `keys list`: data keys, or a tenant's branch or index key.
     #[arg(required = true, value_parser = parse_id)]
     pub ids: Vec<KeyId>,
 }
@@ -170,7 +170,9 @@ fn parse_id(s: &str) -> Result<KeyId, String> {
         .ok()
         .filter(|v| *v != 0)
         .map(KeyId::new)
-        .ok_or_else(|| format!("{s:?} is not a data key id"))
+        .ok_or_else(|| {
+            format!("{s:?} is not a key id (a positive number, as `keys list` shows it)")
+        })
 }
 
 /// Run a key command.

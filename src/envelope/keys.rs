@@ -333,9 +333,12 @@ impl Envelope {
                 // The branch key stopped being active after it was chosen (an
                 // operator suspended it, another process rotated it out): choose
                 // again, from the store.
-                Err(Error::KeyNotUsable { id: parent, .. })
-                    if parent == branch.id() && attempt < MINT_ATTEMPTS =>
-                {
+                // (A destroyed one is the tenant's shred: the mint fails.)
+                Err(Error::KeyNotUsable {
+                    id: parent,
+                    state: KeyState::DecryptOnly | KeyState::Retired,
+                    ..
+                }) if parent == branch.id() && attempt < MINT_ATTEMPTS => {
                     self.abandon(id).await;
                     attempt += 1;
                 }

@@ -108,24 +108,27 @@ impl Job {
     async fn check_kinds(&self) -> JobResult<()> {
         let d = self.pool.dialect();
         let t = &self.target;
-        let types = if d == Dialect::Sqlite {
-            Vec::new()
-        } else {
-            self.column_types().await?
-        };
+        let types = self.column_types().await?;
         // What column `c` is or holds (said for a message) and its classes.
         // PostgreSQL folds the unquoted (mixed-case) names `Dialect::quote`
         // leaves to lower case; MySQL column names are case-insensitive.
         let classes = async |c: &Ident| -> JobResult<Vec<(String, SqlClass)>> {
             if d == Dialect::Sqlite {
-                return Ok(self
+                let stored: Vec<(String, SqlClass)> = self
                     .sqlite_stored(c)
                     .await?
                     .into_iter()
-                    .filter_map(|class| {
-                        SqlClass::stored(&class).map(|k| (format!("holds {class} values"), k))
-                    })
-                    .collect());
+                    .filter_map(|class| SqlClass::stored(&class).map(|k| (class, k)))
+                    .collect();
+                let said = format!(
+                    "holds {} values",
+                    stored
+                        .iter()
+                        .map(|(class, _)| class.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                );
+                return Ok(stored.into_iter().map(|(_, k)| (said.clone(), k)).collect());
             }
             Ok(types
                 .iter()
@@ -194,7 +197,8 @@ impl Job {
     }
 
     /// Every column of the target's table with its declared type, as the
-    /// database's catalogue spells it (PostgreSQL, MySQL/MariaDB).
+    /// database's catalogue spells it (PostgreSQL, MySQL/MariaDB; none on
+    /// SQLite).
     async fn column_types(&self) -> JobResult<Vec<(String, String)>> {
         let d = self.pool.dialect();
         let (sql, table) = match d {
@@ -203,7 +207,9 @@ impl Job {
                  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
                 d.quote(&self.target.table),
             ),
-            _ => (
+            // Declared types are hints on SQLite: `sqlite_stored` instead.
+            Dialect::Sqlite => return Ok(Vec::new()),
+            Dialect::MySql => (
                 "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR) \
                  FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = DATABASE() AND BINARY TABLE_NAME = ?",
@@ -218,16 +224,18 @@ impl Job {
         }))
     }
 
-    /// The storage classes (`integer`, `text`, `blob`, `real`) of the values
-    /// of SQLite column `column` in the first rows of the table (NULLs left
-    /// out).
+    /// The storage classes (`integer`, `text`, `blob`, `real`; `null` for an
+    /// empty column) of the values of SQLite column `column`: those of its
+    /// smallest and largest value (SQLite orders numbers before text before
+    /// blobs, so two values of one class mean the whole column is of it, up
+    /// to integer and real) and of the values of the first rows read.
     async fn sqlite_stored(&self, column: &Ident) -> JobResult<Vec<String>> {
         let d = self.pool.dialect();
+        let (c, t) = (d.quote(column), d.quote(&self.target.table));
         let sql = format!(
-            "SELECT DISTINCT typeof(c) FROM (SELECT {} AS c FROM {} LIMIT {SAMPLED_ROWS}) \
-             WHERE c IS NOT NULL",
-            d.quote(column),
-            d.quote(&self.target.table)
+            "SELECT typeof(min({c})) FROM {t} UNION SELECT typeof(max({c})) FROM {t} \
+             UNION SELECT typeof(c) FROM (SELECT {c} AS c FROM {t} LIMIT {SAMPLED_ROWS}) \
+             WHERE c IS NOT NULL"
         );
         Ok(on_pool!(&self.pool, p => {
             sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
@@ -279,7 +287,8 @@ impl Job {
     }
 }
 
-/// How many rows of a SQLite table the check reads the stored values of.
+/// How many rows of a SQLite table the check reads the stored values of,
+/// beside each column's smallest and largest value.
 const SAMPLED_ROWS: usize = 1_000;
 
 /// What a declared column type (or a SQLite value's storage class) can hold,

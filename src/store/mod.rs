@@ -338,7 +338,7 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     /// `owner` (cleaned up or taken over meanwhile), and with
     /// [`crate::Error::KeyNotUsable`] (the parent's id and state) if the
     /// branch key it is wrapped under is no longer active: checked in the same
-    /// transaction, with the parent's row locked until the commit.
+    /// transaction, with the parent's row locked (shared) until the commit.
     async fn activate(&self, id: KeyId, owner: &str, activation: &Activation<'_>) -> Result<()>;
 
     /// Delete a pending key reserved by `owner` (after a failed mint). Returns

@@ -167,8 +167,8 @@ struct Statements {
     delete_all_wrapped: String,
     /// (id): matches (and locks) a key that may hold blobs
     lock_blob_owner: String,
-    /// (id): the branch key a data key is being activated under, locked while
-    /// it is active
+    /// (id): the branch key a data key is being activated under, locked
+    /// (shared) while it is active
     lock_sealing_parent: String,
     /// (key_id, master_key, wrapped_key)
     upsert_wrapped: String,
@@ -281,9 +281,21 @@ impl Statements {
             lock_blob_owner: p(&format!(
                 "UPDATE {KEYS} SET state = state WHERE id = ? AND state IN ('active', 'decrypt_only', 'retired')"
             )),
-            lock_sealing_parent: p(&format!(
-                "UPDATE {KEYS} SET state = state WHERE id = ? AND state = 'active'"
-            )),
+            // A shared lock on PostgreSQL and MySQL/MariaDB: activations under
+            // one branch key do not wait for each other, a change of the branch
+            // key waits for them. SQLite serialises writers anyway; the UPDATE
+            // takes its write lock now.
+            lock_sealing_parent: p(&match f {
+                Flavor::Postgres => {
+                    format!("SELECT id FROM {KEYS} WHERE id = ? AND state = 'active' FOR SHARE")
+                }
+                Flavor::MySql => format!(
+                    "SELECT id FROM {KEYS} WHERE id = ? AND state = 'active' LOCK IN SHARE MODE"
+                ),
+                Flavor::Sqlite => {
+                    format!("UPDATE {KEYS} SET state = state WHERE id = ? AND state = 'active'")
+                }
+            }),
             upsert_wrapped: p(&upsert_wrapped),
             delete_wrapped: p(&format!(
                 "DELETE FROM {BLOBS} WHERE key_id = ? AND master_key = ?"
@@ -585,13 +597,22 @@ macro_rules! sql_key_store {
                 // transaction (its row locked until the commit, so a change of
                 // the branch key waits for this activation or wins before it).
                 if let Some((parent, _)) = activation.parent {
-                    let live = sqlx::query(sqlx::AssertSqlSafe(
-                        Self::sql().lock_sealing_parent.as_str(),
-                    ))
-                    .bind(parent.as_i64())
-                    .execute(&mut *tx)
-                    .await?;
-                    if live.rows_affected() != 1 {
+                    let sql = Self::sql().lock_sealing_parent.as_str();
+                    let live = if $flavor == Flavor::Sqlite {
+                        sqlx::query(sqlx::AssertSqlSafe(sql))
+                            .bind(parent.as_i64())
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected()
+                            == 1
+                    } else {
+                        sqlx::query(sqlx::AssertSqlSafe(sql))
+                            .bind(parent.as_i64())
+                            .fetch_optional(&mut *tx)
+                            .await?
+                            .is_some()
+                    };
+                    if !live {
                         tx.rollback().await?;
                         return Err(
                             match self.conflict(parent, KeyState::Active, KeyState::Active).await {
