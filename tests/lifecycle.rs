@@ -60,6 +60,21 @@ impl World {
             .unwrap()
     }
 
+    /// A process whose view of the store a test can hold ([`HeldStore`]).
+    fn held_process(&self) -> (Arc<HeldStore>, Envelope) {
+        let held = Arc::new(HeldStore {
+            inner: self.store.clone(),
+            armed: std::sync::Mutex::new(None),
+        });
+        let env = Envelope::builder()
+            .keyring_arc(self.keyring.clone())
+            .store_arc(held.clone())
+            .clock(self.clock.clone())
+            .build()
+            .unwrap();
+        (held, env)
+    }
+
     async fn state(&self, id: sqlx_envelope::KeyId) -> KeyState {
         self.store.get(id).await.unwrap().unwrap().state
     }
@@ -1197,18 +1212,9 @@ async fn destroy_leaves_a_change_made_while_it_counts_as_it_was_made() {
     use sqlx_envelope::jobs::{DestroyOptions, JobError, JobPool, destroy_key};
     for kind in ALL {
         let w = World::new(Db::connect(kind).await).await;
-        let held = Arc::new(HeldStore {
-            inner: w.store.clone(),
-            armed: std::sync::Mutex::new(None),
-        });
+        let (held, destroyer) = w.held_process();
         let app = w.process(CacheLimits::default());
         let operator = w.process(CacheLimits::default());
-        let destroyer = Envelope::builder()
-            .keyring_arc(w.keyring.clone())
-            .store_arc(held.clone())
-            .clock(w.clock.clone())
-            .build()
-            .unwrap();
         let jobs = match &w.db {
             Db::Postgres(p) => JobPool::from(p.clone()),
             Db::MySql(p) => JobPool::from(p.clone()),
@@ -1328,16 +1334,7 @@ async fn destroy_leaves_a_change_made_while_it_counts_as_it_was_made() {
 async fn a_data_key_is_never_activated_under_a_suspended_branch_key() {
     for kind in ALL {
         let w = World::new(Db::connect(kind).await).await;
-        let held = Arc::new(HeldStore {
-            inner: w.store.clone(),
-            armed: std::sync::Mutex::new(None),
-        });
-        let app = Envelope::builder()
-            .keyring_arc(w.keyring.clone())
-            .store_arc(held.clone())
-            .clock(w.clock.clone())
-            .build()
-            .unwrap();
+        let (held, app) = w.held_process();
         let operator = w.process(CacheLimits::default());
         let reader = w.process(CacheLimits::default());
         let (t, tenant) = (unique("lc_branch"), unique("acme"));
@@ -1416,16 +1413,7 @@ async fn a_data_key_is_never_activated_under_a_suspended_branch_key() {
 async fn a_data_key_minted_while_its_tenant_is_shredded_is_never_activated() {
     for kind in ALL {
         let w = World::new(Db::connect(kind).await).await;
-        let held = Arc::new(HeldStore {
-            inner: w.store.clone(),
-            armed: std::sync::Mutex::new(None),
-        });
-        let app = Envelope::builder()
-            .keyring_arc(w.keyring.clone())
-            .store_arc(held.clone())
-            .clock(w.clock.clone())
-            .build()
-            .unwrap();
+        let (held, app) = w.held_process();
         let operator = w.process(CacheLimits::default());
         let (t, tenant) = (unique("lc_shred_mint"), unique("acme"));
         let (row1, row2) = (RowId::from(1_i64), RowId::from(2_i64));
