@@ -241,7 +241,7 @@ pub enum KeyOperation {
     Encrypt,
     /// Opening a stored value.
     Decrypt,
-    /// Re-wrapping the data key under another master key.
+    /// Re-wrapping the key under another master key.
     Rewrap,
     /// Computing a blind index (an index key, to write or to look up).
     Index,

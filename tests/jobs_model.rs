@@ -452,6 +452,33 @@ macro_rules! scenario {
                 let st = sqlx_envelope::jobs::job_status(&jp, "kinds").await.unwrap();
                 assert!(st.kind.is_none(), "{kind:?}: no job registered: {st:?}");
             }
+
+            // A restart (`--restart`, JobOptions::restart) forgets a job's
+            // progress only once the target is checked: the same job refused
+            // for a wrong key kind keeps it.
+            let mut o = opts("kept", 5, None);
+            o.job_name = Some("kept".into());
+            let phone = Target::for_model::<Patient>("phone").unwrap();
+            Job::reencrypt(envelope.clone(), jp.clone(), phone, old.clone())
+                .options(o.clone())
+                .run()
+                .await
+                .unwrap();
+            let before = sqlx_envelope::jobs::job_status(&jp, "kept").await.unwrap();
+            assert!(before.kind.is_some(), "{kind:?}: {before:?}");
+            o.restart = true;
+            let as_int = Target::new("patients", "id", "phone").unwrap();
+            let err = Job::reencrypt(envelope.clone(), jp.clone(), as_int, old.clone())
+                .options(o)
+                .run()
+                .await
+                .expect_err("wrong kind");
+            assert!(matches!(err, sqlx_envelope::jobs::JobError::Invalid(_)), "{err:?}");
+            assert_eq!(
+                sqlx_envelope::jobs::job_status(&jp, "kept").await.unwrap(),
+                before,
+                "{kind:?}: the refused restart kept the job's progress"
+            );
         }
     };
 }

@@ -1404,6 +1404,106 @@ async fn a_data_key_is_never_activated_under_a_suspended_branch_key() {
     }
 }
 
+/// Two application processes and an operator under one `ManualClock`, the
+/// tenant's branch key suspended while one process is minting a data key
+/// under it (held at the store between reservation and activation) and the
+/// other still seals under the data key it cached: the minting process
+/// chooses a new branch key; the other keeps its cached key until its max age
+/// (as documented), then mints under the new branch key, never the suspended
+/// one. The suspended branch key ends with only the data keys minted before
+/// the suspension, and a fresh reader opens what was sealed under the new one.
+#[tokio::test]
+async fn two_applications_and_an_operator_suspend_a_branch_key() {
+    for kind in ALL {
+        let w = World::new(Db::connect(kind).await).await;
+        let (held, a) = w.held_process();
+        let b = w.process(CacheLimits::default().max_age(Duration::from_secs(300)));
+        let operator = w.process(CacheLimits::default());
+        let (t, tenant) = (unique("lc_two_branch"), unique("acme"));
+        let ctx = |row: i64| (t.clone(), RowId::from(row));
+        let seal = async |app: &Envelope, row: i64, text: &[u8]| {
+            let (t, id) = ctx(row);
+            let c = Context::new(&t, "v", &id).with_tenant(&tenant);
+            app.seal(&c, text).await
+        };
+        let parent_of = async |id| {
+            w.store
+                .get(id)
+                .await
+                .unwrap()
+                .unwrap()
+                .parent
+                .unwrap()
+                .parent
+        };
+        let a1 = seal(&a, 1, b"a1").await.unwrap();
+        let b1 = seal(&b, 2, b"b1").await.unwrap();
+        let branch = parent_of(a1.key_id()).await;
+        assert_eq!(
+            parent_of(b1.key_id()).await,
+            branch,
+            "{kind:?}: one branch key per tenant"
+        );
+
+        // a mints a new data key; while it is held between reservation and
+        // activation, the operator suspends the branch key and b seals again.
+        a.rotate_active_keys().await;
+        let (reached, release) = held.arm(Hold::Reserved);
+        let (a2, b2) = tokio::join!(seal(&a, 3, b"a2"), async {
+            reached.await.unwrap();
+            operator
+                .set_key_state(branch, KeyState::Retired)
+                .await
+                .unwrap();
+            let b2 = seal(&b, 4, b"b2").await;
+            release.send(()).unwrap();
+            b2
+        });
+        let (a2, b2) = (a2.unwrap(), b2.unwrap());
+        let new_branch = parent_of(a2.key_id()).await;
+        assert_ne!(new_branch, branch, "{kind:?}: a chose again");
+        assert_eq!(
+            b2.key_id(),
+            b1.key_id(),
+            "{kind:?}: b's cached key, within its max age"
+        );
+
+        // Past b's max age, b mints under the new branch key.
+        w.clock.advance(Duration::from_secs(301));
+        let b3 = seal(&b, 5, b"b3").await.unwrap();
+        assert_ne!(b3.key_id(), b1.key_id(), "{kind:?}");
+        assert_eq!(parent_of(b3.key_id()).await, new_branch, "{kind:?}");
+        let mut under_suspended = Vec::new();
+        for k in w
+            .store
+            .list(&KeyFilter::all().kind(KeyKind::Data).tenant(Some(&tenant)))
+            .await
+            .unwrap()
+        {
+            if k.parent.map(|p| p.parent) == Some(branch) {
+                under_suspended.push(k.id);
+            }
+        }
+        under_suspended.sort();
+        assert_eq!(
+            under_suspended,
+            vec![a1.key_id(), b1.key_id()],
+            "{kind:?}: nothing activated under the suspended branch key"
+        );
+        let reader = w.process(CacheLimits::default());
+        for (row, v, text) in [(3, &a2, &b"a2"[..]), (5, &b3, &b"b3"[..])] {
+            let (t, id) = ctx(row);
+            let c = Context::new(&t, "v", &id).with_tenant(&tenant);
+            assert_eq!(
+                reader.open(&c, v).await.unwrap().as_bytes(),
+                text,
+                "{kind:?}"
+            );
+        }
+        assert_eq!(w.state(branch).await, KeyState::Retired, "{kind:?}");
+    }
+}
+
 /// A tenant shredded while one of its data keys is being minted (the
 /// application held at the store between the key's reservation and its
 /// activation): the mint fails as destroyed instead of choosing a branch key

@@ -5,13 +5,12 @@ use std::time::Duration;
 use crate::jobs::transition::{drop_plaintext as drop_column, transition_counts};
 use crate::jobs::{
     Job, JobOptions, JobReport, PlainKind, Target, ValueCodec, parse_pk_spec, parse_tenant_spec,
-    reset_job,
 };
 use crate::{KeyId, KeyState};
 use clap::Args;
 
 use super::config::Global;
-use super::{CmdResult, Failure, Models, model};
+use super::{CmdResult, Failure, Models, model, registered};
 
 /// Options shared by every row job.
 #[derive(Debug, Args)]
@@ -61,6 +60,7 @@ impl JobArgs {
             worker_id: self.worker_id.clone().unwrap_or(defaults.worker_id),
             job_name: self.job_name.clone(),
             dry_run: self.dry_run,
+            restart: self.restart,
             tenant: self.tenant.clone(),
             ..defaults
         }
@@ -127,7 +127,7 @@ pub async fn index(g: &Global, a: IndexArgs, models: &Models) -> CmdResult {
     let m = model(models, &a.model)?;
     let (pool, envelope) = g.envelope().await?;
     let job = Job::index_column_of(envelope, pool, m, &a.index)?.options(a.job.options());
-    let r = run_job(g, job, a.job.restart, "index").await?;
+    let r = run_job(g, job, "index").await?;
     if r.remaining > 0 && !r.dry_run {
         return Err(Failure::RowsRemain(format!(
             "{} row(s) of {} still have no {} (failed or written meanwhile): run the same command again (a finished job makes a new pass)",
@@ -215,12 +215,7 @@ fn target(
     })
 }
 
-async fn run_job(g: &Global, job: Job, restart: bool, label: &str) -> Result<JobReport, Failure> {
-    if restart {
-        // Cheap: the job's own pool is not exposed, reconnect.
-        let pool = g.pool().await?;
-        reset_job(&pool, &job.name()).await?;
-    }
+async fn run_job(g: &Global, job: Job, label: &str) -> Result<JobReport, Failure> {
     let cancel = job.cancel_token();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -302,13 +297,7 @@ pub async fn backfill(g: &Global, a: BackfillArgs, reverse: bool, models: &Model
         Job::encrypt_column(envelope, pool.clone(), t.clone(), &a.plaintext_column, kind)?
     }
     .options(a.job.options());
-    let r = run_job(
-        g,
-        job,
-        a.job.restart,
-        if reverse { "decrypt" } else { "backfill" },
-    )
-    .await?;
+    let r = run_job(g, job, if reverse { "decrypt" } else { "backfill" }).await?;
     if !reverse {
         let c = transition_counts(&pool, &t, &a.plaintext_column).await?;
         say!(
@@ -352,10 +341,7 @@ pub async fn reencrypt(g: &Global, a: ReencryptArgs, models: &Models) -> CmdResu
     let targets = match (&a.model, &a.table, &a.column) {
         (Some(m), _, _) => Target::all_from_description(model(models, m)?)?,
         (None, Some(table), Some(column)) => {
-            let registered = models
-                .iter()
-                .find(|m| m.table == table.as_str() && m.encrypted_column(column).is_some());
-            match registered {
+            match registered(models, table, column) {
                 // The model's own description, as status and verify take it:
                 // flags that describe the column again could only disagree.
                 Some(m)
@@ -403,7 +389,7 @@ pub async fn reencrypt(g: &Global, a: ReencryptArgs, models: &Models) -> CmdResu
         return Ok(());
     }
     let job = Job::reencrypt_columns(envelope, pool, targets, keys)?.options(a.job.options());
-    let r = run_job(g, job, a.job.restart, "reencrypt").await?;
+    let r = run_job(g, job, "reencrypt").await?;
     if r.remaining > 0 && !r.dry_run {
         return Err(Failure::RowsRemain(format!(
             "{} row(s) still reference the retired keys (failed or written meanwhile): run the same command again (a finished job makes a new pass)",

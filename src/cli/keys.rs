@@ -17,13 +17,13 @@ pub enum KeysCommand {
     /// Master-key rotation: re-wrap branch and index keys under a new master key (no data key or row changes).
     #[command(visible_alias = "rotate")]
     Rewrap(RewrapArgs),
-    /// Stop sealing new values with these data keys (state decrypt_only); their rows still open.
+    /// Stop sealing new values with these keys (state decrypt_only); their rows still open.
     Retire(IdsArgs),
     /// Emergency stop: keys refuse to seal and to open (state retired) until reactivated.
     Suspend(IdsArgs),
     /// Undo a suspend: retired keys open again (state decrypt_only; nothing returns to active).
     Reactivate(IdsArgs),
-    /// Destroy data keys (crypto-shredding): waits for the seal horizon (exit 4), refused (exit 3) while any row references them.
+    /// Destroy data keys (crypto-shredding): refused before the seal horizon (exit 4), while any row references them (exit 3), and for branch or index keys (exit 1).
     Destroy(DestroyArgs),
     /// Crypto-shred a tenant: destroy its branch, data and index keys (every value of the tenant stops opening).
     ShredTenant(ShredArgs),
@@ -87,7 +87,7 @@ pub struct RewrapArgs {
 /// Key ids (`keys retire`, `suspend`, `reactivate`).
 #[derive(Debug, Args)]
 pub struct IdsArgs {
-    /// Key ids, as shown by `keys list`: data keys, or a tenant's branch or index key.
+    /// Key ids, as shown by `keys list`: data, branch or index keys.
     #[arg(required = true, value_parser = parse_id)]
     pub ids: Vec<KeyId>,
 }
@@ -259,14 +259,12 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
             let records = records(&envelope, &a.ids).await?;
             for rec in records {
                 let (id, kind) = (rec.id, rec.kind.as_str());
-                if rec.state == KeyState::Active
-                    && move_from_read(&envelope, &rec, KeyState::DecryptOnly).await?
-                {
-                    say!("{kind} key {id}: active -> decrypt_only");
-                } else if rec.state == KeyState::Active {
-                    say!("{kind} key {id}: already decrypt_only");
-                } else {
+                if rec.state != KeyState::Active {
                     say!("{kind} key {id}: already {}", rec.state);
+                } else if move_from_read(&envelope, &rec, KeyState::DecryptOnly).await? {
+                    say!("{kind} key {id}: active -> decrypt_only");
+                } else {
+                    say!("{kind} key {id}: already decrypt_only");
                 }
             }
             say!(

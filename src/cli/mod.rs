@@ -56,6 +56,15 @@ use clap::{Parser, Subcommand};
 use crate::jobs::JobError;
 use crate::model::ModelDescription;
 
+/// The registered model whose table `table` has the encrypted column
+/// `column`: such a column is described by the model, not by flags.
+fn registered(models: &Models, table: &str, column: &str) -> Option<&'static ModelDescription> {
+    models
+        .iter()
+        .copied()
+        .find(|m| m.table == table && m.encrypted_column(column).is_some())
+}
+
 /// Resolve `--model NAME` among the registered models.
 fn model(models: &Models, name: &str) -> Result<&'static ModelDescription, Failure> {
     models

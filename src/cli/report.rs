@@ -6,7 +6,7 @@ use crate::jobs::{ColumnStatus, JobPool, PlainKind, Target, registered_columns, 
 use clap::Args;
 
 use super::config::{Global, parse_column};
-use super::{CmdResult, Failure, Models, model};
+use super::{CmdResult, Failure, Models, model, registered};
 
 /// `status`.
 #[derive(Debug, Args)]
@@ -33,10 +33,7 @@ fn with_models(
     models: &Models,
 ) -> Result<(), Failure> {
     for t in columns.iter_mut() {
-        let found = models.iter().find(|m| {
-            m.table == t.table.as_str() && m.encrypted_column(t.column.as_str()).is_some()
-        });
-        if let Some(m) = found {
+        if let Some(m) = registered(models, t.table.as_str(), t.column.as_str()) {
             let described = Target::from_description(m, t.column.as_str())?;
             // What a bare `--column TABLE.COLUMN` gives: anything else was
             // said with a flag, and must agree with the model.

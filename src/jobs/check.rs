@@ -2,8 +2,9 @@
 //! options, that every column it reads or writes exists, that the key and
 //! tenant columns are of the kinds the job was told (a UUID column read as an
 //! integer would bind every value to the wrong row) and the encrypted columns
-//! binary (PostgreSQL, MySQL/MariaDB), that a typed codec fits the plaintext column, and that the keys it
-//! re-encrypts away from are retired but still decrypt.
+//! binary (PostgreSQL, MySQL/MariaDB), that a typed codec fits the plaintext
+//! column, and that the keys it re-encrypts away from are retired but still
+//! decrypt.
 
 use super::db::{Dialect, Ident};
 use super::run::{Job, JobKind, PlainKind};
@@ -109,66 +110,38 @@ impl Job {
         let d = self.pool.dialect();
         let t = &self.target;
         let types = self.column_types().await?;
-        // What column `c` is or holds (said for a message) and its classes.
-        // PostgreSQL folds the unquoted (mixed-case) names `Dialect::quote`
-        // leaves to lower case; MySQL column names are case-insensitive.
-        let classes = async |c: &Ident| -> JobResult<Vec<(String, SqlClass)>> {
-            if d == Dialect::Sqlite {
-                let stored: Vec<(String, SqlClass)> = self
-                    .sqlite_stored(c)
+        // What column `c` is or holds (said in a refusal) when one of its
+        // classes does not `fit`.
+        let misfit = async |c: &Ident, fits: &(dyn Fn(SqlClass) -> bool + Sync)| {
+            Ok::<_, JobError>(
+                self.column_classes(&types, c)
                     .await?
-                    .into_iter()
-                    .filter_map(|class| SqlClass::stored(&class).map(|k| (class, k)))
-                    .collect();
-                let said = format!(
-                    "holds {} values",
-                    stored
-                        .iter()
-                        .map(|(class, _)| class.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" and ")
-                );
-                return Ok(stored.into_iter().map(|(_, k)| (said.clone(), k)).collect());
-            }
-            Ok(types
-                .iter()
-                .find(|(n, _)| match d {
-                    Dialect::Postgres => *n == c.as_str().to_ascii_lowercase(),
-                    _ => n.eq_ignore_ascii_case(c.as_str()),
-                })
-                .and_then(|(_, ty)| SqlClass::of(d, ty).map(|k| (format!("is {ty}"), k)))
-                .into_iter()
-                .collect())
+                    .filter(|(_, classes)| classes.iter().any(|k| !fits(*k)))
+                    .map(|(said, _)| said),
+            )
         };
-        let refuse = |column: &Ident, ty: &str, what: String, fix: &str| {
+        let refuse = |column: &Ident, said: String, what: String, fix: &str| {
             JobError::Invalid(format!(
-                "{}.{column} {ty}, but {what}: {fix} (nothing was registered or written)",
+                "{}.{column} {said}, but {what}: {fix} (nothing was registered or written)",
                 t.table
             ))
         };
         for k in &t.key {
-            if let Some((ty, _)) = classes(&k.name)
-                .await?
-                .into_iter()
-                .find(|(_, c)| !c.holds_key(d, k.kind))
-            {
+            if let Some(said) = misfit(&k.name, &|c| c.holds_key(d, k.kind)).await? {
                 return Err(refuse(
                     &k.name,
-                    &ty,
+                    said,
                     format!("the job reads it as {} (a key column, --pk)", k.kind.name()),
                     "declare its real kind (--pk COLUMN:int|uuid|text|bytes, Target::key)",
                 ));
             }
         }
         if let Some(tb) = &t.tenant
-            && let Some((ty, _)) = classes(&tb.column)
-                .await?
-                .into_iter()
-                .find(|(_, c)| !c.holds_tenant(d, tb.kind))
+            && let Some(said) = misfit(&tb.column, &|c| c.holds_tenant(d, tb.kind)).await?
         {
             return Err(refuse(
                 &tb.column,
-                &ty,
+                said,
                 format!(
                     "the job reads it as {} (the tenant column, --tenant-column)",
                     tb.kind.name()
@@ -179,14 +152,10 @@ impl Job {
         // SQLite stores a bound blob as a blob whatever the column's declared
         // type, so only PostgreSQL and MySQL/MariaDB columns must be binary.
         for c in self.columns.iter().filter(|_| d != Dialect::Sqlite) {
-            if let Some((ty, _)) = classes(&c.column)
-                .await?
-                .into_iter()
-                .find(|(_, class)| *class != SqlClass::Binary)
-            {
+            if let Some(said) = misfit(&c.column, &|k| k == SqlClass::Binary).await? {
                 return Err(refuse(
                     &c.column,
-                    &ty,
+                    said,
                     "sealed values are bytes".into(),
                     "encrypt into a binary column (BYTEA on PostgreSQL, a BLOB or VARBINARY on \
                      MySQL/MariaDB)",
@@ -194,6 +163,35 @@ impl Job {
             }
         }
         Ok(())
+    }
+
+    /// What column `c` is (its declared type among `types`) or holds (on
+    /// SQLite, the storage classes of its values), said for a refusal, with
+    /// the classes that stand for it; `None` for a type this does not know.
+    /// PostgreSQL folds the unquoted (mixed-case) names `Dialect::quote`
+    /// leaves to lower case; MySQL column names are case-insensitive.
+    async fn column_classes(
+        &self,
+        types: &[(String, String)],
+        c: &Ident,
+    ) -> JobResult<Option<(String, Vec<SqlClass>)>> {
+        let d = self.pool.dialect();
+        if d == Dialect::Sqlite {
+            let stored: Vec<(String, SqlClass)> = self
+                .sqlite_stored(c)
+                .await?
+                .into_iter()
+                .filter_map(|s| SqlClass::stored(&s).map(|k| (s, k)))
+                .collect();
+            let names: Vec<&str> = stored.iter().map(|(s, _)| s.as_str()).collect();
+            let said = format!("holds {} values", names.join(" and "));
+            return Ok(Some((said, stored.into_iter().map(|(_, k)| k).collect())));
+        }
+        let declared = types.iter().find(|(n, _)| match d {
+            Dialect::Postgres => *n == c.as_str().to_ascii_lowercase(),
+            _ => n.eq_ignore_ascii_case(c.as_str()),
+        });
+        Ok(declared.and_then(|(_, ty)| Some((format!("is {ty}"), vec![SqlClass::of(d, ty)?]))))
     }
 
     /// Every column of the target's table with its declared type, as the

@@ -271,7 +271,8 @@ where
 /// A UUID cell: PostgreSQL's text rendering (selected with a cast), or the 16
 /// bytes MySQL/MariaDB and SQLite store (as sqlx encodes `uuid::Uuid`); a
 /// textual UUID is parsed too, but a job's precheck refuses a `uuid` key or
-/// tenant in a text column, since its comparisons bind the 16 bytes.
+/// tenant in a text column, since its comparisons bind `CAST(.. AS uuid)` on
+/// PostgreSQL and the 16 bytes on MySQL/MariaDB and SQLite.
 fn read_uuid<R>(r: &R, idx: usize, column: &Ident) -> JobResult<[u8; 16]>
 where
     R: Row,

@@ -98,6 +98,10 @@ pub struct JobOptions {
     pub job_name: Option<String>,
     /// Read and decrypt, write nothing (not even checkpoints).
     pub dry_run: bool,
+    /// Forget the job's checkpoints and counters ([`super::reset_job`]) once
+    /// its target is checked, and start over. Ignored on a dry run. Do not
+    /// restart a job while other workers run it. Default false.
+    pub restart: bool,
     /// Count the rows to do before starting (one scan), for progress totals.
     /// Default true.
     pub count_total: bool,
@@ -119,6 +123,7 @@ impl Default for JobOptions {
             worker_id: format!("{host}-{}", std::process::id()),
             job_name: None,
             dry_run: false,
+            restart: false,
             count_total: true,
             tenant: None,
         }
@@ -570,6 +575,10 @@ impl Job {
     async fn run_inner(&self) -> JobResult<JobReport> {
         self.precheck().await?;
         let name = self.name();
+        // Only once the target is checked: a refused job keeps its progress.
+        if self.opts.restart && !self.opts.dry_run {
+            checkpoint::reset_job(&self.pool, &name).await?;
+        }
         // Read before this run registers anything: only a job that was already
         // finished when this run started gets a new pass. A run that starts
         // while the pass is in progress (a second worker that joins late)

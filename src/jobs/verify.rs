@@ -396,11 +396,15 @@ impl DestroyOptions {
 ///
 /// Rows are counted with the key as it is; when none remain, the key is set
 /// to `retired` (refused for any use), the rows are counted again (for values
-/// written meanwhile: then it is put back as it was) and the key is destroyed.
+/// written meanwhile: then it is put back as it was) and the key is destroyed
+/// (a key already `retired` goes from the first count to `destroyed`).
 /// Every change is a compare-and-set from the state this call read or set: if
 /// an operator or another process changes the key in between, destroy fails
-/// with [`crate::Error::StateConflict`] and leaves their change as it is (run
-/// it again to decide on the new state).
+/// with [`crate::Error::StateConflict`] (or [`JobError::RowsRemain`] when its
+/// second count found rows) and leaves their change as it is (run it again to
+/// decide on the new state). One change a state cannot show: a
+/// suspend while the key is `retired` for the second count finds it already
+/// suspended, and is undone if that count finds rows.
 pub async fn destroy_key(
     envelope: &Envelope,
     pool: &JobPool,

@@ -335,10 +335,11 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     /// Store the wrapped material of a pending key reserved by `owner` and make
     /// it active, recording its horizon, in one transaction. Fails with
     /// [`crate::Error::StateConflict`] if the key is no longer pending under
-    /// `owner` (cleaned up or taken over meanwhile), and with
-    /// [`crate::Error::KeyNotUsable`] (the parent's id and state) if the
-    /// branch key it is wrapped under is no longer active: checked in the same
-    /// transaction, with the parent's row locked (shared) until the commit.
+    /// `owner` (taken over or destroyed meanwhile; [`crate::Error::UnknownKey`]
+    /// once cleaned up), and with [`crate::Error::KeyNotUsable`] (the parent's
+    /// id and state) if the branch key it is wrapped under is no longer
+    /// active: checked in the same transaction, with the parent's row locked
+    /// until the commit (shared on PostgreSQL and MySQL/MariaDB).
     async fn activate(&self, id: KeyId, owner: &str, activation: &Activation<'_>) -> Result<()>;
 
     /// Delete a pending key reserved by `owner` (after a failed mint). Returns
