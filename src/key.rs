@@ -247,8 +247,9 @@ impl fmt::Debug for KeyMaterial {
 /// It also keeps, for the first few columns it seals or opens, the start of
 /// their values' associated data already hashed under it
 /// ([`crate::format`]'s column prefixes): each set once, on a column's first
-/// value, and read without a lock after that; wiped with the key (POLYVAL
-/// zeroizes its states on drop: the `polyval` crate's `zeroize` feature).
+/// value, and read without a lock after that; wiped with the key (a prefix's
+/// POLYVAL accumulators are wiped when it is dropped, the key's POLYVAL state
+/// by the `polyval` crate's `zeroize` feature).
 pub struct DataKey {
     id: KeyId,
     gcm: crate::gcm::Gcm,
