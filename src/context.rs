@@ -159,11 +159,14 @@ impl RowId {
     /// Never; an empty list yields a row id that [`crate::Envelope`] refuses with
     /// [`crate::Error::MissingRowId`].
     pub fn composite(parts: impl IntoIterator<Item = PkPart>) -> Self {
-        let mut parts: Vec<PkPart> = parts.into_iter().collect();
-        if parts.len() == 1 {
-            RowId(Parts::One(parts.pop().expect("one part")))
-        } else {
-            RowId(Parts::Many(parts))
+        // One part (the usual key, and what a derived model's id is built
+        // with) allocates nothing.
+        let mut parts = parts.into_iter().fuse();
+        match (parts.next(), parts.next()) {
+            (Some(one), None) => RowId(Parts::One(one)),
+            (first, second) => RowId(Parts::Many(
+                first.into_iter().chain(second).chain(parts).collect(),
+            )),
         }
     }
 

@@ -695,18 +695,26 @@ fn sealed_row_impl(input: &Input<'_>, p: &Paths) -> TokenStream {
             fn __open_with(
                 self,
                 __opener: &mut dyn #private::FieldOpener,
+                __owner: ::core::option::Option<(
+                    #krate::RowId,
+                    ::core::option::Option<::std::string::String>,
+                )>,
             ) -> ::core::result::Result<#model, #private::OpenFailure> {
-                let ::core::option::Option::Some(__row_id) =
-                    <Self as #krate::model::SealedRow>::row_id(&self)
-                else {
-                    return ::core::result::Result::Err(#private::OpenFailure {
-                        column: #first_col,
-                        row: ::core::option::Option::None,
-                        error: #krate::model::missing_row_id(#table, #first_col),
-                    });
+                let (__row_id, __tenant) = match __owner {
+                    ::core::option::Option::Some(__owner) => __owner,
+                    ::core::option::Option::None => {
+                        let ::core::option::Option::Some(__row_id) =
+                            <Self as #krate::model::SealedRow>::row_id(&self)
+                        else {
+                            return ::core::result::Result::Err(#private::OpenFailure {
+                                column: #first_col,
+                                row: ::core::option::Option::None,
+                                error: #krate::model::missing_row_id(#table, #first_col),
+                            });
+                        };
+                        (__row_id, <Self as #krate::model::SealedRow>::tenant(&self))
+                    }
                 };
-                let __tenant: ::core::option::Option<::std::string::String> =
-                    <Self as #krate::model::SealedRow>::tenant(&self);
                 let __fail = |column: &'static str, error: #krate::Error| #private::OpenFailure {
                     column,
                     row: ::core::option::Option::Some(::core::clone::Clone::clone(&__row_id)),

@@ -240,8 +240,9 @@ fn open_rows<S: SealedRow>(
 ) -> Vec<Result<S::Model>> {
     let desc = <S::Model as Encrypted>::DESCRIPTION;
     let per_row = <S::Model as Encrypted>::ENCRYPTED_COLUMNS.len();
-    // Per row: the key that did not resolve, or how many values it gave.
-    let mut taken: Vec<std::result::Result<usize, (&'static str, Arc<Error>)>> =
+    // Per row: the key that did not resolve, or how many values it gave
+    // (`None`: the row has no id, and gave none).
+    let mut taken: Vec<std::result::Result<Option<usize>, Unusable>> =
         Vec::with_capacity(rows.len());
     // Per value: its column and which of `owners` (row id, tenant) it is bound to.
     let mut owners: Vec<(RowId, Option<String>)> = Vec::with_capacity(rows.len());
@@ -255,7 +256,7 @@ fn open_rows<S: SealedRow>(
         }
         // A row without its id gives nothing: building it reports the id.
         let Some(id) = row.row_id() else {
-            taken.push(Ok(0));
+            taken.push(Ok(None));
             continue;
         };
         let before = bufs.len();
@@ -266,7 +267,7 @@ fn open_rows<S: SealedRow>(
             bufs.push(Zeroizing::new(value.into_bytes()));
         });
         owners.push((id, row.tenant()));
-        taken.push(Ok(bufs.len() - before));
+        taken.push(Ok(Some(bufs.len() - before)));
     }
     let table = <S::Model as Encrypted>::TABLE;
     let ctxs: Vec<Context<'_>> = columns
@@ -281,6 +282,9 @@ fn open_rows<S: SealedRow>(
         .collect();
     let mut opened = resolved.keys.open_batch_parts(&ctxs, bufs).into_iter();
     drop(ctxs);
+    // Each row with an id gets back the id and tenant read above: the row
+    // does not read them again.
+    let mut owners = owners.into_iter();
 
     let mut out = Vec::with_capacity(rows.len());
     let mut at = 0;
@@ -294,13 +298,15 @@ fn open_rows<S: SealedRow>(
                 source,
             }),
             Ok(n) => {
+                let owner = n.map(|_| owners.next().expect("one owner per row with an id"));
+                let n = n.unwrap_or(0);
                 let mut values = Opened {
                     values: &mut opened,
                     columns: &columns[at..at + n],
                     next: 0,
                 };
                 at += n;
-                row.__open_with(&mut values).map_err(|f| Error::Row {
+                row.__open_with(&mut values, owner).map_err(|f| Error::Row {
                     position,
                     column: f.column,
                     key: f.row.and_then(|r| desc.key_in_errors(&r)),
@@ -353,11 +359,11 @@ impl Drop for Opened<'_> {
     }
 }
 
+/// A row's first value whose data key did not resolve: its column and why.
+type Unusable = (&'static str, Arc<Error>);
+
 /// The first value of `row` whose data key did not resolve, with the reason.
-fn unusable_key<S: SealedRow>(
-    row: &S,
-    failed: &HashMap<KeyId, Arc<Error>>,
-) -> Option<(&'static str, Arc<Error>)> {
+fn unusable_key<S: SealedRow>(row: &S, failed: &HashMap<KeyId, Arc<Error>>) -> Option<Unusable> {
     if failed.is_empty() {
         return None;
     }

@@ -207,11 +207,14 @@ pub trait SealedRow: Sized + Send + Sync + 'static {
 
     /// Build the model, each encrypted field's stored value opened by
     /// `opener` (in field order, NULLs skipped), reporting which column
-    /// failed. Generated.
+    /// failed. `owner` is the row's id and tenant when the caller has read
+    /// them already (the batch opener did, to open the values), `None` to
+    /// read them from the row. Generated.
     #[doc(hidden)]
     fn __open_with(
         self,
         opener: &mut dyn __private::FieldOpener,
+        owner: Option<(RowId, Option<String>)>,
     ) -> std::result::Result<Self::Model, batch::OpenFailure>;
 
     /// Move each stored value of the encrypted fields out of the row, with
@@ -233,7 +236,7 @@ pub trait SealedRow: Sized + Send + Sync + 'static {
     /// decrypted in the buffer it was read into (no copy of the ciphertext),
     /// and `String`/`Vec<u8>` fields take that buffer over.
     fn open_with(self, keys: &KeySet) -> Result<Self::Model> {
-        self.__open_with(&mut &*keys).map_err(|f| f.error)
+        self.__open_with(&mut &*keys, None).map_err(|f| f.error)
     }
 
     /// Decrypt this row.
