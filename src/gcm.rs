@@ -1,15 +1,17 @@
 //! AES-256-GCM for stored values, composed from RustCrypto's `aes` block
-//! cipher and `polyval` universal hash: the primitives the `aes-gcm` crate is
-//! made of, put together the same way (NIST SP 800-38D, 96-bit nonce, 128-bit
+//! cipher, `ctr` mode and `polyval` universal hash: the primitives the
+//! `aes-gcm` crate is made of, put together the same way (NIST SP 800-38D, 96-bit nonce, 128-bit
 //! tag), so the output is byte for byte what `aes-gcm` produces.
 //!
 //! Why not call `aes-gcm` for each value: it prepares the block cipher's
 //! backend on every call it makes (with VAES-512, broadcasting all fifteen
 //! round keys into wide registers), twice per message. For a 64-byte value that
 //! set-up costs more than the encryption itself. Here the tag mask and every
-//! counter block of a value go through one block-cipher call, and a run of
-//! values under one key ([`Gcm::keystreams`]) through one call for all of
-//! them, so the wide backend works on many blocks at once.
+//! counter block of a short value (up to 128 bytes) go through one
+//! block-cipher call, and a run of values under one key
+//! ([`Gcm::keystreams`]) through one call for all of them, so the wide backend
+//! works on many blocks at once. A longer value alone goes through CTR mode
+//! as `aes-gcm` does it (its set-up is paid once for many blocks).
 //!
 //! GHASH is computed as POLYVAL over byte-reversed blocks (RFC 8452,
 //! appendix A), the way the `ghash` crate does it, but with the blocks of a
@@ -35,15 +37,18 @@
 //! between values instead of wiped and copied again.
 //!
 //! Tests check this module against `aes-gcm` (every length up to 600 bytes and
-//! around the chunk boundaries, both directions, tampering) and against NIST's
-//! test vectors; the value format's known-answer vectors pin the stored bytes.
-//! Keystream blocks are wiped after use (a batch's buffer once, when it is
-//! done, or before it grows; the copy a single value's seal or open keeps of
-//! its tag mask when its tag is done: best effort, registers and temporaries
-//! the compiler makes are out of reach); the tag is compared in constant time
-//! and nothing is decrypted before it matches.
+//! longer values, both directions, tampering) and against NIST's test vectors;
+//! the value format's known-answer vectors pin the stored bytes. Keystream
+//! blocks are wiped after use (a batch's buffer once, when it is done, or
+//! before it grows; a single short value's stack buffer, and the copy a single
+//! value's seal or open keeps of its tag mask, when its tag is done: best
+//! effort, registers and temporaries the compiler makes are out of reach, and
+//! a value longer than 128 bytes is XORed with its keystream as the `ctr`
+//! crate makes it, as `aes-gcm` does, in registers and that crate's
+//! temporaries); the tag is compared in constant time and nothing is
+//! decrypted before it matches.
 
-use aes::cipher::{BlockCipherEncrypt, KeyInit};
+use aes::cipher::{BlockCipherEncrypt, InnerIvInit, KeyInit, StreamCipherCore};
 use polyval::universal_hash::UniversalHash;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
@@ -57,10 +62,8 @@ pub(crate) const NONCE_LEN: usize = 12;
 pub(crate) const TAG_LEN: usize = 16;
 /// The longest plaintext one nonce can take: 2^32 - 2 blocks.
 pub(crate) const P_MAX: u64 = (1 << 36) - 32;
-/// Counter blocks generated per block-cipher call for a long value (a 4 KiB
-/// keystream buffer).
-const CHUNK_BLOCKS: usize = 256;
-/// Blocks on the stack for a short value (tag mask + 128 bytes).
+/// Blocks on the stack for a short value (tag mask + 128 bytes); a longer
+/// value goes through CTR mode.
 const STACK_BLOCKS: usize = 9;
 
 /// An expanded AES-256-GCM key: the block cipher's round keys and the GHASH
@@ -375,7 +378,10 @@ impl Gcm {
     /// XOR `data` with the keystream of `nonce` (counter blocks from 2) and
     /// return the tag mask (the encrypted counter block 1). `before` sees the
     /// mask and the data before it changes; if it returns false, nothing is
-    /// changed (a tag that did not match).
+    /// changed (a tag that did not match). A short value's mask and counter
+    /// blocks go through one block-cipher call, on the stack (wiped after); a
+    /// longer one's counter blocks through the `ctr` crate's CTR mode, which
+    /// XORs each part of the keystream into the data as it makes it.
     fn apply_keystream(
         &self,
         nonce: &[u8; NONCE_LEN],
@@ -383,38 +389,26 @@ impl Gcm {
         before: impl FnOnce((&Block, &[u8])) -> bool,
     ) -> Block {
         let total = data.len().div_ceil(16);
-        let first = total.min(CHUNK_BLOCKS - 1);
-        let on_stack = first < STACK_BLOCKS;
-        let mut stack = [Block::default(); STACK_BLOCKS];
-        // Wiped, whole capacity, when dropped; sized once for the largest
-        // chunk, so it never moves.
-        let mut heap = Keystream::default();
-        let heap = heap.clear_for(if on_stack { 0 } else { CHUNK_BLOCKS });
-        let blocks: &mut [Block] = if on_stack {
-            &mut stack[..first + 1]
-        } else {
-            heap.resize(first + 1, Block::default());
-            &mut *heap
-        };
-        fill_counters(blocks, nonce, 1);
-        self.aes.encrypt_blocks(blocks);
-        let mask = blocks[0];
-        if before((&mask, data)) {
-            let head = data.len().min(first * 16);
-            xor(&mut data[..head], &blocks[1..]);
-            let mut done = first;
-            while done < total {
-                let n = (total - done).min(CHUNK_BLOCKS);
-                heap.clear();
-                push_counters(heap, nonce, 2 + done, n);
-                self.aes.encrypt_blocks(heap);
-                let end = data.len().min((done + n) * 16);
-                xor(&mut data[done * 16..end], heap);
-                done += n;
+        if total < STACK_BLOCKS {
+            let mut stack = [Block::default(); STACK_BLOCKS];
+            let blocks = &mut stack[..=total];
+            fill_counters(blocks, nonce, 1);
+            self.aes.encrypt_blocks(blocks);
+            let mask = blocks[0];
+            if before((&mask, data)) {
+                xor(data, &blocks[1..]);
             }
+            wipe(blocks);
+            return mask;
         }
-        if on_stack {
-            wipe(&mut stack[..=first]);
+        let mut j0 = Block::default();
+        fill_counters(std::slice::from_mut(&mut j0), nonce, 1);
+        let mut ctr =
+            ctr::CtrCore::<&aes::Aes256, ctr::flavors::Ctr32BE>::inner_iv_init(&self.aes, &j0);
+        let mut mask = Block::default();
+        ctr.write_keystream_block(&mut mask);
+        if before((&mask, data)) {
+            ctr.apply_keystream_partial(data.into());
         }
         mask
     }
@@ -559,7 +553,7 @@ struct Ghash<'h> {
     polyval: &'h mut polyval::Polyval,
     buf: [Block; GHASH_BUF],
     n: usize,
-    /// The accumulator to start from, until the first block takes it.
+    /// The accumulator to start from, until the first blocks are hashed.
     start: Option<Block>,
 }
 
@@ -567,19 +561,28 @@ impl Ghash<'_> {
     /// Absorb one block (big-endian GHASH order).
     #[inline]
     fn absorb(&mut self, block: &[u8; 16]) {
-        self.buf[self.n] = match self.start.take() {
-            Some(start) => xor_block(&reversed(block), &start),
-            None => reversed(block),
-        };
+        self.buf[self.n] = reversed(block);
         self.n += 1;
         if self.n == GHASH_BUF {
+            self.take_start();
             self.polyval.update(&self.buf);
             self.n = 0;
         }
     }
 
+    /// XOR the accumulator to start from into the first block, before the
+    /// first blocks are hashed (checked once per [`GHASH_BUF`] blocks, not
+    /// per block).
+    #[inline]
+    fn take_start(&mut self) {
+        if let Some(start) = self.start.take() {
+            self.buf[0] = xor_block(&self.buf[0], &start);
+        }
+    }
+
     /// The GHASH value (not yet masked).
     fn finish(mut self) -> [u8; TAG_LEN] {
+        self.take_start();
         let hash = ghash_value(self.polyval, &self.buf[..self.n]);
         wipe(&mut self.buf);
         hash
@@ -718,21 +721,13 @@ mod tests {
         }
     }
 
-    /// Every length from 0 to 600 bytes, and lengths around the chunk
-    /// boundaries, against `aes-gcm`; then tampering with the ciphertext, the
+    /// Every length from 0 to 600 bytes (short values on the stack, longer
+    /// ones through CTR mode), and longer values of whole and partial last
+    /// blocks, against `aes-gcm`; then tampering with the ciphertext, the
     /// tag and the associated data.
     #[test]
     fn same_as_aes_gcm() {
-        let chunk = CHUNK_BLOCKS * 16;
-        let lengths = (0..=600).chain([
-            chunk - 17,
-            chunk - 16,
-            chunk - 1,
-            chunk,
-            chunk + 1,
-            2 * chunk + 40,
-            5 * chunk + 3,
-        ]);
+        let lengths = (0..=600).chain([4079, 4080, 4095, 4096, 4097, 8232, 20483]);
         for len in lengths {
             let key = random::<32>();
             let nonce = random::<12>();
