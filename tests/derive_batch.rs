@@ -223,9 +223,10 @@ async fn large_batches_are_opened_off_the_calling_task() {
     }
 }
 
-/// One field of every kind, bound to a tenant, one key per tenant.
+/// One field of every kind, bound to a tenant, one key per tenant; its id
+/// may appear in errors (so a row's error shows which row id it was given).
 #[derive(Encrypted, Debug, Clone, PartialEq)]
-#[envelope(table = "mixed", tenant = "org")]
+#[envelope(table = "mixed", tenant = "org", id_not_secret)]
 struct Mixed {
     id: i64,
     org: String,
@@ -248,7 +249,8 @@ struct Mixed {
 /// three data keys), NULLs, hidden NULLs, padding, JSON and rows still in
 /// plaintext, every row opens in the batch as it does alone, and each damaged
 /// row fails alone, at its position, with the column and the kind of error it
-/// fails with alone.
+/// fails with alone, naming its own id (also the rows after a row whose key
+/// did not resolve, which the batch opener skips).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_opens_each_row_as_it_opens_alone() {
     let db = Db::connect(support::Kind::Sqlite).await;
@@ -304,13 +306,14 @@ async fn a_batch_opens_each_row_as_it_opens_alone() {
                 let Err(Error::Row {
                     position,
                     column,
+                    key,
                     source,
-                    ..
                 }) = batch
                 else {
                     panic!("row {i}: expected a row error, got {batch:?}");
                 };
                 assert_eq!((*position, *column), (i, *expected));
+                assert_eq!(key.as_deref(), Some(format!("id = {i}").as_str()));
                 let alone = alone.expect_err("fails alone too");
                 assert_eq!(
                     std::mem::discriminant(&**source),
