@@ -844,6 +844,25 @@ mod tests {
             .collect()
     }
 
+    /// Give each value its tag from `tags` (`broken`'s altered) and open them
+    /// as one run: whether each opened.
+    fn open_with_one_broken(
+        gcm: &Gcm,
+        buf: &mut Keystream,
+        items: &mut [RunValue<'_>],
+        tags: &[[u8; 16]],
+        broken: Option<usize>,
+    ) -> Vec<bool> {
+        for (i, (item, tag)) in items.iter_mut().zip(tags).enumerate() {
+            let mut tag = *tag;
+            if Some(i) == broken {
+                tag[0] ^= 1;
+            }
+            item.3 = Some(tag);
+        }
+        run(gcm, buf, items).into_iter().map(|(_, ok)| ok).collect()
+    }
+
     /// A run gives each value what sealing it alone gives; opening a run with
     /// one broken tag fails that value alone and leaves it as it was; the
     /// scratch buffer's wipe clears all it has room for.
@@ -874,17 +893,7 @@ mod tests {
             }
             let cts: Vec<Vec<u8>> = items.iter().map(|i| i.2.clone()).collect();
             let broken = (count > 0).then_some(count / 2);
-            for (i, (item, tag)) in items.iter_mut().zip(&tags).enumerate() {
-                let mut tag = *tag;
-                if Some(i) == broken {
-                    tag[0] ^= 1;
-                }
-                item.3 = Some(tag);
-            }
-            let ok: Vec<bool> = run(&gcm, &mut buf, &mut items)
-                .into_iter()
-                .map(|(_, ok)| ok)
-                .collect();
+            let ok = open_with_one_broken(&gcm, &mut buf, &mut items, &tags, broken);
             assert_eq!(count > 0, buf.0.iter().any(|b| b.iter().any(|&x| x != 0)));
             buf.wipe();
             assert_eq!(buf.0.len(), buf.0.capacity());
@@ -1013,17 +1022,7 @@ mod tests {
                 // value alone fails (left as it was), the ones after it open.
                 let broken = items.len() / 2;
                 let sealed: Vec<Vec<u8>> = items.iter().map(|i| i.2.clone()).collect();
-                for (i, (item, want)) in items.iter_mut().zip(&wants).enumerate() {
-                    let mut tag = *want;
-                    if i == broken {
-                        tag[3] ^= 0x10;
-                    }
-                    item.3 = Some(tag);
-                }
-                let ok: Vec<bool> = run(&gcm, &mut buf, &mut items)
-                    .into_iter()
-                    .map(|(_, ok)| ok)
-                    .collect();
+                let ok = open_with_one_broken(&gcm, &mut buf, &mut items, &wants, Some(broken));
                 for (i, item) in items.iter().enumerate() {
                     assert_eq!(
                         ok[i],
