@@ -529,7 +529,9 @@ pub(crate) fn same_opt_str(a: Option<&str>, b: Option<&str>) -> bool {
 
 /// Open a batch of values in place, each under the key its header names: the
 /// counter blocks of each run of values under one key go through one
-/// block-cipher call (see [`crate::gcm`]). `ok[i]` tells whether value `i`
+/// block-cipher call (see [`crate::gcm`]); a value alone in its run (longer
+/// than a run's 16 KiB of keystream, or the only one under its key there) is
+/// opened as a single value is, with no keystream buffer. `ok[i]` tells whether value `i`
 /// opened (its tag matched); a value that did not open is left as it was.
 pub(crate) fn open_batch<'c>(items: &mut [Opening<'_, 'c>], ok: &mut Vec<bool>) {
     ok.clear();
@@ -539,6 +541,13 @@ pub(crate) fn open_batch<'c>(items: &mut [Opening<'_, 'c>], ok: &mut Vec<bool>) 
         let key = run[0].key;
         let gcm = key.gcm();
         columns.for_key(key);
+        if let [one] = run {
+            // A value alone in its run (a long one, or the only one under its
+            // key) is opened as a single value is: no keystream buffer.
+            let aad = columns.aad(one.ctx);
+            ok.push(gcm.open(&one.nonce, aad, one.ct, &one.tag).is_ok());
+            continue;
+        }
         let mut streams = gcm.keystreams(run.iter().map(|i| (&i.nonce, i.ct.len())), &mut blocks);
         let mut hasher = gcm.hasher();
         for item in run.iter_mut() {
@@ -567,7 +576,8 @@ pub(crate) fn seal_buffers(
 
 /// Seal values under `key` in the buffers [`seal_buffers`] made for them (the
 /// same `values`, in order), one nonce each: the counter blocks of each run of
-/// values go through one block-cipher call (see [`crate::gcm`]). The nonces
+/// values go through one block-cipher call (see [`crate::gcm`]), a value alone
+/// in its run is sealed as a single value is. The nonces
 /// must be fresh (see [`random_nonces`]).
 pub(crate) fn seal_batch_into(
     key: &DataKey,
@@ -580,6 +590,14 @@ pub(crate) fn seal_batch_into(
     let mut hasher = gcm.hasher();
     columns.for_key(key);
     for range in runs(values.iter().map(|(_, pt)| (key.id(), pt.len()))) {
+        if let ([(ctx, _)], [v]) = (&values[range.clone()], &mut out[range.clone()]) {
+            // A value alone in its run (a long one, or the only one) is
+            // sealed as a single value is: no keystream buffer.
+            let nonce = *nonce_of(v);
+            let tag = gcm.seal(&nonce, columns.aad(ctx), &mut v[HEADER_LEN..]);
+            v.extend_from_slice(&tag);
+            continue;
+        }
         let mut streams = gcm.keystreams(
             out[range.clone()]
                 .iter()
@@ -797,7 +815,8 @@ mod tests {
     /// A batch whose values alternate keys (A, B, A) over more columns than a
     /// key keeps prefixes for, with values long enough to cut runs, seals
     /// byte for byte what sealing each value alone gives and opens value by
-    /// value; a tampered value fails alone and is left as it was.
+    /// value; a tampered value, short or long, fails alone and is left as it
+    /// was.
     #[test]
     fn batches_across_keys_and_columns_match_one_by_one() {
         let keys = [
@@ -852,10 +871,20 @@ mod tests {
             sealed.extend(out);
             start = end;
         }
-        // Open the whole batch at once, keys mixed; one value tampered.
-        let broken = values.len() / 2 + 1;
-        sealed[broken][HEADER_LEN] ^= 1;
-        let before = sealed[broken].clone();
+        // Open the whole batch at once, keys mixed; one short value and one
+        // long one (a run of its own) tampered.
+        let long = (0..values.len())
+            .find(|&i| values[i].2.len() > RUN_BLOCKS * 16)
+            .expect("a long value");
+        let short = (values.len() / 2..values.len())
+            .find(|&i| !values[i].2.is_empty() && values[i].2.len() < 100)
+            .expect("short values");
+        let broken = [short, long];
+        for &i in &broken {
+            let at = sealed[i].len() - TAG_LEN - 1;
+            sealed[i][at] ^= 1;
+        }
+        let before: Vec<Vec<u8>> = broken.iter().map(|&i| sealed[i].clone()).collect();
         let mut bufs = sealed.clone();
         let mut items: Vec<Opening<'_, '_>> = bufs
             .iter_mut()
@@ -878,9 +907,9 @@ mod tests {
         drop(items);
         assert_eq!(ok.len(), values.len());
         for (i, ((buf, (_, _, pt)), ok)) in bufs.iter().zip(&values).zip(&ok).enumerate() {
-            if i == broken {
-                assert!(!ok, "the tampered value fails");
-                assert_eq!(buf, &before, "and is left as it was");
+            if let Some(b) = broken.iter().position(|&at| at == i) {
+                assert!(!ok, "the tampered value {i} fails");
+                assert_eq!(buf, &before[b], "and is left as it was");
             } else {
                 assert!(ok, "value {i}");
                 assert_eq!(&buf[HEADER_LEN..buf.len() - TAG_LEN], &pt[..], "value {i}");

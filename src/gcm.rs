@@ -50,9 +50,10 @@
 //! before it grows; a single short value's stack buffer, and the copy a single
 //! value's seal or open keeps of its tag mask, when its tag is done: best
 //! effort, registers and temporaries the compiler makes are out of reach).
-//! This module does not wipe the keystream of a single value longer than 128
-//! bytes: the `ctr` crate XORs it into the value as it makes it, in registers
-//! and temporaries of its own it does not wipe, as with `aes-gcm`. The tag is
+//! This module does not wipe the keystream of a value longer than 128 bytes
+//! sealed or opened alone (or alone in its run of a batch, as a value over 16
+//! KiB is): the `ctr` crate XORs it into the value as it makes it, in
+//! registers and temporaries of its own it does not wipe, as with `aes-gcm`. The tag is
 //! compared in constant time and nothing is decrypted before it matches.
 
 use aes::cipher::{BlockCipherEncrypt, InnerIvInit, KeyInit, StreamCipherCore};
