@@ -80,6 +80,24 @@ impl World {
     }
 }
 
+/// The key `got` was refused for, and what for, when it is a refusal of a
+/// key in `state` ([`Error::KeyNotUsable`]); panics naming `what` otherwise.
+#[track_caller]
+fn refused<T: std::fmt::Debug>(
+    got: sqlx_envelope::Result<T>,
+    state: KeyState,
+    what: &str,
+) -> (sqlx_envelope::KeyId, KeyOperation) {
+    match got {
+        Err(Error::KeyNotUsable {
+            id,
+            state: s,
+            operation,
+        }) if s == state => (id, operation),
+        other => panic!("{what}: expected a refusal ({state:?}), got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn processes_never_undo_an_operator_retire_or_destroy() {
     for kind in ALL {
@@ -133,14 +151,15 @@ async fn processes_never_undo_an_operator_retire_or_destroy() {
                     .is_err(),
                 "{kind:?}: destroyed -> {to}"
             );
-            match operator.set_key_state(k2, to).await {
-                Err(Error::KeyNotUsable {
-                    state: KeyState::Destroyed,
-                    operation: KeyOperation::ChangeState(_),
-                    ..
-                }) => {}
-                other => panic!("{kind:?}: expected a refusal, got {other:?}"),
-            }
+            let (_, operation) = refused(
+                operator.set_key_state(k2, to).await,
+                KeyState::Destroyed,
+                &format!("{kind:?}: expected a refusal"),
+            );
+            assert!(
+                matches!(operation, KeyOperation::ChangeState(_)),
+                "{kind:?}: {operation:?}"
+            );
         }
         // Retired is left only by an explicit operator action.
         operator
@@ -181,14 +200,12 @@ async fn blob_writes_lose_to_destroy() {
             .transition(ids[0], KeyState::Active, KeyState::Destroyed)
             .await
             .unwrap();
-        match w.store.put_wrapped(ids[0], &blob).await {
-            Err(Error::KeyNotUsable {
-                state: KeyState::Destroyed,
-                operation: KeyOperation::Rewrap,
-                ..
-            }) => {}
-            other => panic!("{kind:?}: expected a refusal, got {other:?}"),
-        }
+        let (_, operation) = refused(
+            w.store.put_wrapped(ids[0], &blob).await,
+            KeyState::Destroyed,
+            &format!("{kind:?}: expected a refusal"),
+        );
+        assert_eq!(operation, KeyOperation::Rewrap, "{kind:?}");
         assert!(
             w.store
                 .get(ids[0])
@@ -389,13 +406,11 @@ async fn two_processes_and_an_operator_retire_an_index_key() {
         // The retire committed no later than this reading.
         let retired_at = w.clock.now();
         assert_eq!(w.state(id).await, KeyState::Retired);
-        match operator.index_key(&t, "email", None, 1).await {
-            Err(Error::KeyNotUsable {
-                state: KeyState::Retired,
-                ..
-            }) => {}
-            other => panic!("{kind:?}: the operator's process served a retired key: {other:?}"),
-        }
+        refused(
+            operator.index_key(&t, "email", None, 1).await,
+            KeyState::Retired,
+            &format!("{kind:?}: the operator's process served a retired key"),
+        );
         for seen in [a1.await.unwrap(), a2.await.unwrap()] {
             // Refused once, refused from then on.
             let first_refusal = seen.iter().position(|(_, ok)| !ok);
@@ -477,13 +492,11 @@ async fn a_load_in_flight_cannot_outlive_a_retire() {
         let _ = load.await.unwrap();
         retire.await.unwrap().unwrap();
         // Whatever the in-flight load did, the retire wins from now on.
-        match reader.open(&ctx, &v).await {
-            Err(Error::KeyNotUsable {
-                state: KeyState::Retired,
-                ..
-            }) => {}
-            other => panic!("{kind:?}: a retired key opened: {other:?}"),
-        }
+        refused(
+            reader.open(&ctx, &v).await,
+            KeyState::Retired,
+            &format!("{kind:?}: a retired key opened"),
+        );
     }
 }
 
@@ -523,14 +536,12 @@ async fn an_index_key_load_in_flight_cannot_outlive_a_retire() {
         gated.gate.add_permits(1_000);
         let _ = load.await.unwrap();
         retire.await.unwrap().unwrap();
-        match reader.index_key(&t, "email", None, 1).await {
-            Err(Error::KeyNotUsable {
-                id: got,
-                state: KeyState::Retired,
-                ..
-            }) => assert_eq!(got, id, "{kind:?}"),
-            other => panic!("{kind:?}: a retired index key served: {other:?}"),
-        }
+        let (got, _) = refused(
+            reader.index_key(&t, "email", None, 1).await,
+            KeyState::Retired,
+            &format!("{kind:?}: a retired index key served"),
+        );
+        assert_eq!(got, id, "{kind:?}");
     }
 }
 
@@ -824,13 +835,11 @@ async fn shredding_a_tenant_destroys_its_key_tree_and_nothing_else() {
             for env in [&app, &other] {
                 let opened = env.open(&ctx, v).await;
                 if *tenant == gone {
-                    match opened {
-                        Err(Error::KeyNotUsable {
-                            state: KeyState::Destroyed,
-                            ..
-                        }) => {}
-                        other => panic!("{kind:?}: a shredded value: {other:?}"),
-                    }
+                    refused(
+                        opened,
+                        KeyState::Destroyed,
+                        &format!("{kind:?}: a shredded value"),
+                    );
                 } else {
                     assert_eq!(&opened.unwrap()[..], b"v", "{kind:?}");
                 }
@@ -840,13 +849,10 @@ async fn shredding_a_tenant_destroys_its_key_tree_and_nothing_else() {
         // once the entry's TTL (the branch TTL) has passed; the other
         // tenant's index key is unwrapped again and still serves.
         let destroyed = |got: sqlx_envelope::Result<Arc<sqlx_envelope::envelope::IndexKey>>,
-                         when: &str| match got {
-            Err(Error::KeyNotUsable {
-                id,
-                state: KeyState::Destroyed,
-                ..
-            }) => assert_eq!(id, gone_index.id(), "{kind:?}"),
-            other => panic!("{kind:?}: a shredded index key, {when}: {other:?}"),
+                         when: &str| {
+            let what = format!("{kind:?}: a shredded index key, {when}");
+            let (id, _) = refused(got, KeyState::Destroyed, &what);
+            assert_eq!(id, gone_index.id(), "{kind:?}");
         };
         destroyed(app.index_key(&t1, "email", Some(&gone), 1).await, "at once");
         // Past the decrypt TTL, within the branch TTL: the other process's
@@ -922,14 +928,13 @@ async fn a_key_minted_while_its_tenant_is_shredded_ends_destroyed() {
             "{kind:?}: the reservation is destroyed with the rest: {report:?}"
         );
         gated.gate.add_permits(1);
-        match mint.await.unwrap() {
-            Err(Error::KeyNotUsable {
-                id,
-                state: KeyState::Destroyed,
-                operation: KeyOperation::Index,
-            }) => assert_eq!(id, pending[0].id, "{kind:?}"),
-            other => panic!("{kind:?}: a mint its tenant's shred overtook: {other:?}"),
-        }
+        let (id, operation) = refused(
+            mint.await.unwrap(),
+            KeyState::Destroyed,
+            &format!("{kind:?}: a mint its tenant's shred overtook"),
+        );
+        assert_eq!(operation, KeyOperation::Index, "{kind:?}");
+        assert_eq!(id, pending[0].id, "{kind:?}");
         for k in w
             .store
             .list(&KeyFilter::all().tenant(Some(&tenant)))
@@ -940,32 +945,26 @@ async fn a_key_minted_while_its_tenant_is_shredded_ends_destroyed() {
             assert!(k.wrapped.is_empty(), "{kind:?}: material left for {k:?}");
         }
         // The slot stays taken by the destroyed key: no process mints another.
-        match app.index_key(&t, "email", Some(&tenant), 1).await {
-            Err(Error::KeyNotUsable {
-                state: KeyState::Destroyed,
-                operation: KeyOperation::Index,
-                ..
-            }) => {}
-            other => panic!("{kind:?}: the shredded tenant's index key: {other:?}"),
-        }
-        match operator.open(&ctx, &sealed).await {
-            Err(Error::KeyNotUsable {
-                state: KeyState::Destroyed,
-                ..
-            }) => {}
-            other => panic!("{kind:?}: a shredded value: {other:?}"),
-        }
+        let (_, operation) = refused(
+            app.index_key(&t, "email", Some(&tenant), 1).await,
+            KeyState::Destroyed,
+            &format!("{kind:?}: the shredded tenant's index key"),
+        );
+        assert_eq!(operation, KeyOperation::Index, "{kind:?}");
+        refused(
+            operator.open(&ctx, &sealed).await,
+            KeyState::Destroyed,
+            &format!("{kind:?}: a shredded value"),
+        );
         // The other application: its cached copy within the decrypt TTL (as
         // documented), refused once the TTL has run out.
         assert_eq!(&reader.open(&ctx, &sealed).await.unwrap()[..], b"v");
         w.clock.advance(Duration::from_secs(61));
-        match reader.open(&ctx, &sealed).await {
-            Err(Error::KeyNotUsable {
-                state: KeyState::Destroyed,
-                ..
-            }) => {}
-            other => panic!("{kind:?}: a shredded value past the TTL: {other:?}"),
-        }
+        refused(
+            reader.open(&ctx, &sealed).await,
+            KeyState::Destroyed,
+            &format!("{kind:?}: a shredded value past the TTL"),
+        );
     }
 }
 
@@ -1393,14 +1392,12 @@ async fn a_data_key_is_never_activated_under_a_suspended_branch_key() {
             b"two",
             "{kind:?}"
         );
-        match reader.open(&ctx1, &v1).await {
-            Err(Error::KeyNotUsable {
-                id,
-                state: KeyState::Retired,
-                ..
-            }) => assert_eq!(id, branch, "{kind:?}"),
-            other => panic!("{kind:?}: a value under the suspended branch key: {other:?}"),
-        }
+        let (id, _) = refused(
+            reader.open(&ctx1, &v1).await,
+            KeyState::Retired,
+            &format!("{kind:?}: a value under the suspended branch key"),
+        );
+        assert_eq!(id, branch, "{kind:?}");
     }
 }
 
@@ -1528,14 +1525,12 @@ async fn a_data_key_minted_while_its_tenant_is_shredded_is_never_activated() {
             operator.shred_tenant(&tenant).await.unwrap();
             release.send(()).unwrap();
         });
-        match sealed {
-            Err(Error::KeyNotUsable {
-                state: KeyState::Destroyed,
-                operation: KeyOperation::Encrypt,
-                ..
-            }) => {}
-            other => panic!("{kind:?}: a seal its tenant's shred overtook: {other:?}"),
-        }
+        let (_, operation) = refused(
+            sealed,
+            KeyState::Destroyed,
+            &format!("{kind:?}: a seal its tenant's shred overtook"),
+        );
+        assert_eq!(operation, KeyOperation::Encrypt, "{kind:?}");
         let keys = w
             .store
             .list(&KeyFilter::all().tenant(Some(&tenant)))
@@ -1746,14 +1741,12 @@ async fn two_processes_batch_many_columns_while_the_operator_retires() {
         for ((ctx, pt), y) in items.iter().zip(&b1) {
             assert_eq!(&a.open(ctx, y).await.unwrap()[..], *pt, "{kind:?}");
         }
-        match b.open(&items[0].0, &a1[0]).await {
-            Err(Error::KeyNotUsable {
-                state: KeyState::Retired,
-                operation: KeyOperation::Decrypt,
-                ..
-            }) => {}
-            other => panic!("{kind:?}: a retired key must not open, got {other:?}"),
-        }
+        let (_, operation) = refused(
+            b.open(&items[0].0, &a1[0]).await,
+            KeyState::Retired,
+            &format!("{kind:?}: a retired key must not open"),
+        );
+        assert_eq!(operation, KeyOperation::Decrypt, "{kind:?}");
     }
 }
 

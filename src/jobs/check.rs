@@ -32,9 +32,11 @@ impl Job {
             self.tenant_binding()?;
         }
         self.check_target().await?;
-        self.check_kinds().await?;
+        // The declared types, read once for both checks.
+        let types = self.column_types().await?;
+        self.check_kinds(&types).await?;
         if let JobKind::Encrypt { plain, kind } | JobKind::Decrypt { plain, kind } = &self.kind {
-            self.check_codec(plain, *kind).await?;
+            self.check_codec(plain, *kind, &types)?;
         }
         if let JobKind::Reencrypt { from } = &self.kind {
             if from.is_empty() {
@@ -106,15 +108,14 @@ impl Job {
     /// the values stored on SQLite, whose declared types are only hints (a
     /// `TEXT` column holds the 16-byte blobs sqlx binds for a `Uuid`). A type
     /// this does not know (a PostgreSQL domain, say) is let through.
-    async fn check_kinds(&self) -> JobResult<()> {
+    async fn check_kinds(&self, types: &[(String, String)]) -> JobResult<()> {
         let d = self.pool.dialect();
         let t = &self.target;
-        let types = self.column_types().await?;
         // What column `c` is or holds (said in a refusal) when one of its
         // classes does not `fit`.
         let misfit = async |c: &Ident, fits: &(dyn Fn(SqlClass) -> bool + Sync)| {
             Ok::<_, JobError>(
-                self.column_classes(&types, c)
+                self.column_classes(types, c)
                     .await?
                     .filter(|(_, classes)| classes.iter().any(|k| !fits(*k)))
                     .map(|(said, _)| said),
@@ -168,8 +169,6 @@ impl Job {
     /// What column `c` is (its declared type among `types`) or holds (on
     /// SQLite, the storage classes of its values), said for a refusal, with
     /// the classes that stand for it; `None` for a type this does not know.
-    /// PostgreSQL folds the unquoted (mixed-case) names `Dialect::quote`
-    /// leaves to lower case; MySQL column names are case-insensitive.
     async fn column_classes(
         &self,
         types: &[(String, String)],
@@ -187,11 +186,8 @@ impl Job {
             let said = format!("holds {} values", names.join(" and "));
             return Ok(Some((said, stored.into_iter().map(|(_, k)| k).collect())));
         }
-        let declared = types.iter().find(|(n, _)| match d {
-            Dialect::Postgres => *n == c.as_str().to_ascii_lowercase(),
-            _ => n.eq_ignore_ascii_case(c.as_str()),
-        });
-        Ok(declared.and_then(|(_, ty)| Some((format!("is {ty}"), vec![SqlClass::of(d, ty)?]))))
+        Ok(declared_type(d, types, c)
+            .and_then(|ty| Some((format!("is {ty}"), vec![SqlClass::of(d, ty)?]))))
     }
 
     /// Every column of the target's table with its declared type, as the
@@ -243,8 +239,13 @@ impl Job {
     }
 
     /// A typed codec reads text forms; PostgreSQL's decrypt-out needs the
-    /// column's type to cast into.
-    async fn check_codec(&self, plain: &Ident, kind: PlainKind) -> JobResult<()> {
+    /// column's type to cast into (from `types`, [`Job::column_types`]).
+    fn check_codec(
+        &self,
+        plain: &Ident,
+        kind: PlainKind,
+        types: &[(String, String)],
+    ) -> JobResult<()> {
         let codec = &self.target.codec;
         if codec.codec() == Some(crate::model::CodecId::Custom) {
             return Err(JobError::Invalid(format!(
@@ -263,26 +264,29 @@ impl Job {
             && matches!(self.kind, JobKind::Decrypt { .. })
             && self.pool.dialect() == Dialect::Postgres
         {
-            let d = self.pool.dialect();
-            let sql = "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
-                       WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped";
-            let ty: Option<String> = on_pool!(&self.pool, p => {
-                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                    .bind(d.quote(&self.target.table))
-                    .bind(plain.as_str())
-                    .fetch_optional(p)
-                    .await?
-            });
-            let ty = ty.ok_or_else(|| {
+            let ty = declared_type(Dialect::Postgres, types, plain).ok_or_else(|| {
                 JobError::Invalid(format!(
                     "table {} has no column {plain}: create the plaintext column first",
                     self.target.table
                 ))
             })?;
-            let _ = self.plain_sql_type.set(ty);
+            let _ = self.plain_sql_type.set(ty.to_owned());
         }
         Ok(())
     }
+}
+
+/// The declared type of column `c` among `types` ([`Job::column_types`]):
+/// PostgreSQL folds the unquoted (mixed-case) names `Dialect::quote` leaves
+/// to lower case; MySQL column names are case-insensitive.
+fn declared_type<'t>(d: Dialect, types: &'t [(String, String)], c: &Ident) -> Option<&'t str> {
+    types
+        .iter()
+        .find(|(n, _)| match d {
+            Dialect::Postgres => *n == c.as_str().to_ascii_lowercase(),
+            _ => n.eq_ignore_ascii_case(c.as_str()),
+        })
+        .map(|(_, ty)| ty.as_str())
 }
 
 /// How many rows of a SQLite table the check reads the stored values of,

@@ -489,26 +489,27 @@ macro_rules! sql_key_store {
             }
 
             async fn conflict(&self, id: KeyId, expected: KeyState, wanted: KeyState) -> Error {
-                let current: Result<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(
+                match self.state_of(id).await {
+                    Ok(current) => Error::StateConflict {
+                        id,
+                        expected,
+                        current,
+                        wanted,
+                    },
+                    Err(e) => e,
+                }
+            }
+
+            /// Key `id`'s state as the store holds it now
+            /// ([`Error::UnknownKey`] if there is no such key).
+            async fn state_of(&self, id: KeyId) -> Result<KeyState> {
+                let current: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(
                     Self::sql().state_of.as_str(),
                 ))
                 .bind(id.as_i64())
                 .fetch_optional(&self.pool)
-                .await
-                .map_err(Error::from);
-                match current {
-                    Ok(Some(s)) => match s.parse() {
-                        Ok(current) => Error::StateConflict {
-                            id,
-                            expected,
-                            current,
-                            wanted,
-                        },
-                        Err(e) => e,
-                    },
-                    Ok(None) => Error::UnknownKey(id),
-                    Err(e) => e,
-                }
+                .await?;
+                current.ok_or(Error::UnknownKey(id))?.parse()
             }
         }
 
@@ -614,16 +615,11 @@ macro_rules! sql_key_store {
                     };
                     if !live {
                         tx.rollback().await?;
-                        return Err(
-                            match self.conflict(parent, KeyState::Active, KeyState::Active).await {
-                                Error::StateConflict { current, .. } => Error::KeyNotUsable {
-                                    id: parent,
-                                    state: current,
-                                    operation: KeyOperation::Encrypt,
-                                },
-                                e => e,
-                            },
-                        );
+                        return Err(Error::KeyNotUsable {
+                            id: parent,
+                            state: self.state_of(parent).await?,
+                            operation: KeyOperation::Encrypt,
+                        });
                     }
                 }
                 let done = sqlx::query(sqlx::AssertSqlSafe(Self::sql().activate.as_str()))
