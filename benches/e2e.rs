@@ -40,14 +40,32 @@
 //!   second of each other;
 //! - select, unopened (envelope only): the same pages fetched and not opened,
 //!   what the longer stored values cost the select, opening aside (the
-//!   select's counterpart of "sealed beforehand").
+//!   select's counterpart of "sealed beforehand");
+//! - insert and select, stock AES-GCM (a reference, not the envelope): the
+//!   same insert into a table of the same shape, every value sealed by the
+//!   `aes-gcm` crate alone (the stored format's layout and length, the same
+//!   associated data, a nonce from a counter), page by page on the writing
+//!   task; and the same select over that table, every value opened by the
+//!   `aes-gcm` crate alone, value by value, in the buffer it was fetched
+//!   into, on a blocking thread while the next page is fetched, with no key
+//!   lookup, cache or header check: what the crate the micro benchmark
+//!   compares with costs the insert and the select, in the same runs and
+//!   passes.
 
 use std::time::Instant;
 
+use aes_gcm::aead::{AeadInOut, Generate};
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use serde_json::{Value, json};
 use sqlx::{QueryBuilder, Row as _};
+use sqlx_envelope::format::{
+    HEADER_LEN, NONCE_LEN, NONCE_OFFSET, OVERHEAD, TAG_LEN, VERSION_V1, write_aad,
+};
 use sqlx_envelope::store::{KeyStore, MySqlKeyStore, PgKeyStore, SqliteKeyStore};
-use sqlx_envelope::{CacheLimits, Context, Envelope, KeyMaterial, Keyring, LocalKeyring, RowId};
+use sqlx_envelope::{
+    CacheLimits, Context, Envelope, KeyId, KeyMaterial, Keyring, LocalKeyring, RowId,
+};
+use zeroize::Zeroizing;
 
 #[path = "../tests/support/moto.rs"]
 #[allow(dead_code)]
@@ -63,6 +81,11 @@ const BATCH: usize = 1_000;
 /// by pass, paired for the ratio).
 const SELECT_PASSES: usize = 4;
 const PASSPHRASE: &str = "bench-passphrase";
+/// The reference table (values sealed by the `aes-gcm` crate alone): its
+/// name as long as the envelope's table's, so the associated data is as long.
+const REF_TABLE: &str = "bench_ref";
+/// The key id the reference values' header and associated data carry.
+const REF_KEY_ID: u64 = 1;
 
 struct Data {
     ids: Vec<i64>,
@@ -105,10 +128,19 @@ struct Runs {
     /// Envelope only, per select pass: the same pages fetched and not
     /// opened (what the longer stored values cost the select).
     select_fetch_only: Vec<f64>,
+    /// Envelope only: the reference insert, every value sealed by the
+    /// `aes-gcm` crate alone into a table of the same shape.
+    insert_aes_gcm: Vec<f64>,
+    /// Envelope only, per select pass: the reference select over that table,
+    /// every value opened by the `aes-gcm` crate alone, and the seconds that
+    /// opening took.
+    select_aes_gcm: Vec<f64>,
+    select_aes_gcm_opening: Vec<f64>,
     /// Share of all cores busy during each timed part, by run.
     insert_busy: Vec<f64>,
     insert_pipelined_busy: Vec<f64>,
     insert_presealed_busy: Vec<f64>,
+    insert_aes_gcm_busy: Vec<f64>,
     select_busy: Vec<f64>,
     bytes_per_value: f64,
 }
@@ -143,10 +175,14 @@ impl Runs {
             "select_seconds_opening": self.select_opening,
             "select_seconds_waiting_for_opening": self.select_wait,
             "select_fetch_only": optional(&self.select_fetch_only),
+            "insert_stock_aes_gcm": optional(&self.insert_aes_gcm),
+            "select_stock_aes_gcm": optional(&self.select_aes_gcm),
+            "select_stock_aes_gcm_seconds_opening": self.select_aes_gcm_opening,
             "machine_cpu_busy_share": {
                 "insert": busy(&self.insert_busy),
                 "insert_pipelined": busy(&self.insert_pipelined_busy),
                 "insert_sealed_beforehand": busy(&self.insert_presealed_busy),
+                "insert_stock_aes_gcm": busy(&self.insert_aes_gcm_busy),
                 "select": busy(&self.select_busy),
             },
             "stored_bytes_per_value": self.bytes_per_value,
@@ -225,6 +261,65 @@ fn open_page(keys: &sqlx_envelope::KeySet, table: &str, page: Page) -> usize {
     for (pair, (id, _)) in opened.chunks(2).zip(&rows) {
         let e = pair[0].as_ref().unwrap();
         let s = pair[1].as_ref().unwrap();
+        assert_eq!(&e[..8], &((id - 1) as u64).to_be_bytes());
+        assert_eq!(s.len(), 64);
+        n += 1;
+    }
+    n
+}
+
+/// A value of the reference table: the stored format's layout and length
+/// (version, key id, nonce, ciphertext, tag), sealed by the `aes-gcm` crate
+/// alone with the associated data the envelope gives a value of that row and
+/// column (the nonce from a counter: a benchmark's shortcut, unique per value).
+fn seal_aes_gcm(cipher: &Aes256Gcm, column: &str, id: i64, counter: u64, pt: &[u8]) -> Vec<u8> {
+    let row = RowId::from(id);
+    let mut aad = Vec::new();
+    let ctx = Context::new(REF_TABLE, column, &row);
+    write_aad(&mut aad, VERSION_V1, KeyId::new(REF_KEY_ID), &ctx);
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce[4..].copy_from_slice(&counter.to_be_bytes());
+    let mut v = Vec::with_capacity(OVERHEAD + pt.len());
+    v.push(VERSION_V1);
+    v.extend_from_slice(&REF_KEY_ID.to_be_bytes());
+    v.extend_from_slice(&nonce);
+    v.extend_from_slice(pt);
+    let tag = cipher
+        .encrypt_inout_detached(&Nonce::from(nonce), &aad, (&mut v[HEADER_LEN..]).into())
+        .unwrap();
+    v.extend_from_slice(&tag);
+    v
+}
+
+/// Open every value of a page of the reference table with the `aes-gcm`
+/// crate alone, value by value, each in the buffer it was fetched into, with
+/// the associated data the envelope uses (no key lookup, cache or header
+/// check); returns how many rows checked out.
+fn open_page_aes_gcm(cipher: &Aes256Gcm, page: Page) -> usize {
+    let mut aad = Vec::new();
+    let mut n = 0;
+    for (id, email, ssn) in page {
+        let row = RowId::from(id);
+        let mut open = |column: &str, mut v: Vec<u8>| -> Zeroizing<Vec<u8>> {
+            let ctx = Context::new(REF_TABLE, column, &row);
+            write_aad(&mut aad, VERSION_V1, KeyId::new(REF_KEY_ID), &ctx);
+            let nonce: [u8; NONCE_LEN] = v[NONCE_OFFSET..HEADER_LEN].try_into().unwrap();
+            let end = v.len() - TAG_LEN;
+            let tag = aes_gcm::aead::Tag::<Aes256Gcm>::try_from(&v[end..]).unwrap();
+            cipher
+                .decrypt_inout_detached(
+                    &Nonce::from(nonce),
+                    &aad,
+                    (&mut v[HEADER_LEN..end]).into(),
+                    &tag,
+                )
+                .unwrap();
+            v.copy_within(HEADER_LEN..end, 0);
+            v.truncate(end - HEADER_LEN);
+            Zeroizing::new(v)
+        };
+        let e = open("email", email);
+        let s = open("ssn", ssn);
         assert_eq!(&e[..8], &((id - 1) as u64).to_be_bytes());
         assert_eq!(s.len(), 64);
         n += 1;
@@ -418,14 +513,22 @@ macro_rules! driver {
 
             }
 
-            /// The select passes of one run, the three variants alternating
-            /// pass by pass (forward, then backward: plaintext, opened,
-            /// unopened, unopened, opened, plaintext, ...), so that the passes
+            /// The select passes of one run, the four variants alternating
+            /// pass by pass (forward, then backward: plaintext, opened, stock
+            /// AES-GCM, unopened, unopened, stock AES-GCM, opened, plaintext,
+            /// ...), so that the passes
             /// a ratio pairs ran within a second of each other, the database
             /// settled before each.
-            pub async fn selects(pool: &$pool, d: &Data, env: &Envelope, plain: &mut Runs, enc: &mut Runs) {
+            pub async fn selects(
+                pool: &$pool,
+                d: &Data,
+                env: &Envelope,
+                cipher: &std::sync::Arc<Aes256Gcm>,
+                plain: &mut Runs,
+                enc: &mut Runs,
+            ) {
                 for pass in 0..SELECT_PASSES {
-                    let mut order = [0, 1, 2];
+                    let mut order = [0, 1, 2, 3];
                     if pass % 2 == 1 {
                         order.reverse();
                     }
@@ -439,6 +542,7 @@ macro_rules! driver {
                                 assert_eq!(n, d.ids.len());
                             }
                             1 => select_opened(pool, d, env, enc).await,
+                            2 => select_aes_gcm(pool, d, cipher, enc).await,
                             _ => {
                                 // The same select, nothing opened: the sealed
                                 // values' length alone.
@@ -486,6 +590,61 @@ macro_rules! driver {
                 t.stop(&mut runs.select, &mut runs.select_busy);
                 runs.select_opening.push(opening_secs);
                 runs.select_wait.push(waited);
+                assert_eq!(n, d.ids.len());
+            }
+
+            /// The reference table, written: the same rows, each value sealed
+            /// by the `aes-gcm` crate alone ([`seal_aes_gcm`]) on the writing
+            /// task, page by page, as the envelope's insert seals each page
+            /// before writing it. Timed: the insert's reference.
+            pub async fn stock_aes_gcm(pool: &$pool, d: &Data, cipher: &Aes256Gcm, runs: &mut Runs) {
+                setup(pool, REF_TABLE).await;
+                settle(pool, REF_TABLE).await;
+                let t = Timer::start();
+                for chunk in d.ids.chunks(BATCH) {
+                    let cols = chunk
+                        .iter()
+                        .map(|id| {
+                            let i = (*id - 1) as usize;
+                            let counter = 2 * i as u64;
+                            (
+                                seal_aes_gcm(cipher, "email", *id, counter, &d.emails[i]),
+                                seal_aes_gcm(cipher, "ssn", *id, counter + 1, &d.ssns[i]),
+                            )
+                        })
+                        .collect();
+                    insert_batch(pool, REF_TABLE, chunk, cols).await;
+                }
+                t.stop(&mut runs.insert_aes_gcm, &mut runs.insert_aes_gcm_busy);
+            }
+
+            /// One select pass over the reference table, as
+            /// [`select_opened`] over the envelope's: page k opened (by the
+            /// `aes-gcm` crate alone) on a blocking thread while page k + 1
+            /// is fetched.
+            async fn select_aes_gcm(pool: &$pool, d: &Data, cipher: &std::sync::Arc<Aes256Gcm>, runs: &mut Runs) {
+                settle(pool, REF_TABLE).await;
+                let t = Instant::now();
+                let (mut n, mut after, mut opening_secs) = (0usize, 0i64, 0.0);
+                let mut opening: Option<tokio::task::JoinHandle<(usize, f64)>> = None;
+                loop {
+                    let p = page(pool, REF_TABLE, after).await;
+                    if let Some(h) = opening.take() {
+                        let (rows, secs) = h.await.unwrap();
+                        n += rows;
+                        opening_secs += secs;
+                    }
+                    let Some(last) = p.last() else { break };
+                    after = last.0;
+                    let cipher = cipher.clone();
+                    opening = Some(tokio::task::spawn_blocking(move || {
+                        let t = Instant::now();
+                        let rows = open_page_aes_gcm(&cipher, p);
+                        (rows, t.elapsed().as_secs_f64())
+                    }));
+                }
+                runs.select_aes_gcm.push(t.elapsed().as_secs_f64());
+                runs.select_aes_gcm_opening.push(opening_secs);
                 assert_eq!(n, d.ids.len());
             }
 
@@ -699,10 +858,12 @@ async fn main() {
             let env = envelope(store.clone(), keyring.clone());
             let one_core = envelope_threads(store, keyring.clone(), Some(1));
             let (mut plain, mut enc) = (Runs::default(), Runs::default());
+            let cipher = std::sync::Arc::new(Aes256Gcm::new(&aes_gcm::Key::<Aes256Gcm>::generate()));
             for _ in 0..reps {
                 $m::plaintext(&$pool, &d, &mut plain).await;
                 $m::envelope(&$pool, &d, &env, &one_core, &mut enc).await;
-                $m::selects(&$pool, &d, &env, &mut plain, &mut enc).await;
+                $m::stock_aes_gcm(&$pool, &d, &cipher, &mut enc).await;
+                $m::selects(&$pool, &d, &env, &cipher, &mut plain, &mut enc).await;
             }
             let load = format!("{load_before} -> {}", loadavg());
             report.insert($name.into(), json!({
@@ -714,6 +875,10 @@ async fn main() {
                     "insert_sealed_beforehand": ratio(&enc.insert_presealed, &plain.insert),
                     "select": ratio(&enc.select, &plain.select),
                     "select_fetch_only": ratio(&enc.select_fetch_only, &plain.select),
+                },
+                "stock_aes_gcm_over_plaintext": {
+                    "insert": ratio(&enc.insert_aes_gcm, &plain.insert),
+                    "select": ratio(&enc.select_aes_gcm, &plain.select),
                 },
                 // Both envelopes: the pipelined one mints its own data keys.
                 "keyring_calls": {"generate": env.stats().keyring_generate_calls + one_core.stats().keyring_generate_calls,
@@ -883,6 +1048,15 @@ async fn main() {
             fmt(n, &enc.select_fetch_only),
             "",
             rs(&enc.select_fetch_only, &plain.select)
+        );
+        println!(
+            "{db:<9} {:<19} {:>24} {:>24} {:>14} {:>14}   opening: {:.1} ms per pass (median)",
+            "stock aes-gcm",
+            fmt(n, &enc.insert_aes_gcm),
+            fmt(n, &enc.select_aes_gcm),
+            rs(&enc.insert_aes_gcm, &plain.insert),
+            rs(&enc.select_aes_gcm, &plain.select),
+            1000.0 * median(&enc.select_aes_gcm_opening)
         );
         let seal_only = format!(
             "   sealing alone: {:.1} ms, {:.0} ns per value (median)",
