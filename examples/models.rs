@@ -227,8 +227,8 @@ macro_rules! demo {
 
         let stats = envelope.stats();
         println!(
-            "data keys generated: {}, unwrapped: {}",
-            stats.keyring_generate_calls, stats.keyring_unwrap_calls
+            "data keys minted: {}; master keyring calls: {} generate, {} unwrap",
+            stats.data_keys_minted, stats.keyring_generate_calls, stats.keyring_unwrap_calls
         );
 
         // Leave the table as it was found.

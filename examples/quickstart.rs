@@ -123,7 +123,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let stats = envelope.stats();
     println!(
-        "data keys generated: {}, unwrapped: {}, cache hits: {}",
+        "data keys minted: {} (under {} branch key(s)); master keyring calls: {} generate, {} unwrap; cache hits: {}",
+        stats.data_keys_minted,
+        stats.branch_keys_minted,
         stats.keyring_generate_calls,
         stats.keyring_unwrap_calls,
         stats.encrypt_hits + stats.decrypt_hits

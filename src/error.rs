@@ -38,7 +38,7 @@ pub enum Error {
     UnknownKey(KeyId),
 
     /// The key (data, branch or index) exists but its state forbids the operation.
-    #[error("key {id} is {state} and cannot be used to {operation}")]
+    #[error("key {id} is {state} and cannot be used to {operation}{hint}", hint = not_usable_hint(.state))]
     KeyNotUsable {
         /// The key.
         id: KeyId,
@@ -111,8 +111,9 @@ pub enum Error {
         source: Box<Error>,
     },
 
-    /// The key store (the data-key table) failed.
-    #[error("key store error: {0}")]
+    /// The key store (the data-key table) failed. When the store's own
+    /// tables do not exist, the message says to run its migrations.
+    #[error("key store error: {0}{hint}", hint = store_hint(.0))]
     Store(#[source] sqlx::Error),
 
     /// A field value could not be encoded to or decoded from plaintext bytes.
@@ -192,6 +193,36 @@ impl Error {
             type_name,
             message: message.into(),
         }
+    }
+}
+
+/// What a refusal by key state leaves the user to do, when anything: a
+/// `retired` key was suspended by an operator and can be reactivated; a
+/// `destroyed` one is gone.
+fn not_usable_hint(state: &KeyState) -> &'static str {
+    match state {
+        KeyState::Retired => {
+            " (an operator suspended it: `sqlx-envelope keys reactivate` lets it open again)"
+        }
+        KeyState::Destroyed => " (destroyed: what it sealed can no longer be opened)",
+        _ => "",
+    }
+}
+
+/// What to do about a key-store error, when there is something to say: one
+/// of the store's own tables (`sqlx_envelope_*`) missing means its
+/// migrations have not run on this database (PostgreSQL `42P01`, MySQL and
+/// MariaDB `42S02`, SQLite "no such table").
+fn store_hint(e: &sqlx::Error) -> &'static str {
+    let sqlx::Error::Database(db) = e else {
+        return "";
+    };
+    let missing = matches!(db.code().as_deref(), Some("42P01" | "42S02"))
+        || db.message().starts_with("no such table");
+    if missing && db.message().contains("sqlx_envelope_") {
+        " (the key store's tables do not exist in this database: run `sqlx-envelope migrate`, or the store's `migrate()`, first)"
+    } else {
+        ""
     }
 }
 
@@ -296,7 +327,7 @@ impl fmt::Display for KeyringErrorKind {
             KeyringErrorKind::KeyNotFound => "master key not found",
             KeyringErrorKind::Throttled => "throttled",
             KeyringErrorKind::NoUsableWrappedKey => {
-                "no stored wrapped key belongs to a master key of this keyring"
+                "no stored wrapped key belongs to a master key of this keyring (configure the master key that wrapped it: `sqlx-envelope keys list` shows each key's)"
             }
             KeyringErrorKind::Other => "request failed",
         })

@@ -9,7 +9,7 @@ use std::process::Output;
 
 use jobs_support::*;
 use sqlx_envelope::{Context, KeyState, RowId};
-use support::{ALL, Db, Kind, unique};
+use support::{ALL, Db, Kind, isolated_url, unique};
 
 const ROWS: i64 = 500;
 
@@ -415,6 +415,50 @@ async fn cli_life_cycle_mariadb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_life_cycle_sqlite() {
     life_cycle(ALL[2]).await;
+}
+
+/// Any command on a database whose key store was never migrated fails with an
+/// error that says to run `migrate` (on every database: each names a missing
+/// table its own way); once it has run, the same command works. A SQLite URL
+/// naming a file that does not exist says how to create it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_before_migrate_says_to_run_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = write_key_file(dir.path(), "k.json", "app/1", &[("app/1", random_key())]);
+    for kind in ALL {
+        // A namespace of its own where nothing was migrated.
+        let db = Db::connect(kind).await;
+        let name = unique("t");
+        let url = match kind {
+            Kind::Postgres => {
+                db.exec(&format!("CREATE SCHEMA {name}")).await;
+                isolated_url(kind, &name)
+            }
+            Kind::MySql => {
+                db.exec(&format!("CREATE DATABASE {name}")).await;
+                isolated_url(kind, &name)
+            }
+            Kind::Sqlite => format!("sqlite:{}?mode=rwc", dir.path().join("fresh.db").display()),
+        };
+        for args in [&["keys", "list"][..], &["status"]] {
+            let out = run(&url, &keys, args);
+            let said = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(code(&out), 1, "{kind:?} {args:?}: {said}");
+            assert!(
+                said.contains("do not exist in this database: run `sqlx-envelope migrate`"),
+                "{kind:?} {args:?}: {said}"
+            );
+        }
+        assert_eq!(code(&run(&url, &keys, &["migrate"])), 0);
+        assert_eq!(code(&run(&url, &keys, &["keys", "list"])), 0);
+    }
+    // A SQLite file that does not exist: the error says how to create it.
+    let missing = format!("sqlite:{}", dir.path().join("missing.db").display());
+    let out = run(&missing, &keys, &["migrate"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 1, "{said}");
+    assert!(said.contains("end the URL with ?mode=rwc"), "{said}");
+    assert!(!dir.path().join("missing.db").exists());
 }
 
 /// Bring your own key through the CLI: a tenant mapped to its own master key in

@@ -12,7 +12,8 @@ use super::Failure;
 /// Flags every command accepts.
 #[derive(Debug, Args)]
 pub struct Global {
-    /// Database URL: postgres://..., mysql://... (or mariadb://...), sqlite:path.
+    /// Database URL: postgres://..., mysql://... (or mariadb://...), sqlite:path (sqlite:path?mode=rwc
+    /// creates the file if it does not exist).
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
 

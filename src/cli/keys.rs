@@ -67,7 +67,7 @@ pub struct RewrapArgs {
     /// The master key to wrap under: `local:<name>/<version>` or a KMS key ARN.
     #[arg(long)]
     pub to: String,
-    /// Only data keys wrapped under this (old) master key.
+    /// Only keys (branch and index keys) wrapped under this (old) master key.
     #[arg(long)]
     pub from: Option<String>,
     /// Delete the old wrapped blob of each key once the new one unwrapped.
@@ -76,10 +76,10 @@ pub struct RewrapArgs {
     /// Count what would be re-wrapped, call nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Data keys re-wrapped concurrently.
+    /// Keys re-wrapped concurrently.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
-    /// Only data keys of this scope (by default a table name).
+    /// Only keys of this scope (by default a table name).
     #[arg(long)]
     pub scope: Option<String>,
 }

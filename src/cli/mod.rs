@@ -75,8 +75,10 @@ fn model(models: &Models, name: &str) -> Result<&'static ModelDescription, Failu
             Failure::Error(if models.is_empty() {
                 format!(
                     "--model {name}: no model is registered in this binary; embed the tool with \
-                     sqlx_envelope::cli::main_with_models(&[Model::DESCRIPTION]), or describe the \
-                     column with --table, --pk, --tenant-column and --plaintext-type"
+                     sqlx_envelope::cli::main_with_models(&[Model::DESCRIPTION]) (`index` needs it), \
+                     or describe the column with flags: --table, --pk, --tenant-column and \
+                     --plaintext-type for backfill, decrypt and reencrypt; --column \
+                     TABLE.COLUMN[:PK] and --tenant-column for status and verify"
                 )
             } else {
                 format!(
@@ -104,6 +106,7 @@ pub const EXIT_OUTPUT_CLOSED: u8 = 141;
 const AFTER_HELP: &str = "\
 Configuration comes from flags or the environment:
   DATABASE_URL                        postgres://..., mysql://... (or mariadb://...), sqlite:path
+                                      (sqlite:path?mode=rwc creates the file if it does not exist)
   SQLX_ENVELOPE_LOCAL_KEYS_FILE       JSON file of local master keys
                                       {\"primary\": \"app/2\", \"keys\": {\"app/1\": \"<base64>\", \"app/2\": \"<base64>\"}}
   SQLX_ENVELOPE_KMS_KEY_IDS           comma-separated AWS KMS keys (id, ARN or alias); the first wraps new keys

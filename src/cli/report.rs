@@ -192,11 +192,13 @@ fn tenant_problems(s: &ColumnStatus, watch: &[KeyId]) -> Vec<String> {
         let mut out = Vec::new();
         let on = s.counts.on(watch);
         if on > 0 {
-            out.push(format!("{t}: {on} row(s) on the given keys"));
+            out.push(format!(
+                "{t}: {on} row(s) on the given keys (re-encrypt them: `reencrypt --key`)"
+            ));
         }
         if s.undecryptable > 0 {
             out.push(format!(
-                "{t}: {} row(s) under unknown, retired or destroyed keys",
+                "{t}: {} row(s) under unknown, retired or destroyed keys (`status` names the keys; a suspended key opens again after `keys reactivate`)",
                 s.undecryptable
             ));
         }
@@ -208,12 +210,12 @@ fn tenant_problems(s: &ColumnStatus, watch: &[KeyId]) -> Vec<String> {
         let on = ts.counts.on(watch);
         if on > 0 {
             out.push(format!(
-                "{t} tenant {tenant}: {on} row(s) on the given keys"
+                "{t} tenant {tenant}: {on} row(s) on the given keys (re-encrypt them: `reencrypt --key`)"
             ));
         }
         if ts.undecryptable > 0 {
             out.push(format!(
-                "{t} tenant {tenant}: {} row(s) under unknown, retired or destroyed keys",
+                "{t} tenant {tenant}: {} row(s) under unknown, retired or destroyed keys (`status` names the keys; a suspended key opens again after `keys reactivate`)",
                 ts.undecryptable
             ));
         }

@@ -87,12 +87,22 @@ impl JobPool {
                 use std::str::FromStr as _;
                 let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
                     .busy_timeout(std::time::Duration::from_secs(30));
-                Ok(JobPool::Sqlite(
-                    sqlx::sqlite::SqlitePoolOptions::new()
-                        .max_connections(max_connections)
-                        .connect_with(opts)
-                        .await?,
-                ))
+                let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(max_connections)
+                    .connect_with(opts)
+                    .await;
+                match pool {
+                    Ok(pool) => Ok(JobPool::Sqlite(pool)),
+                    // SQLITE_CANTOPEN: most often a file that does not exist
+                    // (sqlx does not create one unless told to).
+                    Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("14") => {
+                        Err(JobError::Invalid(format!(
+                            "cannot open the SQLite database of {url} ({}): if the file does not exist yet, end the URL with ?mode=rwc to create it",
+                            e.message()
+                        )))
+                    }
+                    Err(e) => Err(e.into()),
+                }
             }
             _ => Err(JobError::Invalid(
                 "database URL must start with postgres://, mysql://, mariadb:// or sqlite: (of the enabled drivers)".into(),

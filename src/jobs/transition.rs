@@ -336,7 +336,9 @@ pub async fn drop_plaintext(pool: &JobPool, target: &Target, plain: &str) -> Job
     if remaining > 0 {
         return Err(JobError::RowsRemain {
             rows: remaining as u64,
-            what: format!("have a plaintext value and no encrypted value in {target}"),
+            what: format!(
+                "have a plaintext value and no encrypted value in {target}: run the backfill (again) for them, then drop"
+            ),
         });
     }
     Ok(())

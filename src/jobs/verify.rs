@@ -514,7 +514,10 @@ async fn count_refs(pool: &JobPool, targets: &[Target], id: KeyId) -> JobResult<
     if rows > 0 {
         return Err(JobError::RowsRemain {
             rows,
-            what: format!("reference data key {id} ({})", where_.join(", ")),
+            what: format!(
+                "reference data key {id} ({}): re-encrypt them off it first (`reencrypt --key {id}`), then destroy again",
+                where_.join(", ")
+            ),
         });
     }
     Ok(())

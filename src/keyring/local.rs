@@ -103,7 +103,7 @@ impl LocalKeyring {
     pub fn from_json(json: &str) -> Result<Self> {
         let file: KeyFile = serde_json::from_str(json).map_err(|e| {
             Error::Config(format!(
-                "local key file is not valid JSON of the expected shape: line {}, column {}",
+                "not valid JSON of the shape {{\"primary\": \"NAME\", \"keys\": {{\"NAME\": \"<base64 of 32 random bytes>\"}}}}: line {}, column {}",
                 e.line(),
                 e.column()
             ))
@@ -133,6 +133,7 @@ impl LocalKeyring {
             ))
         })?);
         Self::from_json(&text)
+            .map_err(|e| from_source(e, &format!("local key file {}", path.display())))
     }
 
     /// Load from the JSON in environment variable `var`.
@@ -141,7 +142,7 @@ impl LocalKeyring {
             std::env::var(var)
                 .map_err(|_| Error::Config(format!("environment variable {var} is not set")))?,
         );
-        Self::from_json(&text)
+        Self::from_json(&text).map_err(|e| from_source(e, &format!("environment variable {var}")))
     }
 
     /// Create a key file holding one fresh random master key `name` (mode 0600 on
@@ -287,5 +288,53 @@ impl Keyring for LocalKeyring {
             })?;
         let material = self.unwrap(ctx, std::slice::from_ref(wrapped)).await?;
         Ok(self.wrap_with(kek, ctx, &material))
+    }
+}
+
+/// A configuration error about key JSON, prefixed with where the JSON came
+/// from (a file's path, an environment variable's name): never its content.
+fn from_source(e: Error, source: &str) -> Error {
+    match e {
+        Error::Config(m) => Error::Config(format!("{source}: {m}")),
+        e => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key file that does not parse: the error names the file, the shape
+    /// expected and where parsing stopped, never what the file holds.
+    #[test]
+    fn a_bad_key_file_names_the_file_and_the_shape_never_the_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let pasted = "c2VjcmV0IGtleSBtYXRlcmlhbCwgbm90IHRvIGJlIHByaW50ZWQ=";
+        std::fs::write(&path, format!("{{\"app/1\": \"{pasted}\"}}")).unwrap();
+        let Err(Error::Config(said)) = LocalKeyring::from_file(&path) else {
+            panic!("a key file without primary and keys must not load");
+        };
+        assert!(
+            said.starts_with(&format!("local key file {}: ", path.display())),
+            "{said}"
+        );
+        assert!(said.contains("{\"primary\": \"NAME\", \"keys\""), "{said}");
+        assert!(said.contains("line 1, column"), "{said}");
+        assert!(!said.contains(pasted), "{said}");
+        // A key that is not base64: named by its name, not its value.
+        std::fs::write(
+            &path,
+            r#"{"primary": "app/1", "keys": {"app/1": "not base64!"}}"#,
+        )
+        .unwrap();
+        let Err(Error::Config(said)) = LocalKeyring::from_file(&path) else {
+            panic!("a key that is not base64 must not load");
+        };
+        assert!(
+            said.contains("keys.json: local key \"app/1\" is not valid base64"),
+            "{said}"
+        );
+        assert!(!said.contains("not base64!"), "{said}");
     }
 }
