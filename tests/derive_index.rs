@@ -322,6 +322,30 @@ macro_rules! scenario {
             assert_eq!(MemberV2::find_by_email_bidx_v2(&envelope, pool, "acme", "late@example.com").await.expect("find"), vec![late.clone()]);
             assert_eq!(MemberV2::find_by_email_bidx(&envelope, pool, "acme", "late@example.com").await.expect("find"), vec![late]);
 
+            // A row of another tenant whose truncated index value collides
+            // with the one looked up is dropped by its tenant before anything
+            // is opened: globex's row, given acme's phone index value for
+            // "1234" and a phone that does not open (its own e-mail's
+            // ciphertext, bound to another column), leaves acme's lookup as it
+            // was, and fails only globex's own read of that row.
+            let before = Member::find_by_phone(&envelope, pool, "acme", "1234").await.expect("find");
+            assert!(!before.is_empty(), "{kind:?}");
+            let bind = sqlx_envelope::index::lookup_value::<Member>(&envelope, "phone_last4", Some("acme"), &["1234"])
+                .await
+                .expect("value");
+            let mut q = sqlx::QueryBuilder::<Db>::new("UPDATE members SET phone = email, phone_last4 = ");
+            q.push_bind(bind);
+            q.push(" WHERE org = 'globex'");
+            assert_eq!(q.build().execute(pool).await.expect("collide").rows_affected(), 1, "{kind:?}");
+            let after = Member::find_by_phone(&envelope, pool, "acme", "1234")
+                .await
+                .expect("another tenant's candidate is not opened");
+            assert_eq!(after, before, "{kind:?}");
+            assert!(
+                Member::find_by_email(&envelope, pool, "globex", "ada@example.com").await.is_err(),
+                "{kind:?}: the broken value fails in its own tenant"
+            );
+
             // A tenant-bound model is looked up within one tenant.
             let err =
                 sqlx_envelope::index::lookup_value::<Member>(&envelope, "email_bidx", None, &["x"])

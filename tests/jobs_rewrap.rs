@@ -422,3 +422,76 @@ async fn rewrap_kms_to_local() {
     let m = old.metrics();
     assert_eq!(m.decrypt_calls - before.decrypt_calls, keys);
 }
+
+/// `verify_keys_open` also unwraps the keys of the blind indexes of the
+/// tables it checks. A rotation that re-wrapped the table's branch key but not
+/// its index key (a scope of its own) leaves every data key opening under the
+/// new master key alone, and the index key named as not opening; once that is
+/// re-wrapped too, everything opens. The index key of another table, not
+/// re-wrapped, is not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_open_checks_the_tables_index_keys() {
+    for kind in ALL {
+        let db = Db::connect(kind).await;
+        let (k1, k2) = (random_key(), random_key());
+        let old: Arc<dyn Keyring> =
+            Arc::new(LocalKeyring::new("app/1", KeyMaterial::new(k1)).unwrap());
+        let table = seed_many_keys(&db, old.clone()).await;
+        let env = envelope_with(&db, old, CacheLimits::default());
+        let index = env.index_key(&table, "secret_bidx", None, 1).await.unwrap();
+        env.index_key("other_table", "x_bidx", None, 1)
+            .await
+            .unwrap();
+        let store = db.key_store();
+        let both = LocalKeyring::with_keys(
+            "app/2",
+            [
+                ("app/1".to_owned(), KeyMaterial::new(k1)),
+                ("app/2".to_owned(), KeyMaterial::new(k2)),
+            ],
+        )
+        .unwrap();
+        let rewrap = |scope: String| {
+            RewrapOptions::new(MasterKeyId::new("local:app/2"))
+                .delete_old(true)
+                .scope(scope)
+        };
+        rewrap_keys(store.as_ref(), &both, &rewrap(table.clone()), None)
+            .await
+            .unwrap();
+
+        let only_new = Arc::new(LocalKeyring::new("app/2", KeyMaterial::new(k2)).unwrap());
+        let pool = job_pool(&db);
+        let targets = [sqlx_envelope::jobs::Target::new(&table, "id", "secret").unwrap()];
+        let check = || async {
+            let env = envelope_with(&db, only_new.clone(), CacheLimits::default());
+            sqlx_envelope::jobs::verify_keys_open(&env, &pool, &targets)
+                .await
+                .unwrap()
+        };
+        let r = check().await;
+        assert!(r.keys >= ROWS as u64 / USES, "{kind:?}: {r:?}");
+        assert_eq!((r.opened, r.failed.len()), (r.keys, 0), "{kind:?}: {r:?}");
+        assert_eq!((r.index_keys, r.index_opened), (1, 0), "{kind:?}: {r:?}");
+        let (id, scope, why) = &r.index_failed[0];
+        assert_eq!(*id, index.id(), "{kind:?}");
+        assert_eq!(*scope, format!("{table}/secret_bidx/v1"), "{kind:?}");
+        assert!(
+            why.contains("local:app/1") || why.contains("no stored wrapped key"),
+            "{kind:?}: {why}"
+        );
+        assert!(!r.is_clean());
+
+        rewrap_keys(
+            store.as_ref(),
+            &both,
+            &rewrap(format!("{table}/secret_bidx/v1")),
+            None,
+        )
+        .await
+        .unwrap();
+        let r = check().await;
+        assert!(r.is_clean(), "{kind:?}: {r:?}");
+        assert_eq!((r.index_keys, r.index_opened), (1, 1), "{kind:?}: {r:?}");
+    }
+}

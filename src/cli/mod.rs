@@ -145,7 +145,7 @@ enum Command {
     Decrypt(data::BackfillArgs),
     /// Drop a plaintext column once every row has its encrypted value (refused otherwise).
     DropPlaintext(data::DropArgs),
-    /// Re-encrypt the rows of a column that use retired data keys (resumable, multi-worker).
+    /// Re-encrypt the rows of a column off the data keys `keys retire` made decrypt_only, or the --key keys (resumable, multi-worker).
     Reencrypt(data::ReencryptArgs),
     /// Fill a model's blind index for rows written before it existed (embedded tool, --model).
     Index(data::IndexArgs),

@@ -127,8 +127,8 @@ pub struct VerifyArgs {
     #[arg(long, requires = "columns")]
     pub context_column: Option<String>,
     /// Also prove the configured keyring opens what is stored: unwrap every data
-    /// key referenced by a value (one unwrap per key, not per row); exit 3
-    /// naming the keys that do not open.
+    /// key referenced by a value (one unwrap per key, not per row) and every usable
+    /// index key of the columns' tables; exit 3 naming the keys that do not open.
     #[arg(long)]
     pub open: bool,
 }
@@ -325,7 +325,10 @@ pub async fn verify(g: &Global, mut a: VerifyArgs, models: &Models) -> CmdResult
         } else {
             a.columns.clone()
         };
-        let bar = super::progress::spinner("opening every referenced data key", g.no_progress);
+        let bar = super::progress::spinner(
+            "opening every referenced data key and the tables' index keys",
+            g.no_progress,
+        );
         let r = verify_keys_open(&envelope, &pool, &targets).await;
         bar.finish_and_clear();
         let r = r?;
@@ -338,10 +341,30 @@ pub async fn verify(g: &Global, mut a: VerifyArgs, models: &Models) -> CmdResult
         for (id, why) in &r.failed {
             say!("  data key {id} does not open: {why}");
         }
-        if !r.is_clean() {
+        say!(
+            "index keys: {} of these tables, {} open, {} do not open",
+            r.index_keys,
+            r.index_opened,
+            r.index_failed.len()
+        );
+        for (id, scope, why) in &r.index_failed {
+            say!("  index key {id} ({scope}) does not open: {why}");
+        }
+        if !r.failed.is_empty() {
             let ids: Vec<String> = r.failed.iter().map(|(id, _)| id.to_string()).collect();
             problems.push(format!(
                 "data key(s) {} do not open with this configuration (check the master keys given)",
+                ids.join(", ")
+            ));
+        }
+        if !r.index_failed.is_empty() {
+            let ids: Vec<String> = r
+                .index_failed
+                .iter()
+                .map(|(id, ..)| id.to_string())
+                .collect();
+            problems.push(format!(
+                "index key(s) {} do not open with this configuration (check the master keys given; `keys rewrap` re-wraps them)",
                 ids.join(", ")
             ));
         }

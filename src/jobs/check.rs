@@ -51,13 +51,20 @@ impl Job {
                     .ok_or(crate::Error::UnknownKey(*id))?;
                 if rec.state == KeyState::Active {
                     return Err(JobError::Invalid(format!(
-                        "data key {id} is active: retire it (mark it decrypt-only) before re-encrypting away from it"
+                        "data key {id} is active: retire it (`keys retire {id}`: decrypt_only) before re-encrypting away from it"
                     )));
                 }
                 if !rec.state.can_decrypt() {
                     return Err(JobError::Invalid(format!(
-                        "data key {id} is {} and cannot decrypt: set it back to decrypt-only first",
-                        rec.state
+                        "data key {id} is {} and cannot decrypt: {}",
+                        rec.state,
+                        match rec.state {
+                            KeyState::Retired => format!(
+                                "an operator suspended it; `keys reactivate {id}` sets it back to decrypt_only"
+                            ),
+                            KeyState::Destroyed => "its values can no longer be opened".to_owned(),
+                            _ => "it was never activated and holds no values".to_owned(),
+                        }
                     )));
                 }
             }

@@ -36,7 +36,7 @@ pub struct RewrapOptions {
     pub delete_old: bool,
     /// Count what would be done, call nothing.
     pub dry_run: bool,
-    /// Data keys re-wrapped concurrently. Default 4.
+    /// Keys re-wrapped concurrently. Default 4.
     pub concurrency: usize,
     /// Only keys of this scope (e.g. one table). Default: all.
     pub scope: Option<String>,

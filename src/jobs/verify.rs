@@ -433,7 +433,7 @@ pub async fn destroy_key(
     }
     if record.state == KeyState::Active {
         return Err(JobError::Invalid(format!(
-            "data key {id} is active; retire it and re-encrypt its rows first"
+            "data key {id} is active; retire it (`keys retire {id}`) and re-encrypt its rows (`reencrypt --key {id}`) first"
         )));
     }
     if !opts.skip_seal_horizon {
@@ -462,7 +462,7 @@ pub async fn destroy_key(
     }
     if targets.is_empty() {
         return Err(JobError::Invalid(
-            "no encrypted column is registered: name the columns to check before destroying a key"
+            "no encrypted column is registered: name the columns to check before destroying a key (`--column TABLE.COLUMN[:PK]`, `DestroyOptions::column`)"
                 .into(),
         ));
     }
@@ -534,18 +534,27 @@ pub struct KeysOpenReport {
     /// Keys that did not open, each with the reason (a key id and an error
     /// message, never key material).
     pub failed: Vec<(KeyId, String)>,
+    /// Index keys (blind indexes) of the targets' tables that can still be
+    /// used (`active` or `decrypt_only`).
+    pub index_keys: u64,
+    /// Of those, keys the configured keyring opened.
+    pub index_opened: u64,
+    /// Index keys that did not open, each with its scope
+    /// (`table/index/vN`) and the reason.
+    pub index_failed: Vec<(KeyId, String, String)>,
 }
 
 impl KeysOpenReport {
-    /// Every referenced key opened.
+    /// Every referenced data key and every usable index key opened.
     pub fn is_clean(&self) -> bool {
-        self.failed.is_empty()
+        self.failed.is_empty() && self.index_failed.is_empty()
     }
 }
 
 /// Prove that `envelope`'s configuration opens what is stored: load every
 /// data key referenced by a value in `targets` (through its branch key and the
-/// keyring, as a read would), one load per distinct key, not per row. Run it
+/// keyring, as a read would), one load per distinct key, not per row, and
+/// unwrap every usable index key of the targets' tables (blind indexes). Run it
 /// after a master-key rotation (`keys rewrap --delete-old`) with the
 /// configuration the applications will use.
 pub async fn verify_keys_open(
@@ -565,6 +574,28 @@ pub async fn verify_keys_open(
         match envelope.decrypt_key(id).await {
             Ok(_) => report.opened += 1,
             Err(e) => report.failed.push((id, e.to_string())),
+        }
+    }
+    // The blind indexes' keys of the same tables: wrapped by the master keys
+    // themselves (a master-key rotation re-wraps them), so a configuration
+    // that opens every data key may still not open them.
+    let tables: BTreeSet<&str> = targets.iter().map(|t| t.table.as_str()).collect();
+    let index_keys = envelope
+        .store()
+        .list(&crate::store::KeyFilter::all().kind(KeyKind::Index))
+        .await?;
+    for r in index_keys.iter().filter(|r| {
+        r.state.can_decrypt()
+            && r.scope
+                .split_once('/')
+                .is_some_and(|(table, _)| tables.contains(table))
+    }) {
+        report.index_keys += 1;
+        match envelope.keyring_unwrap(r).await {
+            Ok(_) => report.index_opened += 1,
+            Err(e) => report
+                .index_failed
+                .push((r.id, r.scope.clone(), e.to_string())),
         }
     }
     Ok(report)

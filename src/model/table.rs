@@ -458,10 +458,13 @@ where
 /// The rows of model `M` whose fields hashed by blind index `column` equal
 /// `values` (one per field, in order; normalised and transformed as the
 /// index says), within `tenant` for a tenant-bound model: one indexed
-/// `SELECT ... WHERE <column> = ?`, then every candidate opened and kept only
-/// if its own prepared fields equal the prepared values and it belongs to
-/// `tenant`, so a truncated index's false positives never reach the caller. A
-/// candidate that fails to open is an error (as in every read).
+/// `SELECT ... WHERE <column> = ?`; candidates of another tenant (a truncated
+/// index's value can collide across tenants) are dropped by their tenant
+/// column before anything is opened, so another tenant's keys are never
+/// used; the others are opened and kept only if their own prepared fields
+/// equal the prepared values, so a truncated index's false positives never
+/// reach the caller. A candidate of `tenant` that fails to open is an error
+/// (as in every read).
 pub async fn find_by_index<'c, M, E>(
     envelope: &Envelope,
     executor: E,
@@ -487,16 +490,18 @@ where
         .fetch_all(executor)
         .await
         .map_err(query_error::<M>)?;
-    let sealed = rows
-        .iter()
-        .map(M::sealed_from_row)
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(query_error::<M>)?;
+    let mut sealed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let s = M::sealed_from_row(row).map_err(query_error::<M>)?;
+        if super::SealedRow::tenant(&s).as_deref() == tenant {
+            sealed.push(s);
+        }
+    }
     let opened = super::batch::open_all(envelope, sealed).await?;
     let wanted: Vec<_> = values.iter().map(|v| index.prepare(v)).collect();
     Ok(opened
         .into_iter()
-        .filter(|m| m.tenant().as_deref() == tenant && index.matches(&m.__index_parts(x), &wanted))
+        .filter(|m| index.matches(&m.__index_parts(x), &wanted))
         .collect())
 }
 
