@@ -213,14 +213,15 @@ fn not_usable_hint(state: &KeyState) -> &'static str {
 /// of the store's own tables (`sqlx_envelope_*`) missing means its
 /// migrations have not run on this database (PostgreSQL `42P01`, MySQL and
 /// MariaDB `42S02`, SQLite "no such table").
-fn store_hint(e: &sqlx::Error) -> &'static str {
+pub(crate) fn store_hint(e: &sqlx::Error) -> &'static str {
     let sqlx::Error::Database(db) = e else {
         return "";
     };
     let missing = matches!(db.code().as_deref(), Some("42P01" | "42S02"))
         || db.message().starts_with("no such table");
     if missing && db.message().contains("sqlx_envelope_") {
-        " (the key store's tables do not exist in this database: run `sqlx-envelope migrate`, or the store's `migrate()`, first)"
+        " (the key store's tables do not exist in this database: run the `migrate` command first \
+         (`sqlx-envelope migrate`, or your own tool's), or the store's `migrate()`)"
     } else {
         ""
     }

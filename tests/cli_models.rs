@@ -28,7 +28,8 @@ mod sqlite {
 
 use chrono::NaiveDate;
 use jobs_support::{
-    db_url, envelope_from_file, job_pool, patient_tool, random_key, retire_active, write_key_file,
+    cli, db_url, envelope_from_file, job_pool, patient_tool, random_key, retire_active,
+    write_key_file,
 };
 use sqlite::{Notes, Patient};
 use sqlx_envelope::jobs::{Target, count_rows_on};
@@ -209,4 +210,76 @@ async fn a_column_of_a_registered_model_takes_the_models_description() {
             .expect("row");
         assert_eq!(&got, p);
     }
+}
+
+/// A column the application's tool backfilled with `--model`, before the
+/// application ever sealed through the model: the job records the model's
+/// description in the key store's column registry, so the installed tool,
+/// which has no model, reports the column with the model's UUID key and per
+/// tenant, as it would after the model's first seal. A dry run records
+/// nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_with_a_model_records_the_models_description() {
+    let db = support::Db::connect(Kind::Sqlite).await;
+    let support::Db::Sqlite(pool, _) = &db else {
+        unreachable!()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = write_key_file(dir.path(), "keys.json", "app/1", &[("app/1", random_key())]);
+    let url = db_url(&db);
+    db.exec(
+        "CREATE TABLE patients (id BLOB PRIMARY KEY, clinic TEXT NOT NULL, ward TEXT NOT NULL, \
+         name BLOB NULL, date_of_birth BLOB NULL, notes BLOB NULL, phone BLOB NULL, name_bidx BLOB NULL, \
+         name_plain TEXT NULL)",
+    )
+    .await;
+    for i in 0..6 {
+        sqlx::query(
+            "INSERT INTO patients (id, clinic, ward, name_plain) VALUES (?, ?, 'general', ?)",
+        )
+        .bind(Uuid::new_v4())
+        .bind(["north", "south"][i % 2])
+        .bind(format!("Patient {i}"))
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    let run = |tool: std::process::Command, args: &[&str]| {
+        let mut tool = tool;
+        let out = tool.args(args).output().expect("run the tool");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let backfill = [
+        "backfill",
+        "--model",
+        "Patient",
+        "--encrypted-column",
+        "name",
+        "--plaintext-column",
+        "name_plain",
+    ];
+    let (code, text) = run(patient_tool(&url, &keys), &["migrate"]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = run(
+        patient_tool(&url, &keys),
+        &[&backfill[..], &["--dry-run"]].concat(),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    let registered: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM sqlx_envelope_registry WHERE model IS NOT NULL")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(registered, 0, "a dry run records nothing");
+    let (code, text) = run(patient_tool(&url, &keys), &backfill);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = run(cli(&url, &keys), &["status"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("patients.name (key id:uuid)"), "{text}");
+    assert!(text.contains("tenant north: 3 encrypted"), "{text}");
 }

@@ -343,6 +343,33 @@ async fn life_cycle(kind: Kind) {
         KeyState::Destroyed
     );
 
+    // Mistakes a rotation is told about: a local key named without its
+    // `local:` prefix (refused, with the name meant), an old master key no key
+    // is wrapped under (nothing done, said so).
+    let unprefixed = run(&url, &keys2, &["keys", "rotate", "--to", "app/2"]);
+    let said = String::from_utf8_lossy(&unprefixed.stderr);
+    assert_eq!(code(&unprefixed), 1, "{said}");
+    assert!(said.contains("did you mean local:app/2?"), "{said}");
+    let typo = run(
+        &url,
+        &keys2,
+        &[
+            "keys",
+            "rotate",
+            "--to",
+            "local:app/2",
+            "--from",
+            "local:app/9",
+        ],
+    );
+    let said = String::from_utf8_lossy(&typo.stderr);
+    assert_eq!(code(&typo), 0, "{said}");
+    assert!(
+        said.contains("note: no key matched --from local:app/9"),
+        "{said}"
+    );
+    assert!(!stdout(&typo).contains("next:"), "{}", stdout(&typo));
+
     // Master-key rotation app/1 -> app/2, old blobs deleted; rows unchanged.
     let before = all_rows(&db, &table, "email_enc").await;
     let rw = run(
@@ -445,9 +472,35 @@ async fn cli_before_migrate_says_to_run_it() {
             let said = String::from_utf8_lossy(&out.stderr);
             assert_eq!(code(&out), 1, "{kind:?} {args:?}: {said}");
             assert!(
-                said.contains("do not exist in this database: run `sqlx-envelope migrate`"),
+                said.contains("do not exist in this database: run the `migrate` command first"),
                 "{kind:?} {args:?}: {said}"
             );
+        }
+        if kind == Kind::Sqlite {
+            // A job on a table that exists, before migrate: the same advice.
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            sqlx::query("CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT, email_enc BLOB)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO people (id, email) VALUES (1, 'a@example.com')")
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            let backfill = [
+                "backfill",
+                "--table",
+                "people",
+                "--plaintext-column",
+                "email",
+                "--encrypted-column",
+                "email_enc",
+            ];
+            let out = run(&url, &keys, &backfill);
+            let said = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(code(&out), 1, "{said}");
+            assert!(said.contains("run the `migrate` command first"), "{said}");
         }
         assert_eq!(code(&run(&url, &keys, &["migrate"])), 0);
         assert_eq!(code(&run(&url, &keys, &["keys", "list"])), 0);

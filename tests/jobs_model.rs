@@ -469,6 +469,23 @@ macro_rules! scenario {
                 assert!(st.kind.is_none(), "{kind:?}: no job registered: {st:?}");
             }
 
+            // The model's column without its tenant column: the retired keys
+            // hold values bound to tenants, which such a target would fail as
+            // if tampered with: refused, naming the flag, before anything is
+            // registered.
+            let no_tenant = Target::keyed("patients", name.key.clone(), "phone").unwrap();
+            let mut o = opts("no_tenant", 5, None);
+            o.job_name = Some("no_tenant".into());
+            let err = refused(no_tenant, o).await;
+            assert!(matches!(err, sqlx_envelope::jobs::JobError::Invalid(_)), "{err:?}");
+            let m = err.to_string();
+            assert!(
+                m.contains("bound to tenant") && m.contains("--tenant-column"),
+                "{kind:?}: {m}"
+            );
+            let st = sqlx_envelope::jobs::job_status(&jp, "no_tenant").await.unwrap();
+            assert!(st.kind.is_none(), "{kind:?}: no job registered: {st:?}");
+
             // A restart (`--restart`, JobOptions::restart) forgets a job's
             // progress only once the target is checked: the same job refused
             // for a wrong key kind keeps it.

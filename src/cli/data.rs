@@ -6,7 +6,8 @@ use crate::jobs::transition::{drop_plaintext as drop_column, transition_counts};
 use crate::jobs::{
     Job, JobOptions, JobReport, PlainKind, Target, ValueCodec, parse_pk_spec, parse_tenant_spec,
 };
-use crate::{KeyId, KeyState};
+use crate::model::ModelDescription;
+use crate::{Envelope, KeyId, KeyState};
 use clap::Args;
 
 use super::config::Global;
@@ -126,13 +127,32 @@ pub struct IndexArgs {
 pub async fn index(g: &Global, a: IndexArgs, models: &Models) -> CmdResult {
     let m = model(models, &a.model)?;
     let (pool, envelope) = g.envelope().await?;
-    let job = Job::index_column_of(envelope, pool, m, &a.index)?.options(a.job.options());
+    let job = Job::index_column_of(envelope.clone(), pool, m, &a.index)?.options(a.job.options());
     let r = run_job(g, job, "index").await?;
+    record_model(&envelope, Some(m), &r).await?;
     if r.remaining > 0 && !r.dry_run {
         return Err(Failure::RowsRemain(format!(
             "{} row(s) of {} still have no {} (failed or written meanwhile): run the same command again (a finished job makes a new pass)",
             r.remaining, m.table, a.index
         )));
+    }
+    Ok(())
+}
+
+/// After a job run with `--model` (not a dry run), once the job has checked
+/// its target and run: record the model's description in the key store's
+/// column registry, as the model's first seal does, so that `status`,
+/// `verify` and `keys destroy` describe its columns by the model (key, tenant,
+/// codec) without being given `--model`.
+async fn record_model(
+    envelope: &Envelope,
+    m: Option<&'static ModelDescription>,
+    r: &JobReport,
+) -> Result<(), Failure> {
+    if let Some(m) = m
+        && !r.dry_run
+    {
+        envelope.register_model(m).await?;
     }
     Ok(())
 }
@@ -178,8 +198,8 @@ pub struct ReencryptArgs {
     #[arg(long, required_unless_present = "model")]
     pub column: Option<String>,
     /// Data keys to move away from (repeatable or comma-separated). Default: every decrypt_only key.
-    #[arg(long = "key", value_delimiter = ',')]
-    pub keys: Vec<u64>,
+    #[arg(long = "key", value_delimiter = ',', value_parser = super::keys::parse_id)]
+    pub keys: Vec<KeyId>,
     /// Column name bound into each value's context, if not the SQL column name.
     #[arg(long)]
     pub context_column: Option<String>,
@@ -268,8 +288,9 @@ async fn run_job(g: &Global, job: Job, label: &str) -> Result<JobReport, Failure
 
 /// `backfill` (`reverse = false`) and `decrypt` (`reverse = true`).
 pub async fn backfill(g: &Global, a: BackfillArgs, reverse: bool, models: &Models) -> CmdResult {
-    let t = match (&a.model, &a.table) {
-        (Some(m), _) => Target::from_description(model(models, m)?, &a.encrypted_column)?,
+    let described = a.model.as_deref().map(|m| model(models, m)).transpose()?;
+    let t = match (described, &a.table) {
+        (Some(m), _) => Target::from_description(m, &a.encrypted_column)?,
         (None, Some(table)) => {
             let t = target(
                 table,
@@ -292,12 +313,25 @@ pub async fn backfill(g: &Global, a: BackfillArgs, reverse: bool, models: &Model
         PlainKind::Text
     };
     let job = if reverse {
-        Job::decrypt_column(envelope, pool.clone(), t.clone(), &a.plaintext_column, kind)?
+        Job::decrypt_column(
+            envelope.clone(),
+            pool.clone(),
+            t.clone(),
+            &a.plaintext_column,
+            kind,
+        )?
     } else {
-        Job::encrypt_column(envelope, pool.clone(), t.clone(), &a.plaintext_column, kind)?
+        Job::encrypt_column(
+            envelope.clone(),
+            pool.clone(),
+            t.clone(),
+            &a.plaintext_column,
+            kind,
+        )?
     }
     .options(a.job.options());
     let r = run_job(g, job, if reverse { "decrypt" } else { "backfill" }).await?;
+    record_model(&envelope, described, &r).await?;
     if !reverse {
         let c = transition_counts(&pool, &t, &a.plaintext_column).await?;
         say!(
@@ -338,8 +372,9 @@ pub async fn drop_plaintext(g: &Global, a: DropArgs) -> CmdResult {
 
 /// `reencrypt`.
 pub async fn reencrypt(g: &Global, a: ReencryptArgs, models: &Models) -> CmdResult {
-    let targets = match (&a.model, &a.table, &a.column) {
-        (Some(m), _, _) => Target::all_from_description(model(models, m)?)?,
+    let described = a.model.as_deref().map(|m| model(models, m)).transpose()?;
+    let targets = match (described, &a.table, &a.column) {
+        (Some(m), _, _) => Target::all_from_description(m)?,
         (None, Some(table), Some(column)) => {
             match registered(models, table, column) {
                 // The model's own description, as status and verify take it:
@@ -382,14 +417,16 @@ pub async fn reencrypt(g: &Global, a: ReencryptArgs, models: &Models) -> CmdResu
             .map(|k| k.id)
             .collect()
     } else {
-        a.keys.iter().map(|k| KeyId::new(*k)).collect()
+        a.keys.clone()
     };
     if keys.is_empty() {
         say!("no decrypt_only data key: nothing to re-encrypt (retire a key first)");
         return Ok(());
     }
-    let job = Job::reencrypt_columns(envelope, pool, targets, keys)?.options(a.job.options());
+    let job =
+        Job::reencrypt_columns(envelope.clone(), pool, targets, keys)?.options(a.job.options());
     let r = run_job(g, job, "reencrypt").await?;
+    record_model(&envelope, described, &r).await?;
     if r.remaining > 0 && !r.dry_run {
         return Err(Failure::RowsRemain(format!(
             "{} row(s) still reference the retired keys (failed or written meanwhile): run the same command again (a finished job makes a new pass)",

@@ -23,7 +23,7 @@ pub enum KeysCommand {
     Suspend(IdsArgs),
     /// Undo a suspend: retired keys open again (state decrypt_only; nothing returns to active).
     Reactivate(IdsArgs),
-    /// Destroy data keys (crypto-shredding): refused before the seal horizon (exit 4), while any row references them (exit 3), and for branch or index keys (exit 1).
+    /// Destroy data keys (crypto-shredding): refused before the seal horizon (exit 4), while any row references them (exit 3), and for active keys (retire them first) and branch or index keys (exit 1).
     Destroy(DestroyArgs),
     /// Crypto-shred a tenant: destroy its branch, data and index keys (every value of the tenant stops opening).
     ShredTenant(ShredArgs),
@@ -164,7 +164,8 @@ async fn move_from_read(
     }
 }
 
-fn parse_id(s: &str) -> Result<KeyId, String> {
+/// A key id as `keys list` shows it (`7` or `#7`).
+pub(super) fn parse_id(s: &str) -> Result<KeyId, String> {
     s.trim_start_matches('#')
         .parse::<u64>()
         .ok()
@@ -246,7 +247,32 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
                 r.skipped_no_blob,
                 r.skipped_destroyed
             );
-            if !a.dry_run {
+            if r.keys == 0 {
+                eprintln!(
+                    "note: no key matched{}{}: nothing was re-wrapped (`keys list` shows what wraps each key)",
+                    opts.from
+                        .as_ref()
+                        .map(|f| format!(" --from {f}"))
+                        .unwrap_or_default(),
+                    opts.scope
+                        .as_ref()
+                        .map(|s| format!(" --scope {s}"))
+                        .unwrap_or_default(),
+                );
+            } else if a.delete_old
+                && !a.dry_run
+                && r.rewrapped > 0
+                && r.deleted == 0
+                && opts.from.is_none()
+            {
+                eprintln!(
+                    "note: --delete-old deleted nothing: without --from it deletes the blobs under master keys this \
+                     keyring no longer wraps new keys with; make {} the primary (first) master key of the \
+                     configuration, or name the old one with --from",
+                    opts.target
+                );
+            }
+            if !a.dry_run && r.keys > 0 {
                 say!(
                     "next: run `sqlx-envelope verify --open` with the configuration your applications will use (new master key only) before retiring the old master key"
                 );

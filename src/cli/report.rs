@@ -102,8 +102,8 @@ pub struct VerifyArgs {
     #[arg(long = "model")]
     pub models: Vec<String>,
     /// Fail (exit 3) if any row still references one of these data keys.
-    #[arg(long = "key", value_delimiter = ',')]
-    pub keys: Vec<u64>,
+    #[arg(long = "key", value_delimiter = ',', value_parser = super::keys::parse_id)]
+    pub keys: Vec<KeyId>,
     /// Backfill verification: open every encrypted value of the single --column and compare it
     /// with this plaintext column; fail if any row is plaintext only, differs or does not open.
     #[arg(long, requires = "columns")]
@@ -193,7 +193,7 @@ fn tenant_problems(s: &ColumnStatus, watch: &[KeyId]) -> Vec<String> {
         let on = s.counts.on(watch);
         if on > 0 {
             out.push(format!(
-                "{t}: {on} row(s) on the given keys (re-encrypt them: `reencrypt --key`)"
+                "{t}: {on} row(s) on the given keys (re-encrypt them: `reencrypt --key N` with the column's --table and --column, or --model)"
             ));
         }
         if s.undecryptable > 0 {
@@ -210,7 +210,7 @@ fn tenant_problems(s: &ColumnStatus, watch: &[KeyId]) -> Vec<String> {
         let on = ts.counts.on(watch);
         if on > 0 {
             out.push(format!(
-                "{t} tenant {tenant}: {on} row(s) on the given keys (re-encrypt them: `reencrypt --key`)"
+                "{t} tenant {tenant}: {on} row(s) on the given keys (re-encrypt them: `reencrypt --key N` with the column's --table and --column, or --model)"
             ));
         }
         if ts.undecryptable > 0 {
@@ -301,7 +301,7 @@ pub async fn verify(g: &Global, mut a: VerifyArgs, models: &Models) -> CmdResult
         .list(&crate::store::KeyFilter::all())
         .await?;
     let states: Vec<(KeyId, String)> = keys.iter().map(|k| (k.id, k.state.to_string())).collect();
-    let watch: Vec<KeyId> = a.keys.iter().map(|k| KeyId::new(*k)).collect();
+    let watch: Vec<KeyId> = a.keys.clone();
     let mut problems = Vec::new();
     for t in columns(&pool, a.columns.clone()).await? {
         let bar = super::progress::spinner(&format!("scanning {t}"), g.no_progress);

@@ -4,7 +4,8 @@
 //! integer would bind every value to the wrong row) and the encrypted columns
 //! binary (PostgreSQL, MySQL/MariaDB), that a typed codec fits the plaintext
 //! column, and that the keys it re-encrypts away from are retired but still
-//! decrypt.
+//! decrypt (and, for a key of a tenant, that the target names its tenant
+//! column).
 
 use super::db::{Dialect, Ident};
 use super::run::{Job, JobKind, PlainKind};
@@ -51,7 +52,8 @@ impl Job {
                     .ok_or(crate::Error::UnknownKey(*id))?;
                 if rec.state == KeyState::Active {
                     return Err(JobError::Invalid(format!(
-                        "data key {id} is active: retire it (`keys retire {id}`: decrypt_only) before re-encrypting away from it"
+                        "data key {id} is active: retire it (`keys retire {}`: decrypt_only) before re-encrypting away from it",
+                        id.get()
                     )));
                 }
                 if !rec.state.can_decrypt() {
@@ -60,11 +62,26 @@ impl Job {
                         rec.state,
                         match rec.state {
                             KeyState::Retired => format!(
-                                "an operator suspended it; `keys reactivate {id}` sets it back to decrypt_only"
+                                "an operator suspended it; `keys reactivate {}` sets it back to decrypt_only",
+                                id.get()
                             ),
                             KeyState::Destroyed => "its values can no longer be opened".to_owned(),
                             _ => "it was never activated and holds no values".to_owned(),
                         }
+                    )));
+                }
+                // A data key of a tenant (of this table's scope) holds values
+                // bound to that tenant: a target without a tenant column
+                // would fail every one of them as if tampered with.
+                if self.target.tenant.is_none()
+                    && rec.scope == self.target.context_table
+                    && let Some(tenant) = &rec.tenant
+                {
+                    return Err(JobError::Invalid(format!(
+                        "data key {id} holds values of {} bound to tenant {tenant:?}, and the target names no \
+                         tenant column: give it (--tenant-column COLUMN[:KIND], Target::tenant), or use the \
+                         model (--model, Target::for_model)",
+                        self.target
                     )));
                 }
             }

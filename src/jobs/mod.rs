@@ -73,7 +73,7 @@ pub enum JobError {
     #[error(transparent)]
     Envelope(#[from] crate::Error),
     /// The database failed.
-    #[error("database error: {0}")]
+    #[error("database error: {0}{hint}", hint = crate::error::store_hint(.0))]
     Db(#[from] sqlx::Error),
     /// An argument was invalid (an identifier, an option, a key id).
     #[error("invalid job: {0}")]

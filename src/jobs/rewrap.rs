@@ -114,8 +114,15 @@ pub async fn rewrap_keys(
     progress: Option<&watch::Sender<Progress>>,
 ) -> JobResult<RewrapReport> {
     if !keyring.master_keys().contains(&opts.target) && !keyring.can_unwrap(&opts.target) {
+        // A local key named without its `local:` prefix.
+        let local = MasterKeyId::new(format!("local:{}", opts.target));
+        let guess = if keyring.master_keys().contains(&local) {
+            format!(" (did you mean {local}?)")
+        } else {
+            String::new()
+        };
         return Err(JobError::Invalid(format!(
-            "master key {} is not in the keyring this runs with: configure it (SQLX_ENVELOPE_KMS_KEY_IDS, \
+            "master key {}{guess} is not in the keyring this runs with: configure it (SQLX_ENVELOPE_KMS_KEY_IDS, \
              or a key of the local keys file) before re-wrapping under it",
             opts.target
         )));

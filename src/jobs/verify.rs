@@ -433,7 +433,8 @@ pub async fn destroy_key(
     }
     if record.state == KeyState::Active {
         return Err(JobError::Invalid(format!(
-            "data key {id} is active; retire it (`keys retire {id}`) and re-encrypt its rows (`reencrypt --key {id}`) first"
+            "data key {id} is active; retire it (`keys retire {n}`) and re-encrypt its rows (`reencrypt --key {n}`) first",
+            n = id.get()
         )));
     }
     if !opts.skip_seal_horizon {
@@ -515,8 +516,10 @@ async fn count_refs(pool: &JobPool, targets: &[Target], id: KeyId) -> JobResult<
         return Err(JobError::RowsRemain {
             rows,
             what: format!(
-                "reference data key {id} ({}): re-encrypt them off it first (`reencrypt --key {id}`), then destroy again",
-                where_.join(", ")
+                "reference data key {id} ({}): re-encrypt them off it first (`reencrypt --key {}` with each column's \
+                 --table and --column, or --model), then destroy again",
+                where_.join(", "),
+                id.get()
             ),
         });
     }
