@@ -44,7 +44,7 @@ pub struct JobArgs {
     /// Forget the job's checkpoints and start over (not with --dry-run, which changes nothing).
     #[arg(long, conflicts_with = "dry_run")]
     pub restart: bool,
-    /// Only rows of this tenant (needs --tenant-column).
+    /// Only rows of this tenant (needs a tenant column: --tenant-column, or the model's own with --model).
     #[arg(long)]
     pub tenant: Option<String>,
 }

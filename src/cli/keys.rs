@@ -410,6 +410,7 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
                 opts = opts.unsafe_skip_seal_horizon();
             }
             for id in a.ids {
+                let was = envelope.store().get(id).await?.map(|r| r.state);
                 let bar = super::progress::spinner(
                     &format!("counting rows on data key {id}"),
                     g.no_progress,
@@ -417,7 +418,11 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
                 let done = destroy_key(&envelope, &pool, &opts, id).await;
                 bar.finish_and_clear();
                 done?;
-                say!("data key {id}: destroyed");
+                if was == Some(KeyState::Destroyed) {
+                    say!("data key {id}: already destroyed");
+                } else {
+                    say!("data key {id}: destroyed");
+                }
             }
             Ok(())
         }
