@@ -424,22 +424,32 @@ macro_rules! driver {
                 n
             }
 
-            pub async fn plaintext(pool: &$pool, d: &Data, runs: &mut Runs) {
-                let table = "bench_plain";
+            /// Insert every row into `table`, new and settled, page by page,
+            /// the two values of row `i` (from 0) with id `id` made by
+            /// `values(i, id)` on the writing task; the inserts timed.
+            async fn timed_insert<T>(
+                pool: &$pool,
+                table: &str,
+                d: &Data,
+                values: impl Fn(usize, i64) -> (T, T),
+                secs: &mut Vec<f64>,
+                busy: &mut Vec<f64>,
+            ) where
+                T: for<'q> sqlx::Encode<'q, $db> + sqlx::Type<$db> + Send + 'static,
+            {
                 setup(pool, table).await;
                 settle(pool, table).await;
                 let t = Timer::start();
                 for chunk in d.ids.chunks(BATCH) {
-                    let cols = chunk
-                        .iter()
-                        .map(|id| {
-                            let i = (*id - 1) as usize;
-                            (d.emails[i].clone(), d.ssns[i].clone())
-                        })
-                        .collect();
+                    let cols = chunk.iter().map(|id| values((*id - 1) as usize, *id)).collect();
                     insert_batch(pool, table, chunk, cols).await;
                 }
-                t.stop(&mut runs.insert, &mut runs.insert_busy);
+                t.stop(secs, busy);
+            }
+
+            pub async fn plaintext(pool: &$pool, d: &Data, runs: &mut Runs) {
+                let values = |i: usize, _| (d.emails[i].clone(), d.ssns[i].clone());
+                timed_insert(pool, "bench_plain", d, values, &mut runs.insert, &mut runs.insert_busy).await;
                 runs.bytes_per_value = 64.0;
             }
 
@@ -598,24 +608,15 @@ macro_rules! driver {
             /// task, page by page, as the envelope's insert seals each page
             /// before writing it. Timed: the insert's reference.
             pub async fn stock_aes_gcm(pool: &$pool, d: &Data, cipher: &Aes256Gcm, runs: &mut Runs) {
-                setup(pool, REF_TABLE).await;
-                settle(pool, REF_TABLE).await;
-                let t = Timer::start();
-                for chunk in d.ids.chunks(BATCH) {
-                    let cols = chunk
-                        .iter()
-                        .map(|id| {
-                            let i = (*id - 1) as usize;
-                            let counter = 2 * i as u64;
-                            (
-                                seal_aes_gcm(cipher, "email", *id, counter, &d.emails[i]),
-                                seal_aes_gcm(cipher, "ssn", *id, counter + 1, &d.ssns[i]),
-                            )
-                        })
-                        .collect();
-                    insert_batch(pool, REF_TABLE, chunk, cols).await;
-                }
-                t.stop(&mut runs.insert_aes_gcm, &mut runs.insert_aes_gcm_busy);
+                let values = |i: usize, id| {
+                    let counter = 2 * i as u64;
+                    (
+                        seal_aes_gcm(cipher, "email", id, counter, &d.emails[i]),
+                        seal_aes_gcm(cipher, "ssn", id, counter + 1, &d.ssns[i]),
+                    )
+                };
+                let (secs, busy) = (&mut runs.insert_aes_gcm, &mut runs.insert_aes_gcm_busy);
+                timed_insert(pool, REF_TABLE, d, values, secs, busy).await;
             }
 
             /// One select pass over the reference table, as
