@@ -282,4 +282,20 @@ async fn a_backfill_with_a_model_records_the_models_description() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("patients.name (key id:uuid)"), "{text}");
     assert!(text.contains("tenant north: 3 encrypted"), "{text}");
+    // The same column described by hand with the default key kind (`id` as
+    // an integer, where it is a UUID): an error that says what to give.
+    let verify = [
+        "verify",
+        "--column",
+        "patients.name",
+        "--plaintext-column",
+        "name_plain",
+    ];
+    let (code, text) = run(cli(&url, &keys), &verify);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("do not read with the key id:int")
+            && text.contains("--column TABLE.COLUMN:PK"),
+        "{text}"
+    );
 }

@@ -2,7 +2,9 @@
 
 use crate::KeyId;
 use crate::jobs::transition::{transition_counts, verify_encrypted};
-use crate::jobs::{ColumnStatus, JobPool, PlainKind, Target, registered_columns, verify_keys_open};
+use crate::jobs::{
+    ColumnStatus, JobError, JobPool, PlainKind, Target, registered_columns, verify_keys_open,
+};
 use clap::Args;
 
 use super::config::{Global, parse_column};
@@ -223,6 +225,30 @@ fn tenant_problems(s: &ColumnStatus, watch: &[KeyId]) -> Vec<String> {
     out
 }
 
+/// A failure reading column `t`'s rows: when a key or tenant column did not
+/// decode as the kind `t` declares (a UUID key read as the default `int`,
+/// say), what to give instead; any other failure as it is.
+fn as_described(t: &Target, e: JobError) -> Failure {
+    let decode =
+        |e: &sqlx::Error| matches!(e, sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_));
+    match &e {
+        JobError::Db(d) | JobError::Envelope(crate::Error::Store(d)) if decode(d) => {
+            Failure::Error(format!(
+                "{t}: its rows do not read with the key {} and tenant column {} ({e}): give their real \
+                 kinds, --column TABLE.COLUMN:PK (PK as for --pk: COLUMN:int|uuid|text|bytes, in key \
+                 order) and --tenant-column COLUMN:text|int|uuid",
+                t.key_spec(),
+                t.tenant.as_ref().map_or("(none)".to_owned(), |tb| format!(
+                    "{}:{}",
+                    tb.column,
+                    tb.kind.name()
+                ))
+            ))
+        }
+        _ => e.into(),
+    }
+}
+
 /// `status`.
 pub async fn status(g: &Global, mut a: StatusArgs, models: &Models) -> CmdResult {
     with_tenant(&mut a.columns, &a.tenant_column)?;
@@ -237,7 +263,7 @@ pub async fn status(g: &Global, mut a: StatusArgs, models: &Models) -> CmdResult
         let bar = super::progress::spinner(&format!("scanning {t}"), g.no_progress);
         let s = ColumnStatus::compute(&pool, &t, &keys).await;
         bar.finish_and_clear();
-        print_status(&s?, &states)?;
+        print_status(&s.map_err(|e| as_described(&t, e))?, &states)?;
     }
     Ok(())
 }
@@ -278,7 +304,10 @@ pub async fn verify(g: &Global, mut a: VerifyArgs, models: &Models) -> CmdResult
         let c = transition_counts(&pool, t, plain).await;
         let v = verify_encrypted(&envelope, &pool, t, plain, kind, 1000).await;
         bar.finish_and_clear();
-        let (c, v) = (c?, v?);
+        let (c, v) = (
+            c.map_err(|e| as_described(t, e))?,
+            v.map_err(|e| as_described(t, e))?,
+        );
         say!(
             "{t}: {} rows, {} encrypted, {} plaintext only; opened {}, mismatched {}, failed {}",
             c.total,
@@ -307,7 +336,7 @@ pub async fn verify(g: &Global, mut a: VerifyArgs, models: &Models) -> CmdResult
         let bar = super::progress::spinner(&format!("scanning {t}"), g.no_progress);
         let s = ColumnStatus::compute(&pool, &t, &keys).await;
         bar.finish_and_clear();
-        let s = s?;
+        let s = s.map_err(|e| as_described(&t, e))?;
         print_status(&s, &states)?;
         problems.extend(tenant_problems(&s, &watch));
         if s.counts.unrecognized > 0 {
