@@ -298,4 +298,27 @@ async fn a_backfill_with_a_model_records_the_models_description() {
             && text.contains("--column TABLE.COLUMN:PK"),
         "{text}"
     );
+    // A plaintext that differs from its encrypted value: verify names the
+    // row (its key, never a value).
+    let id: Uuid = sqlx::query_scalar("SELECT id FROM patients WHERE name_plain = 'Patient 0'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE patients SET name_plain = 'Someone Else' WHERE id = ?")
+        .bind(id)
+        .execute(pool)
+        .await
+        .unwrap();
+    let (code, text) = run(patient_tool(&url, &keys), &verify);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("1 mismatched"), "{text}");
+    assert!(
+        text.contains(&id.simple().to_string())
+            && text.contains("opens to another value than the plaintext column"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Someone Else") && !text.contains("Patient 0"),
+        "{text}"
+    );
 }

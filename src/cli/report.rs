@@ -318,9 +318,21 @@ pub async fn verify(g: &Global, mut a: VerifyArgs, models: &Models) -> CmdResult
             v.failed
         );
         if !v.is_clean() {
+            let examples: String = v
+                .examples
+                .iter()
+                .map(|f| format!("\n  {} ({}): {}", f.key, f.column, f.error))
+                .collect();
             return Err(Failure::RowsRemain(format!(
-                "{t}: {} plaintext only, {} mismatched, {} do not open",
-                v.plaintext_only, v.mismatched, v.failed
+                "{t}: {} plaintext only, {} mismatched, {} do not open{}{examples}",
+                v.plaintext_only,
+                v.mismatched,
+                v.failed,
+                if examples.is_empty() {
+                    ""
+                } else {
+                    "; the first rows:"
+                }
             )));
         }
         return Ok(());

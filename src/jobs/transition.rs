@@ -86,7 +86,7 @@ pub async fn read_transition(
 }
 
 /// What [`verify_encrypted`] found.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct VerifyReport {
     /// Rows with both columns set, opened and compared.
@@ -97,12 +97,26 @@ pub struct VerifyReport {
     pub failed: u64,
     /// Rows with a plaintext value and no encrypted value.
     pub plaintext_only: u64,
+    /// The first rows (at most [`super::FAILED_EXAMPLES`]) whose value
+    /// mismatched or did not open: key, column and why (never a value).
+    pub examples: Vec<super::FailedRow>,
 }
 
 impl VerifyReport {
     /// Whether every row is encrypted and matches its plaintext.
     pub fn is_clean(&self) -> bool {
         self.mismatched == 0 && self.failed == 0 && self.plaintext_only == 0
+    }
+
+    /// Keep row `row` of `target` as an example, if there is room.
+    fn example(&mut self, row: &RowId, target: &Target, error: String) {
+        if self.examples.len() < super::FAILED_EXAMPLES {
+            self.examples.push(super::FailedRow {
+                key: format!("{row:?}"),
+                column: target.column.to_string(),
+                error,
+            });
+        }
     }
 }
 
@@ -188,10 +202,18 @@ pub async fn verify_encrypted(
                             && !same_value(target, kind, &p, pt)
                         {
                             report.mismatched += 1;
+                            report.example(
+                                &row,
+                                target,
+                                "opens to another value than the plaintext column".into(),
+                            );
                         }
                     }
                     Err(e) if e.is_retryable() => return Err(e.into()),
-                    Err(_) => report.failed += 1,
+                    Err(e) => {
+                        report.failed += 1;
+                        report.example(&row, target, e.to_string());
+                    }
                 },
                 (None, Some(_)) => report.plaintext_only += 1,
                 (None, None) => {}
