@@ -1024,65 +1024,60 @@ async fn main() {
                 100.0 * r.iter().copied().fold(0.0, f64::max)
             )
         };
-        println!(
-            "{db:<9} {:<19} {:>24} {:>24}",
-            "plaintext",
-            fmt(n, &plain.insert),
-            fmt(n, &plain.select)
+        // One variant: rows/s (range) and the ratio to plaintext, insert
+        // then select; blank where the variant has no such part.
+        let row = |label: &str, insert: &[f64], select: &[f64], note: &str| {
+            let cell = |v: &[f64]| {
+                if v.is_empty() {
+                    String::new()
+                } else {
+                    fmt(n, v)
+                }
+            };
+            let ratio = |v: &[f64], base: &[f64]| {
+                if v.is_empty() || std::ptr::eq(v, base) {
+                    String::new()
+                } else {
+                    rs(v, base)
+                }
+            };
+            println!(
+                "{db:<9} {label:<19} {:>24} {:>24} {:>14} {:>14}{note}",
+                cell(insert),
+                cell(select),
+                ratio(insert, &plain.insert),
+                ratio(select, &plain.select)
+            );
+        };
+        row("plaintext", &plain.insert, &plain.select, "");
+        row("envelope", &enc.insert, &enc.select, "");
+        row("envelope, unopened", &[], &enc.select_fetch_only, "");
+        let opening = format!(
+            "   opening: {:.1} ms per pass (median)",
+            1000.0 * median(&enc.select_aes_gcm_opening)
         );
-        println!(
-            "{db:<9} {:<19} {:>24} {:>24} {:>14} {:>14}",
-            "envelope",
-            fmt(n, &enc.insert),
-            fmt(n, &enc.select),
-            rs(&enc.insert, &plain.insert),
-            rs(&enc.select, &plain.select)
+        row(
+            "stock aes-gcm",
+            &enc.insert_aes_gcm,
+            &enc.select_aes_gcm,
+            &opening,
         );
         let waiting = format!(
             "   waiting for seals: {:.1} ms (median)",
             1000.0 * median(&enc.insert_pipelined_wait)
         );
-        println!(
-            "{db:<9} {:<19} {:>24} {:>24} {:>14} {:>14}",
-            "envelope, unopened",
-            "",
-            fmt(n, &enc.select_fetch_only),
-            "",
-            rs(&enc.select_fetch_only, &plain.select)
-        );
-        println!(
-            "{db:<9} {:<19} {:>24} {:>24} {:>14} {:>14}   opening: {:.1} ms per pass (median)",
-            "stock aes-gcm",
-            fmt(n, &enc.insert_aes_gcm),
-            fmt(n, &enc.select_aes_gcm),
-            rs(&enc.insert_aes_gcm, &plain.insert),
-            rs(&enc.select_aes_gcm, &plain.select),
-            1000.0 * median(&enc.select_aes_gcm_opening)
-        );
+        row("envelope, pipelined", &enc.insert_pipelined, &[], &waiting);
         let seal_only = format!(
             "   sealing alone: {:.1} ms, {:.0} ns per value (median)",
             1000.0 * median(&enc.seal_only),
             1e9 * median(&enc.seal_only) / (2 * n) as f64
         );
-        for (label, secs, note) in [
-            (
-                "envelope, pipelined",
-                &enc.insert_pipelined,
-                waiting.as_str(),
-            ),
-            (
-                "envelope, presealed",
-                &enc.insert_presealed,
-                seal_only.as_str(),
-            ),
-        ] {
-            println!(
-                "{db:<9} {label:<19} {:>24} {:>24} {:>14}{note}",
-                fmt(n, secs),
-                "",
-                rs(secs, &plain.insert),
-            );
-        }
+        row(
+            "envelope, presealed",
+            &enc.insert_presealed,
+            &[],
+            &seal_only,
+        );
         println!(
             "{db:<9} select: opening {:.1} ms per pass beside the fetch of the next page, waited for {:.1} ms of it (medians); plaintext select {:.1} ms per pass",
             1000.0 * median(&enc.select_opening),

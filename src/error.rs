@@ -38,7 +38,7 @@ pub enum Error {
     UnknownKey(KeyId),
 
     /// The key (data, branch or index) exists but its state forbids the operation.
-    #[error("key {id} is {state} and cannot be used to {operation}{hint}", hint = not_usable_hint(.state))]
+    #[error("key {id} is {state} and cannot be used to {operation}{hint}", hint = not_usable_hint(*.id, .state))]
     KeyNotUsable {
         /// The key.
         id: KeyId,
@@ -199,13 +199,14 @@ impl Error {
 /// What a refusal by key state leaves the user to do, when anything: a
 /// `retired` key was suspended by an operator and can be reactivated; a
 /// `destroyed` one is gone.
-fn not_usable_hint(state: &KeyState) -> &'static str {
+fn not_usable_hint(id: KeyId, state: &KeyState) -> String {
     match state {
-        KeyState::Retired => {
-            " (an operator suspended it: `sqlx-envelope keys reactivate` lets it open again)"
-        }
-        KeyState::Destroyed => " (destroyed: what it sealed can no longer be opened)",
-        _ => "",
+        KeyState::Retired => format!(
+            " (an operator suspended it: `sqlx-envelope keys reactivate {}` lets it open again)",
+            id.get()
+        ),
+        KeyState::Destroyed => " (destroyed: what it sealed can no longer be opened)".into(),
+        _ => String::new(),
     }
 }
 

@@ -125,6 +125,12 @@ impl AadPrefix {
     }
 }
 
+impl Drop for AadPrefix {
+    fn drop(&mut self) {
+        wipe(&mut self.states);
+    }
+}
+
 /// POLYVAL under one key, its accumulator at zero between values: what a run
 /// of short values is hashed with, one after the other ([`Gcm::hasher`];
 /// wiped when dropped). Used with another key, [`Gcm`] panics.
@@ -132,12 +138,6 @@ pub(crate) struct Hasher {
     /// The [`Gcm::serial`] of the key.
     gcm: u64,
     polyval: polyval::Polyval,
-}
-
-impl Drop for AadPrefix {
-    fn drop(&mut self) {
-        wipe(&mut self.states);
-    }
 }
 
 /// A value's associated data: whole, or a column's [`AadPrefix`] followed by
@@ -333,7 +333,7 @@ impl Gcm {
         let buf = buf.clear_for(need);
         let room = buf.as_ptr();
         for (nonce, len) in &values {
-            push_counters(buf, nonce, 1, len.div_ceil(16) + 1);
+            buf.extend(counters(nonce, 1).take(len.div_ceil(16) + 1));
         }
         let lens: Vec<usize> = values.into_iter().map(|(_, len)| len).collect();
         debug_assert_eq!(room, buf.as_ptr(), "a run's keystream never moves");
@@ -642,28 +642,23 @@ fn xor_block(a: &Block, b: &Block) -> Block {
     Block::from((u128::from_ne_bytes(a) ^ u128::from_ne_bytes(b)).to_ne_bytes())
 }
 
-/// Counter blocks `nonce || (start + i)` (32-bit big-endian counter) for `i`
-/// in `0..out.len()`.
-fn fill_counters(out: &mut [Block], nonce: &[u8; NONCE_LEN], start: usize) {
-    for (i, b) in out.iter_mut().enumerate() {
-        b[..NONCE_LEN].copy_from_slice(nonce);
-        // The counter is 32 bits (inc32); a value is at most 2^32 - 2 blocks,
-        // so it never wraps.
-        let ctr = (start + i) as u32;
-        b[NONCE_LEN..].copy_from_slice(&ctr.to_be_bytes());
-    }
-}
-
-/// Append counter blocks `nonce || (start + i)` for `i` in `0..n` (written
-/// once, not zeroed first).
-fn push_counters(out: &mut Vec<Block>, nonce: &[u8; NONCE_LEN], start: usize, n: usize) {
+/// Counter blocks `nonce || (start + i)` (32-bit big-endian counter) for
+/// `i` from 0, each written once. The counter is 32 bits (inc32); a value is
+/// at most 2^32 - 2 blocks, so it never wraps.
+fn counters(nonce: &[u8; NONCE_LEN], start: usize) -> impl Iterator<Item = Block> {
     let mut block = Block::default();
     block[..NONCE_LEN].copy_from_slice(nonce);
-    out.extend((start..start + n).map(|i| {
-        // As in `fill_counters`: the counter never wraps.
+    (start..).map(move |i| {
         block[NONCE_LEN..].copy_from_slice(&(i as u32).to_be_bytes());
         block
-    }));
+    })
+}
+
+/// [`counters`] into every block of `out`.
+fn fill_counters(out: &mut [Block], nonce: &[u8; NONCE_LEN], start: usize) {
+    for (b, c) in out.iter_mut().zip(counters(nonce, start)) {
+        *b = c;
+    }
 }
 
 /// `data ^= keystream` (the keystream may be longer: its tail is unused),
@@ -765,6 +760,9 @@ mod tests {
     /// tag and the associated data.
     #[test]
     fn same_as_aes_gcm() {
+        // Values of several KiB through CTR mode: just under, at and just
+        // over 4 KiB (a partial last block, whole blocks), 8 KiB + 40 and
+        // 20 KiB + 3 bytes.
         let lengths = (0..=600).chain([4079, 4080, 4095, 4096, 4097, 8232, 20483]);
         for len in lengths {
             let key = random::<32>();

@@ -154,7 +154,7 @@ async fn processes_never_undo_an_operator_retire_or_destroy() {
             let (_, operation) = refused(
                 operator.set_key_state(k2, to).await,
                 KeyState::Destroyed,
-                &format!("{kind:?}: expected a refusal"),
+                &format!("{kind:?}"),
             );
             assert!(
                 matches!(operation, KeyOperation::ChangeState(_)),
@@ -203,7 +203,7 @@ async fn blob_writes_lose_to_destroy() {
         let (_, operation) = refused(
             w.store.put_wrapped(ids[0], &blob).await,
             KeyState::Destroyed,
-            &format!("{kind:?}: expected a refusal"),
+            &format!("{kind:?}"),
         );
         assert_eq!(operation, KeyOperation::Rewrap, "{kind:?}");
         assert!(

@@ -2,7 +2,7 @@
 //! shred-tenant | cleanup-pending | create-local-file`.
 
 use crate::jobs::rewrap::{RewrapOptions, rewrap_keys};
-use crate::jobs::{DestroyOptions, Progress, Target, destroy_key};
+use crate::jobs::{DestroyOptions, Destroyed, Progress, Target, destroy_key};
 use crate::{KeyId, KeyState, MasterKeyId};
 use clap::{Args, Subcommand};
 
@@ -410,18 +410,15 @@ pub async fn run(g: &Global, cmd: KeysCommand) -> CmdResult {
                 opts = opts.unsafe_skip_seal_horizon();
             }
             for id in a.ids {
-                let was = envelope.store().get(id).await?.map(|r| r.state);
                 let bar = super::progress::spinner(
                     &format!("counting rows on data key {id}"),
                     g.no_progress,
                 );
                 let done = destroy_key(&envelope, &pool, &opts, id).await;
                 bar.finish_and_clear();
-                done?;
-                if was == Some(KeyState::Destroyed) {
-                    say!("data key {id}: already destroyed");
-                } else {
-                    say!("data key {id}: destroyed");
+                match done? {
+                    Destroyed::Now => say!("data key {id}: destroyed"),
+                    Destroyed::Already => say!("data key {id}: already destroyed"),
                 }
             }
             Ok(())

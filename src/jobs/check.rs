@@ -57,18 +57,13 @@ impl Job {
                     )));
                 }
                 if !rec.state.can_decrypt() {
-                    return Err(JobError::Invalid(format!(
-                        "data key {id} is {} and cannot decrypt: {}",
-                        rec.state,
-                        match rec.state {
-                            KeyState::Retired => format!(
-                                "an operator suspended it; `keys reactivate {}` sets it back to decrypt_only",
-                                id.get()
-                            ),
-                            KeyState::Destroyed => "its values can no longer be opened".to_owned(),
-                            _ => "it was never activated and holds no values".to_owned(),
-                        }
-                    )));
+                    // The key store's refusal, with what to do about it.
+                    return Err(crate::Error::KeyNotUsable {
+                        id: *id,
+                        state: rec.state,
+                        operation: crate::KeyOperation::Decrypt,
+                    }
+                    .into());
                 }
                 // A data key of a tenant (of this table's scope) holds values
                 // bound to that tenant: a target without a tenant column
@@ -304,10 +299,11 @@ impl Job {
 /// PostgreSQL folds the unquoted (mixed-case) names `Dialect::quote` leaves
 /// to lower case; MySQL column names are case-insensitive.
 fn declared_type<'t>(d: Dialect, types: &'t [(String, String)], c: &Ident) -> Option<&'t str> {
+    let folded = c.as_str().to_ascii_lowercase();
     types
         .iter()
         .find(|(n, _)| match d {
-            Dialect::Postgres => *n == c.as_str().to_ascii_lowercase(),
+            Dialect::Postgres => *n == folded,
             _ => n.eq_ignore_ascii_case(c.as_str()),
         })
         .map(|(_, ty)| ty.as_str())

@@ -52,7 +52,7 @@ pub use plaintext::ValueCodec;
 pub use rowkey::{PkColumn, TenantBinding, parse_pk_spec, parse_tenant_spec};
 pub use run::{FAILED_EXAMPLES, FailedRow, Job, JobKind, JobOptions, JobReport, PlainKind};
 pub use verify::{
-    ColumnStatus, DEFAULT_DESTROY_SETTLE, DestroyOptions, KeyCounts, KeysOpenReport,
+    ColumnStatus, DEFAULT_DESTROY_SETTLE, DestroyOptions, Destroyed, KeyCounts, KeysOpenReport,
     LEGACY_SEAL_HORIZON, TenantStatus, count_by_key, count_by_tenant_key, count_rows_on,
     destroy_key, register_column, registered_columns, verify_keys_open,
 };

@@ -380,6 +380,15 @@ impl DestroyOptions {
     }
 }
 
+/// What [`destroy_key`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destroyed {
+    /// The key was destroyed by this call.
+    Now,
+    /// The key was destroyed before: nothing changed.
+    Already,
+}
+
 /// Destroy data key `id` (crypto-shredding: its wrapped material is deleted).
 ///
 /// Only data keys: a branch or index key is refused ([`JobError::Invalid`]).
@@ -405,12 +414,14 @@ impl DestroyOptions {
 /// decide on the new state). One change a state cannot show: a
 /// suspend while the key is `retired` for the second count finds it already
 /// suspended, and is undone if that count finds rows.
+///
+/// A key destroyed already is left as it is ([`Destroyed::Already`]).
 pub async fn destroy_key(
     envelope: &Envelope,
     pool: &JobPool,
     opts: &DestroyOptions,
     id: KeyId,
-) -> JobResult<()> {
+) -> JobResult<Destroyed> {
     let record = envelope
         .store()
         .get(id)
@@ -429,7 +440,7 @@ pub async fn destroy_key(
         )));
     }
     if record.state == KeyState::Destroyed {
-        return Ok(());
+        return Ok(Destroyed::Already);
     }
     if record.state == KeyState::Active {
         return Err(JobError::Invalid(format!(
@@ -493,7 +504,7 @@ pub async fn destroy_key(
     envelope
         .change_key_state(id, KeyState::Retired, KeyState::Destroyed)
         .await?;
-    Ok(())
+    Ok(Destroyed::Now)
 }
 
 /// Refuse ([`JobError::RowsRemain`]) while any row of `targets` references
